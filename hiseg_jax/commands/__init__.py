@@ -1,0 +1,1 @@
+"""Subcommands of the `hiseg` command line, one module each."""
