@@ -1,0 +1,45 @@
+"""Frozen configuration of the spectral partitioner (ALGORITHM.md sections 1-5).
+
+One dataclass is shared by the NumPy reference (`hiseg_jax.reference`) and the JAX
+implementation (`hiseg_jax.partition`), so both run exactly the same settings. Defaults are
+the authors' published defaults unless a field's comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionConfig:
+    """Parameters of graph construction, stage A (parts) and stage B (recursive cuts)."""
+
+    # Graph (section 1).
+    adjacency: Literal["minmax", "exp"] = "minmax"
+    sigma: float = 1.0  # width of the "exp" adjacency W = exp(-d / (2 sigma^2))
+    threshold: float = 0.0  # W < threshold is zeroed; 0 disables it
+    eps: float = 1e-8  # degrees are clamped to >= eps
+    # Stage A (section 2).
+    n_parts: int = 200  # P; Cityscapes uses 300
+    stage_a_solver: Literal["eigh", "lanczos"] = "eigh"
+    lanczos_iters: int = 300  # Krylov steps when stage_a_solver == "lanczos"
+    kmeans_restarts: int = 10
+    kmeans_max_iter: int = 600
+    kmeans_tol: float = 1e-6
+    # Stage B (section 4).
+    levels: int = 9
+    max_kways: int = 10
+    min_points: int = 1
+    mncut_th: float = 0.8
+    max_perturb: float = 50.0  # published configs say 80 but it is never passed through
+
+    def __post_init__(self) -> None:
+        if self.n_parts < 2:
+            raise ValueError(f"n_parts must be >= 2, got {self.n_parts}")
+        if self.max_kways < 2:
+            raise ValueError(f"max_kways must be >= 2, got {self.max_kways}")
+        if self.levels < 1:
+            raise ValueError(f"levels must be >= 1, got {self.levels}")
+        if self.adjacency not in ("minmax", "exp"):
+            raise ValueError(f"adjacency must be 'minmax' or 'exp', got {self.adjacency!r}")
