@@ -19,7 +19,7 @@ class PartitionConfig:
     adjacency: Literal["minmax", "exp"] = "minmax"
     sigma: float = 1.0  # width of the "exp" adjacency W = exp(-d / (2 sigma^2))
     threshold: float = 0.0  # W < threshold is zeroed; 0 disables it
-    eps: float = 1e-8  # degrees are clamped to >= eps
+    eps: float = 1e-12  # degrees (and volumes, row norms) are clamped to >= eps
     # Stage A (section 2).
     n_parts: int = 200  # P; Cityscapes uses 300
     stage_a_solver: Literal["eigh", "lanczos"] = "eigh"
