@@ -30,7 +30,7 @@ SHIPPED = available_hierarchies()
 
 def test_expected_files_are_shipped():
     assert set(SHIPPED) == {"voc2012", "cocostuff", "cityscapes", "pascalpart", "partimagenet",
-                            "ade20k_samples"}
+                            "potsdam", "ade20k_samples"}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
