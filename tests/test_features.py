@@ -1,0 +1,111 @@
+"""Preprocessing (resize + normalisation) and jit-compiled feature extraction."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import skimage.data
+from flax import nnx
+
+from hiseg_jax.features import extract_features, image_size, preprocess
+from hiseg_jax.models.vit import ViT, ViTConfig, get_config
+
+TINY = ViTConfig("dinov2", patch_size=4, width=32, depth=2, heads=2, mlp_dim=64,
+                 layer_scale=True, posemb_grid=4)
+
+
+def _torch_reference(image: np.ndarray, size: tuple[int, int], config: ViTConfig) -> np.ndarray:
+    """torchvision-style: float image, bilinear antialiased resize, then mean/std."""
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255.0
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True,
+                                        align_corners=False)[0].permute(1, 2, 0).numpy()
+    return (x - np.asarray(config.image_mean)) / np.asarray(config.image_std)
+
+
+@pytest.mark.parametrize("variant", ["dinov2_vits14", "clip_vitb16"])
+def test_preprocess_matches_antialiased_bilinear_and_family_normalisation(variant):
+    config = get_config(variant)
+    images = [skimage.data.chelsea(), skimage.data.astronaut()]  # 300x451 and 512x512
+    size = (14 * 16, 14 * 40) if config.patch_size == 14 else (16 * 14, 16 * 35)
+    batch = preprocess(images, size, config)
+    assert batch.shape == (2, *size, 3) and batch.dtype == np.float32
+    for got, image in zip(batch, images, strict=True):  # shrinks one axis, enlarges the other
+        np.testing.assert_allclose(got, _torch_reference(image, size, config), atol=2e-4)
+
+
+def test_preprocess_keeps_an_image_already_at_size_and_accepts_a_batch_array():
+    config = get_config("dinov2_vits14")
+    image = skimage.data.astronaut()[:224, :224]
+    batch = preprocess(np.stack([image, image[::-1]]), 224, config)
+    expected = (image / 255.0 - np.asarray(config.image_mean)) / np.asarray(config.image_std)
+    np.testing.assert_allclose(batch[0], expected, atol=1e-6)
+    np.testing.assert_allclose(batch[1], expected[::-1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("images", "size", "message"),
+    [
+        ([np.zeros((20, 20, 3), np.uint8)], 225, r"225x225 is not a multiple of the patch size 14"),
+        ([np.zeros((20, 20, 3), np.uint8)], (224, 0), "positive int"),
+        ([np.zeros((20, 20, 3), np.float32)], 224, "image 0: expected a uint8 array"),
+        ([np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.uint8)], 224,
+         r"image 1: expected RGB \[H, W, 3\]"),
+        ([np.zeros((0, 20, 3), np.uint8)], 224, "image 0"),
+        (np.zeros((20, 20, 3), np.uint8), 224, "list of"),
+        ([], 224, "empty"),
+    ],
+)
+def test_preprocess_rejects_bad_input(images, size, message):
+    with pytest.raises(ValueError, match=message):
+        preprocess(images, size, get_config("dinov2_vits14"))
+
+
+def test_image_size_normalises_int_and_pair():
+    assert image_size(28, 14) == (28, 28)
+    assert image_size((28, 42), 14) == (28, 42)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return ViT(TINY, rngs=nnx.Rngs(0))
+
+
+def test_extract_features_equals_the_eager_model(tiny_model):
+    images = np.random.default_rng(0).standard_normal((2, 12, 20, 3)).astype(np.float32)
+    tokens, aux = tiny_model(jax.numpy.asarray(images))
+    got_tokens = extract_features(tiny_model, images)
+    got_keys = extract_features(tiny_model, images, kind="keys")
+    assert got_tokens.shape == got_keys.shape == (2, 3, 5, 32)
+    np.testing.assert_allclose(got_tokens, tokens, atol=1e-5)
+    np.testing.assert_allclose(got_keys, aux["keys"], atol=1e-5)
+
+
+def test_extract_features_compiles_once_per_shape_and_takes_params_as_arguments():
+    from hiseg_jax.features import _features
+
+    first, second = ViT(TINY, rngs=nnx.Rngs(1)), ViT(TINY, rngs=nnx.Rngs(2))
+    images = np.ones((1, 16, 16, 3), np.float32)
+    before = _features._cache_size()
+    a = extract_features(first, images)
+    b = extract_features(second, images)  # same structure, other params: no recompilation
+    extract_features(first, images + 1)
+    assert _features._cache_size() == before + 1
+    assert not np.allclose(a, b)
+    extract_features(first, np.ones((1, 16, 8, 3), np.float32))
+    assert _features._cache_size() == before + 2
+
+
+@pytest.mark.parametrize(
+    ("images", "kind", "message"),
+    [
+        (np.zeros((1, 16, 16, 3), np.float32), "values", "kind must be one of"),
+        (np.zeros((1, 18, 16, 3), np.float32), "tokens", "18x16 is not a multiple of the patch"),
+        (np.zeros((1, 16, 16, 3), np.uint8), "tokens", "preprocessed floats"),
+        (np.zeros((16, 16, 3), np.float32), "tokens", r"\[B, H, W, 3\]"),
+    ],
+)
+def test_extract_features_rejects_bad_input(tiny_model, images, kind, message):
+    with pytest.raises(ValueError, match=message):
+        extract_features(tiny_model, images, kind=kind)
