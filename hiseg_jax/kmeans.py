@@ -1,0 +1,221 @@
+"""k-means (greedy k-means++ seeding, Lloyd iterations, best of n_init) with a traced k.
+
+Follows scikit-learn's `KMeans(init='k-means++', algorithm='lloyd')` rule for rule (not its
+random stream), with static shapes so that it jit-compiles once and vmaps over
+(x, k, key, mask):
+- k is a traced int in [1, k_max]; clusters >= k do not exist (never assigned, zero centers).
+- Seeding: greedy k-means++ as in sklearn: the first center uniform over the valid points,
+  then each next one the best (lowest potential) of 2 + floor(log k) candidates drawn with
+  probability proportional to the squared distance to the nearest chosen center. When every
+  valid point already coincides with a center (k > number of distinct points) the candidate
+  is drawn uniformly among the valid points instead (sklearn would pick index 0).
+- Lloyd: stop when labels stop changing ("strict convergence") or when the total squared
+  center shift <= tol * mean per-feature variance of the valid points (sklearn's definition),
+  or after max_iter iterations; without strict convergence the points are relabelled with
+  the final centers, as sklearn does.
+- Empty clusters (among the first k) are re-seeded at the points farthest from their
+  assigned centers, the farthest point going to the lowest-index empty cluster, and those
+  points leave their old clusters (sklearn's relocation rule).
+- Data are centered (mean of valid points) before clustering, for float32 accuracy; the
+  returned centers are in the original coordinates.
+- Masked-out points: label -1, no influence on centers, variance or inertia.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class KMeansResult(NamedTuple):
+    """labels [n] int32 (-1 outside the mask), centers [k_max, d] (rows >= k are 0),
+    inertia: scalar sum of squared distances of valid points to their centers."""
+
+    labels: jax.Array
+    centers: jax.Array
+    inertia: jax.Array
+
+
+def _sq_dists(x: jax.Array, x_sq: jax.Array, centers: jax.Array) -> jax.Array:
+    """Squared Euclidean distances [n, c] of points x [n, d] (squared norms x_sq) to centers."""
+    cross = jnp.matmul(x, centers.T, precision=HIGHEST)
+    return jnp.maximum(x_sq[:, None] - 2.0 * cross + jnp.sum(centers**2, axis=1)[None, :], 0.0)
+
+
+def _seed(
+    x: jax.Array, x_sq: jax.Array, weight: jax.Array, k: jax.Array, k_max: int, key: jax.Array
+) -> jax.Array:
+    """Greedy k-means++ centers [k_max, d] (rows >= k are 0). weight [n] is 1 on valid points."""
+    n = x.shape[0]
+    max_trials = 2 + int(math.log(k_max))
+    trials = 2 + jnp.floor(jnp.log(k.astype(x.dtype))).astype(jnp.int32)
+    first = jax.random.categorical(jax.random.fold_in(key, 0), jnp.where(weight > 0, 0.0, -jnp.inf))
+    centers = jnp.zeros((k_max, x.shape[1]), x.dtype).at[0].set(x[first])
+    closest = _sq_dists(x, x_sq, x[first][None])[:, 0] * weight
+
+    def add_center(c: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        centers, closest = carry
+        kdraw, kfall = jax.random.split(jax.random.fold_in(key, c))
+        cum = jnp.cumsum(closest)
+        draws = jax.random.uniform(kdraw, (max_trials,), x.dtype) * cum[-1]
+        picked = jnp.minimum(jnp.searchsorted(cum, draws, side="right"), n - 1)
+        uniform = jax.random.categorical(
+            kfall, jnp.where(weight > 0, 0.0, -jnp.inf), shape=(max_trials,)
+        )
+        cand = jnp.where(cum[-1] > 0, picked, uniform)
+        dist = jnp.minimum(closest[None, :], _sq_dists(x, x_sq, x[cand]).T * weight[None, :])
+        pot = jnp.where(jnp.arange(max_trials) < trials, jnp.sum(dist, axis=1), jnp.inf)
+        best = jnp.argmin(pot)
+        take = c < k
+        centers = centers.at[c].set(jnp.where(take, x[cand[best]], 0.0))
+        closest = jnp.where(take, dist[best], closest)
+        return centers, closest
+
+    centers, _ = jax.lax.fori_loop(1, k_max, add_center, (centers, closest))
+    return centers
+
+
+def _assign(
+    x: jax.Array, x_sq: jax.Array, centers: jax.Array, live: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Nearest live center of every point: (labels [n] int32, squared distance [n])."""
+    d = jnp.where(live[None, :], _sq_dists(x, x_sq, centers), jnp.inf)
+    labels = jnp.argmin(d, axis=1).astype(jnp.int32)
+    return labels, jnp.take_along_axis(d, labels[:, None], axis=1)[:, 0]
+
+
+def _update(
+    x: jax.Array,
+    weight: jax.Array,
+    labels: jax.Array,
+    dist: jax.Array,
+    centers: jax.Array,
+    live: jax.Array,
+) -> jax.Array:
+    """Cluster means after relocating empty live clusters to the farthest points."""
+    k_max = centers.shape[0]
+    counts = jnp.zeros((k_max,), x.dtype).at[labels].add(weight)
+    empty = live & (counts == 0)
+    rank = jnp.cumsum(empty) - 1  # r-th empty cluster takes the r-th farthest point
+    far = jnp.argsort(-jnp.where(weight > 0, dist, -jnp.inf))  # farthest first
+    movers = far[jnp.clip(rank, 0, x.shape[0] - 1)]
+    movable = empty & (weight[movers] > 0)
+    labels = labels.at[jnp.where(movable, movers, x.shape[0])].set(
+        jnp.arange(k_max, dtype=jnp.int32), mode="drop"
+    )
+    onehot = jax.nn.one_hot(labels, k_max, dtype=x.dtype) * weight[:, None]
+    counts = jnp.sum(onehot, axis=0)
+    sums = jnp.matmul(onehot.T, x, precision=HIGHEST)
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
+
+
+def _lloyd(
+    x: jax.Array,
+    x_sq: jax.Array,
+    weight: jax.Array,
+    centers: jax.Array,
+    live: jax.Array,
+    max_iter: int,
+    tol: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """sklearn's Lloyd loop from the given centers: (labels [n], centers [k_max, d], inertia)."""
+    n = x.shape[0]
+
+    def cond(state: tuple) -> jax.Array:
+        it, _, _, strict, shift = state
+        return (it < max_iter) & ~strict & (shift > tol)
+
+    def body(state: tuple) -> tuple:
+        it, centers, labels_old, _, _ = state
+        labels, dist = _assign(x, x_sq, centers, live)
+        new = _update(x, weight, labels, dist, centers, live)
+        strict = jnp.all((labels == labels_old) | (weight == 0))
+        shift = jnp.sum((new - centers) ** 2)
+        return it + 1, new, labels, strict, shift
+
+    init = (
+        jnp.array(0),
+        centers,
+        jnp.full((n,), -1, jnp.int32),
+        jnp.array(False),
+        jnp.array(jnp.inf, x.dtype),
+    )
+    _, centers, labels, strict, _ = jax.lax.while_loop(cond, body, init)
+    relabel, dist = _assign(x, x_sq, centers, live)
+    labels = jnp.where(strict, labels, relabel)
+    dist = jnp.where(strict, jnp.sum((x - centers[labels]) ** 2, axis=1), dist)
+    return labels, centers, jnp.sum(dist * weight)
+
+
+def kmeans(
+    x: jax.Array,
+    k: jax.Array | int,
+    key: jax.Array,
+    *,
+    k_max: int,
+    mask: jax.Array | None = None,
+    n_init: int = 10,
+    max_iter: int = 600,
+    tol: float = 1e-6,
+) -> KMeansResult:
+    """k-means of points x [n, d] into k (traced int, clipped to [1, k_max]) clusters.
+
+    mask: bool [n] or None (all valid). The best of n_init seedings by inertia is returned.
+    Deterministic for a given key. See the module docstring for the exact rules.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"points must be [n, d], got shape {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"points must be floating point, got {x.dtype}")
+    for name, val in (("k_max", k_max), ("n_init", n_init), ("max_iter", max_iter)):
+        if not isinstance(val, int | np.integer) or val < 1:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    if mask is not None and mask.shape != x.shape[:1]:
+        raise ValueError(f"mask must have shape ({x.shape[0]},), got {mask.shape}")
+    if isinstance(k, int | np.integer) and not 1 <= k <= k_max:
+        raise ValueError(f"k must be in [1, k_max={k_max}], got {k}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+
+    return _kmeans(x, k, key, mask, tol, k_max=k_max, n_init=n_init, max_iter=max_iter)
+
+
+@functools.partial(jax.jit, static_argnames=("k_max", "n_init", "max_iter"))
+def _kmeans(
+    x: jax.Array,
+    k: jax.Array | int,
+    key: jax.Array,
+    mask: jax.Array | None,
+    tol: float,
+    *,
+    k_max: int,
+    n_init: int,
+    max_iter: int,
+) -> KMeansResult:
+    """`kmeans` after the host-side checks (compiled once per static configuration)."""
+    valid = jnp.ones(x.shape[:1], bool) if mask is None else mask.astype(bool)
+    weight = valid.astype(x.dtype)
+    count = jnp.maximum(jnp.sum(weight), 1.0)
+    mean = jnp.sum(x * weight[:, None], axis=0) / count
+    xc = (x - mean) * weight[:, None]
+    x_sq = jnp.sum(xc**2, axis=1)
+    var = jnp.sum(xc**2, axis=0) / count  # per-feature variance of the valid points
+    tol_abs = jnp.mean(var) * tol
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 1, k_max)
+    live = jnp.arange(k_max) < k
+
+    def one_init(init_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        centers = _seed(xc, x_sq, weight, k, k_max, init_key)
+        return _lloyd(xc, x_sq, weight, centers, live, max_iter, tol_abs)
+
+    labels, centers, inertia = jax.vmap(one_init)(jax.random.split(key, n_init))
+    best = jnp.argmin(inertia)
+    centers = jnp.where(live[:, None], centers[best] + mean, 0.0)
+    return KMeansResult(jnp.where(valid, labels[best], -1), centers, inertia[best])
