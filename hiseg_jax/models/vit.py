@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hiseg_jax.models.attention import dot_product_attention
 from hiseg_jax.models.resample import INTERP_MODES, PosembInterp, resample_grid
 
 MlpKind = Literal["gelu", "quick_gelu", "swiglu"]
@@ -70,6 +71,9 @@ class ViTConfig:
     posemb_offset: float = 0.0  # 0.1 reproduces the torch-hub DINO / DINOv2 scale_factor call
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
+    # Execution only (no effect on params or results beyond float32 rounding): logits per
+    # attention tile, None for the backend's default (`attention.default_max_logits`).
+    attention_max_logits: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("patch_size", "width", "depth", "heads", "mlp_dim", "posemb_grid")
@@ -86,6 +90,10 @@ class ViTConfig:
             )
         if self.registers < 0:
             raise ValueError(f"registers must be >= 0, got {self.registers}")
+        if self.attention_max_logits is not None and self.attention_max_logits < 1:
+            raise ValueError(
+                f"attention_max_logits must be None or >= 1, got {self.attention_max_logits}"
+            )
 
     @property
     def image_size(self) -> int:
@@ -104,10 +112,17 @@ _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention with separate query/key/value projections."""
+    """Multi-head self-attention with separate query/key/value projections.
 
-    def __init__(self, width: int, heads: int, qkv_bias: bool, *, rngs: nnx.Rngs) -> None:
+    The attention itself runs in tiles of at most `max_logits` logits (None: the backend's
+    default), see `hiseg_jax.models.attention`: exact, but never all `[B, heads, T, T]` at once.
+    """
+
+    def __init__(
+        self, width: int, heads: int, qkv_bias: bool, max_logits: int | None, *, rngs: nnx.Rngs
+    ) -> None:
         self.heads = heads
+        self.max_logits = max_logits
         linear = functools.partial(nnx.Linear, width, width, rngs=rngs)
         self.query = linear(use_bias=qkv_bias)
         self.key = linear(use_bias=qkv_bias)
@@ -119,7 +134,9 @@ class Attention(nnx.Module):
         b, t, d = x.shape
         heads = lambda y: y.reshape(b, t, self.heads, d // self.heads)
         query, keys, values = self.query(x), self.key(x), self.value(x)
-        mixed = jax.nn.dot_product_attention(heads(query), heads(keys), heads(values))
+        mixed = dot_product_attention(
+            heads(query), heads(keys), heads(values), max_logits=self.max_logits
+        )
         return self.out(mixed.reshape(b, t, d)), keys
 
 
@@ -160,7 +177,9 @@ class Block(nnx.Module):
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs) -> None:
         d = config.width
         self.norm1 = _layer_norm(config, rngs)
-        self.attn = Attention(d, config.heads, config.qkv_bias, rngs=rngs)
+        self.attn = Attention(
+            d, config.heads, config.qkv_bias, config.attention_max_logits, rngs=rngs
+        )
         self.norm2 = _layer_norm(config, rngs)
         if config.mlp_kind == "swiglu":
             self.mlp = SwiGlu(d, config.mlp_dim, rngs=rngs)

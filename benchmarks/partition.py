@@ -1,0 +1,166 @@
+"""Per-image time of the JAX partitioner vs the NumPy reference, on the same features.
+
+For each input size (default 448 px -> N = 1024 and 840 px -> N = 3600, P = 200) it prints
+the stage split (graph, eigensolver, k-means, stage B incl. the part graph), the total of
+the single-jit `partition` for one image, the batch throughput for B = 8, and the ratio
+reference / JAX. Features come from the default backbone on BSDS500 val images when the
+checkpoint and `../shared/data` exist, else from `synthetic.planted_hierarchy`.
+
+    .venv/bin/python benchmarks/partition.py [--images 4] [--sizes 448 840]
+
+Compile time is excluded (one warm-up call per jitted function). On a loaded machine, XLA's
+CPU thread pool stalls on every small op; pin the process (`taskset -c 0 ...`) for stable
+figures: the reference then runs on the same single core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from hiseg_jax import partition as jp
+from hiseg_jax import reference, synthetic
+from hiseg_jax.config import PartitionConfig
+
+SHARED = Path(os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def load_features(size: int, count: int) -> tuple[np.ndarray, str]:
+    """float32 [count, h, w, E] features of BSDS500 val images, or synthetic ones."""
+    from hiseg_jax import features, images
+
+    files = sorted((SHARED / "bsds500" / "images" / "val").glob("*.jpg"))[:count]
+    if files and features.default_checkpoint_path().is_file():
+        model = features.load_default_backbone()
+        batch = features.preprocess([images.load_image(f) for f in files], size, model.config)
+        out = [np.asarray(features.extract_features(model, batch[i : i + 1])) for i in range(len(batch))]
+        return np.concatenate(out), f"BSDS500 val, {features.DEFAULT_BACKBONE}"
+    grid = (size // 14, size // 14)
+    feats = [synthetic.planted_hierarchy(s, grid=grid, dim=384)[0] for s in range(count)]
+    return np.stack(feats), "synthetic planted hierarchy (no checkpoint or data)"
+
+
+def timed(fn: Callable, *args: object) -> tuple[object, float]:
+    """(result, seconds) with JAX results blocked on."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def reference_times(x: np.ndarray, config: PartitionConfig) -> tuple[dict[str, float], int]:
+    """Stage times of the reference on one image [N, E], and its node count."""
+    t = {}
+    w, t["graph"] = timed(reference.reference_graph, x, config)
+    emb, t["eigensolver"] = timed(reference.stage_a_embedding, w, config.n_parts, config.eps)
+    labels, t["k-means"] = timed(reference.kmeans_labels, emb, config.n_parts, config, 0)
+    parts = reference.relabel_by_first_occurrence(labels)
+
+    def stage_b() -> list:
+        return reference.reference_stage_b(
+            reference.part_graph(w, parts, int(parts.max()) + 1), config, 0
+        )
+
+    nodes, t["stage B"] = timed(stage_b)
+    return t, len(nodes)
+
+
+def jax_functions(config: PartitionConfig, solver: str, chunk: int) -> dict[str, Callable]:
+    """The JAX stages, each jitted on its own (config bound)."""
+
+    def stage_b(x: jax.Array, parts: jax.Array, key: jax.Array) -> jp.StageB:
+        sizes = jax.ops.segment_sum(np.ones(parts.shape, np.int32), parts, config.n_parts)
+        w_p = jp.part_graph(x, parts, config)
+        return jp.stage_b(w_p, config, key, sizes > 0, solver=solver, chunk=chunk)
+
+    return {
+        "graph": jax.jit(lambda x: jp.affinity(x, config)),
+        "eigensolver": jax.jit(lambda a, key: jp.spectral_embedding(a, config, key)),
+        "k-means": jax.jit(lambda emb, key: jp.parts_of(emb, config, key)),
+        "stage B": jax.jit(stage_b),
+    }
+
+
+def jax_times(fns: dict[str, Callable], x: np.ndarray) -> tuple[dict[str, float], int]:
+    """Stage times of the separately jitted JAX stages on one image [N, E]."""
+    key = jax.random.key(0)
+    t = {}
+    a, t["graph"] = timed(fns["graph"], x)
+    emb, t["eigensolver"] = timed(fns["eigensolver"], a, key)
+    parts, t["k-means"] = timed(fns["k-means"], emb, key)
+    tree, t["stage B"] = timed(fns["stage B"], x, parts, key)
+    return t, int(tree.valid.sum())
+
+
+def run_size(feats: np.ndarray, config: PartitionConfig, args: argparse.Namespace) -> None:
+    count, h, w, e = feats.shape
+    flat = feats.reshape(count, h * w, e)
+    stages = ("graph", "eigensolver", "k-means", "stage B")
+    fns = jax_functions(config, args.stage_b_solver, args.chunk)
+    jax_times(fns, flat[0])  # compile
+    jp.partition(feats[:1], config, solver=args.stage_b_solver, chunk=args.chunk)
+    batch = np.resize(feats, (args.batch, h, w, e))
+    jp.partition(batch, config, solver=args.stage_b_solver, chunk=args.chunk)
+
+    ref = {s: [] for s in (*stages, "total")}
+    jx = {s: [] for s in (*stages, "total")}
+    nodes_ref, nodes_jax = [], []
+    for i in range(count):
+        t, n = reference_times(flat[i], config)
+        for s in stages:
+            ref[s].append(t[s])
+        ref["total"].append(sum(t.values()))
+        nodes_ref.append(n)
+        t, n = jax_times(fns, flat[i])
+        for s in stages:
+            jx[s].append(t[s])
+        nodes_jax.append(n)
+        _, total = timed(
+            lambda f: jp.partition(f, config, solver=args.stage_b_solver, chunk=args.chunk).labels,
+            feats[i : i + 1],
+        )
+        jx["total"].append(total)
+    _, batch_time = timed(
+        lambda f: jp.partition(f, config, solver=args.stage_b_solver, chunk=args.chunk).labels,
+        batch,
+    )
+
+    print(f"\nN = {h * w} ({h}x{w} patches), P = {config.n_parts}, {count} images, "
+          f"stage A solver {config.stage_a_solver}, stage B solver {args.stage_b_solver}, "
+          f"chunk {args.chunk}")
+    print(f"{'stage':<22}{'reference s':>12}{'JAX s':>10}{'ratio':>8}")
+    for s in (*stages, "total"):
+        r, j = np.mean(ref[s]), np.mean(jx[s])
+        label = "total (one jit)" if s == "total" else s
+        print(f"{label:<22}{r:>12.3f}{j:>10.3f}{r / j:>8.1f}")
+    per_image = batch_time / args.batch
+    ratio = np.mean(ref["total"]) / per_image
+    print(f"{f'batch B={args.batch} per image':<22}{np.mean(ref['total']):>12.3f}{per_image:>10.3f}"
+          f"{ratio:>8.1f}")
+    print(f"nodes per tree: reference {np.mean(nodes_ref):.1f}, JAX {np.mean(nodes_jax):.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[448, 840])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--stage-a-solver", choices=("eigh", "lanczos"), default="eigh")
+    parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), default="eigh")
+    parser.add_argument("--chunk", type=int, default=2)
+    args = parser.parse_args()
+    config = PartitionConfig(stage_a_solver=args.stage_a_solver)
+    print(f"devices: {jax.devices()}, CPU affinity: {sorted(os.sched_getaffinity(0))}")
+    for size in args.sizes:
+        feats, source = load_features(size, args.images)
+        print(f"features: {source}")
+        run_size(feats, config, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,436 @@
+"""End-to-end throughput of the compiled pipeline vs N and batch size, per stage, with the
+NumPy/SciPy reference on the same images side by side.
+
+For every image size (N = (size / 14)^2 patches) and batch size: the compiled end-to-end
+step of `hiseg_jax.pipeline` (backbone + partitioner in one program, over every local
+device) gives images/s (median of `--repeats` timed calls after compilation and one call;
+host work excluded, measured separately as `host s/img`: decode + resize + normalise).
+At the first batch size of each N, the stages are also compiled and timed one by one:
+backbone, graph + eigensolver (adjacency, normalised adjacency, top-P eigenvectors),
+k-means into P parts, stage B (part graph + recursive cuts). XLA's memory analysis of
+the compiled step gives its memory (arguments + outputs + temporaries); the process peak
+RSS is reported at the end (GPU: the device's peak bytes in use). Backbone FLOPs come
+from XLA's cost analysis; the peak they are compared with is a measured large matmul
+(and, on CPU, the cores x SIMD width x FMA x clock figure from /proc/cpuinfo, a stated
+assumption). The time per image of the end-to-end step and of each stage is fitted as
+c * N^a over the sizes (log-log least squares). The reference (`hiseg_jax.reference`,
+float64, one image at a time) runs on the same images' features.
+
+    .venv/bin/python benchmarks/throughput.py                  # quick: a few minutes on CPU
+    .venv/bin/python benchmarks/throughput.py --full           # N 1024..6400, batch 1..32
+    .venv/bin/python benchmarks/throughput.py --plot-from benchmarks/results/throughput.json
+
+Writes benchmarks/results/throughput.json (gitignored) and throughput.png (images/s vs N,
+one line per batch size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hiseg_jax import graph, lanczos
+from hiseg_jax.config import PartitionConfig
+from hiseg_jax.features import default_checkpoint_path, preprocess
+from hiseg_jax.images import load_image, sample_images
+from hiseg_jax.kmeans import kmeans
+from hiseg_jax.models.vit import ViT, get_config, make_apply
+from hiseg_jax.partition import part_graph, stage_b
+from hiseg_jax.pipeline import backbone_features, cast_floating, make_step
+from hiseg_jax.reference import (
+    kmeans_labels,
+    reference_graph,
+    reference_stage_b,
+    relabel_by_first_occurrence,
+    stage_a_embedding,
+)
+from hiseg_jax.reference import part_graph as reference_part_graph
+from hiseg_jax.weights.checkpoint import load_backbone
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BSDS_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds500" / "images"
+STAGES = ("backbone", "graph_eig", "kmeans", "stage_b")
+QUICK = dict(sizes=[448, 672], batches=[1, 2], reference_sizes=[448, 672], repeats=2)
+FULL = dict(sizes=[448, 672, 840, 1120], batches=[1, 2, 4, 8, 16, 32],
+            reference_sizes=[448, 672, 840, 1120], repeats=3)
+
+
+# ----------------------------------------------------------------------------------------
+# Machine and peak.
+
+
+def cpu_model() -> str:
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if "model name" in line]
+        if names:
+            return names[0]
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_theoretical_peak() -> tuple[float, str]:
+    """float32 FLOP/s = cores x SIMD lanes x 2 (FMA) x FMA units x clock, from /proc/cpuinfo.
+
+    Assumes 2 FMA units per core (true of recent Intel/AMD server cores, not all), and the
+    clock /proc/cpuinfo reports now (turbo and AVX-512 down-clocking are not modelled).
+    """
+    flags, mhz = set(), []
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("cpu MHz"):
+                mhz.append(float(line.split(":", 1)[1]))
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    cores = os.cpu_count() or 1
+    clock = statistics.mean(mhz) * 1e6 if mhz else float("nan")
+    peak = cores * lanes * 2 * 2 * clock
+    note = (f"{cores} cores x {lanes} f32 lanes x 2 (FMA) x 2 FMA units x "
+            f"{clock / 1e9:.2f} GHz (assumed, /proc/cpuinfo)")
+    return peak, note
+
+
+def measured_matmul_peak(dtype: Any, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` n x n @ n x n matmuls (XLA's own best case)."""
+    a = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(2), (n, n), dtype)
+    mm = jax.jit(jnp.matmul)
+    mm(a, b).block_until_ready()
+    best = min(_timed(lambda: mm(a, b).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    return statistics.median(_timed(fn) for _ in range(repeats))
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs.
+
+
+def load_images(count: int) -> tuple[list[np.ndarray], list[Path], str]:
+    """`count` real images (BSDS500 val where present, else the sample images, cycled),
+    their files (empty for the samples) and a description."""
+    paths = sorted((BSDS_VAL / "val").glob("*.jpg"))[:count]
+    if paths:
+        images, source = [load_image(p) for p in paths], f"BSDS500 val ({len(paths)} images)"
+    else:
+        images, source = list(sample_images().values()), "scikit-image samples"
+    return [images[i % len(images)] for i in range(count)], paths, source
+
+
+def host_seconds(paths: list[Path], pictures: list[np.ndarray], size: int, model: ViT) -> float:
+    """Median host time per image of decode (when files exist) + resize + normalise."""
+    if paths:
+        work = [lambda p=p: preprocess([load_image(p)], size, model.config) for p in paths[:4]]
+    else:
+        work = [lambda im=im: preprocess([im], size, model.config) for im in pictures[:4]]
+    return statistics.median(_timed(fn) for fn in work)
+
+
+def load_model(random_weights: bool) -> tuple[ViT, str]:
+    path = default_checkpoint_path()
+    if path.is_file() and not random_weights:
+        return load_backbone(path), path.name
+    name = "dinov2_vits14_imgfocus"
+    return ViT(get_config(name), rngs=nnx.Rngs(0)), f"{name} with RANDOM weights"
+
+
+# ----------------------------------------------------------------------------------------
+# Per-stage programs (each jitted over a batch, as the fused step runs them).
+
+
+def stage_programs(model: ViT, config: PartitionConfig, dtype: Any) -> dict[str, Callable]:
+    """Stage functions of a batch: backbone, graph + eigensolver, k-means, stage B."""
+    _, apply = make_apply(model)
+    p = config.n_parts
+
+    def spectral(x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        w = graph.adjacency(x, kind=config.adjacency, sigma=config.sigma,
+                            threshold=config.threshold)
+        a, _ = graph.normalized_adjacency(w, eps=config.eps)
+        if config.stage_a_solver == "eigh":
+            emb = jnp.linalg.eigh(a)[1][:, -p:]
+        else:
+            emb = lanczos.lanczos_eigsh(a, x.shape[0], p, config.lanczos_iters, key)[1]
+        return emb / jnp.maximum(jnp.linalg.norm(emb, axis=1, keepdims=True), config.eps), w
+
+    def parts(emb: jax.Array, key: jax.Array) -> jax.Array:
+        return kmeans(emb, p, key, k_max=p, n_init=config.kmeans_restarts,
+                      max_iter=config.kmeans_max_iter, tol=config.kmeans_tol).labels
+
+    def tree(w: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
+        sizes = jax.ops.segment_sum(jnp.ones_like(labels), labels, num_segments=p)
+        return stage_b(part_graph(w, labels, p), config, key, sizes > 0).valid
+
+    return {
+        "backbone": jax.jit(lambda prm, im: backbone_features(apply, prm, im, "tokens", dtype)[0]),
+        "graph_eig": jax.jit(jax.vmap(spectral, in_axes=(0, None))),
+        "kmeans": jax.jit(jax.vmap(parts, in_axes=(0, None))),
+        "stage_b": jax.jit(jax.vmap(tree, in_axes=(0, 0, None))),
+    }
+
+
+def time_stages(model: ViT, config: PartitionConfig, dtype: Any, images: np.ndarray,
+                repeats: int) -> dict[str, Any]:
+    """Seconds per batch of each stage, and the backbone's FLOPs per image (XLA)."""
+    programs = stage_programs(model, config, dtype)
+    params = cast_floating(nnx.state(model, nnx.Param), dtype)
+    key = jax.random.key(0)
+    x = programs["backbone"](params, images)
+    b, h, w, e = x.shape
+    x = x.reshape(b, h * w, e)
+    emb, adj = programs["graph_eig"](x, key)
+    labels = programs["kmeans"](emb, key)
+    calls = {
+        "backbone": lambda: programs["backbone"](params, images).block_until_ready(),
+        "graph_eig": lambda: jax.block_until_ready(programs["graph_eig"](x, key)),
+        "kmeans": lambda: programs["kmeans"](emb, key).block_until_ready(),
+        "stage_b": lambda: programs["stage_b"](adj, labels, key).block_until_ready(),
+    }
+    out: dict[str, Any] = {name: _median_time(calls[name], repeats) for name in STAGES}
+    cost = programs["backbone"].lower(params, images).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out["backbone_flops_per_image"] = float(cost.get("flops", float("nan"))) / b
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# The fused step.
+
+
+def time_step(model: ViT, size: int, config: PartitionConfig, dtype: str, solver: str,
+              images: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Median seconds of the end-to-end step on one batch, its compile time and memory
+    (arguments + outputs + temporaries of the compiled program, XLA's memory analysis)."""
+    step = make_step(model, size, config, dtype=dtype, solver=solver)
+    args = step.arguments(images)
+    start = time.perf_counter()
+    compiled = step.run.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    out = jax.block_until_ready(compiled(*args))
+    seconds = statistics.median(
+        _timed(lambda: jax.block_until_ready(compiled(*step.arguments(images))))
+        for _ in range(repeats)
+    )
+    memory = compiled.memory_analysis()
+    program = float("nan") if memory is None else float(
+        memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes)
+    nodes = float(np.asarray(out.tree.valid).sum(axis=1).mean())
+    return {"seconds": seconds, "compile_s": compile_s, "program_bytes": program,
+            "mean_nodes": nodes}
+
+
+# ----------------------------------------------------------------------------------------
+# The NumPy / SciPy reference.
+
+
+def time_reference(features: np.ndarray, config: PartitionConfig) -> dict[str, float]:
+    """Seconds per stage of `hiseg_jax.reference` on one image's features [h, w, E]."""
+    x = features.reshape(-1, features.shape[-1]).astype(np.float64)
+    t = [time.perf_counter()]
+    w = reference_graph(x, config)
+    emb = stage_a_embedding(w, config.n_parts, config.eps)
+    t.append(time.perf_counter())
+    parts = relabel_by_first_occurrence(kmeans_labels(emb, config.n_parts, config, 0))
+    t.append(time.perf_counter())
+    reference_stage_b(reference_part_graph(w, parts, int(parts.max()) + 1), config, 0)
+    t.append(time.perf_counter())
+    out = dict(zip(STAGES[1:], np.diff(t), strict=True))
+    out["total"] = t[-1] - t[0]
+    return {k: float(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# Report.
+
+
+def fit_exponent(ns: list[int], seconds: list[float]) -> float:
+    """a in seconds ~ c * N^a (least squares in log-log); nan with fewer than 2 points."""
+    if len(ns) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(ns), np.log(seconds), 1)[0])
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        f"device: {results['device']}; backbone {results['model']} ({results['dtype']}), "
+        f"images: {results['images']}; P = {results['config']['n_parts']}, "
+        f"levels = {results['config']['levels']}, stage A {results['config']['stage_a_solver']}"
+        f", stage B {results['solver']}",
+        f"peak: measured {results['peak_measured'] / 1e9:.1f} GFLOP/s ({results['peak_note']})",
+        "",
+        "| px | N | batch | img/s | s/img | compile s | program MiB | nodes/img |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["runs"]:
+        lines.append(
+            f"| {r['size']} | {r['n']} | {r['batch']} | {r['batch'] / r['seconds']:.3f} | "
+            f"{r['seconds'] / r['batch']:.2f} | {r['compile_s']:.0f} | "
+            f"{r['program_bytes'] / 2**20:.0f} | {r['mean_nodes']:.0f} |"
+        )
+    lines += ["", "Per stage, s/img (batch as listed), backbone FLOP/s vs the measured peak, "
+              "and the NumPy reference (1 image, float64):", "",
+              "| N | batch | backbone | graph+eig | k-means | stage B | sum | step | "
+              "backbone GFLOP/s (% peak) | host s/img | ref graph+eig | ref k-means | "
+              "ref stage B | ref total |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
+              "--- |"]
+    for s in results["stages"]:
+        b = s["batch"]
+        rate = s["backbone_flops_per_image"] * b / s["backbone"]
+        ref = s.get("reference") or {}
+        ref_cells = " | ".join(f"{ref[k]:.2f}" if k in ref else "-"
+                               for k in ("graph_eig", "kmeans", "stage_b", "total"))
+        total = sum(s[k] for k in STAGES)
+        lines.append(
+            f"| {s['n']} | {b} | " + " | ".join(f"{s[k] / b:.2f}" for k in STAGES)
+            + f" | {total / b:.2f} | {s['step_seconds'] / b:.2f} | "
+            f"{rate / 1e9:.1f} ({100 * rate / results['peak_measured']:.0f}%) | "
+            f"{s['host_seconds_per_image']:.3f} | {ref_cells} |"
+        )
+    lines += ["", "Time per image ~ N^a (fit over the sizes): "
+              + ", ".join(f"{k} a = {v:.2f}" for k, v in results["exponents"].items()),
+              f"peak RSS of the process: {results['peak_rss_mib']:.0f} MiB"]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for batch in sorted({r["batch"] for r in results["runs"]}):
+        runs = sorted((r for r in results["runs"] if r["batch"] == batch), key=lambda r: r["n"])
+        axes[0].plot([r["n"] for r in runs], [batch / r["seconds"] for r in runs], "o-",
+                     label=f"batch {batch}")
+    ref = [(s["n"], 1.0 / s["reference"]["total"]) for s in results["stages"] if s["reference"]]
+    if ref:
+        axes[0].plot(*zip(*ref, strict=True), "k--", marker="s", label="NumPy reference")
+    for n in sorted({r["n"] for r in results["runs"]}):
+        runs = sorted((r for r in results["runs"] if r["n"] == n), key=lambda r: r["batch"])
+        axes[1].plot([r["batch"] for r in runs], [r["batch"] / r["seconds"] for r in runs],
+                     "o-", label=f"N = {n}")
+    axes[0].set(xscale="log", yscale="log", xlabel="patches N", ylabel="images / s",
+                title="end-to-end throughput vs N")
+    axes[1].set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s",
+                title="vs batch size")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{results['device']} ({results['dtype']} backbone)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the full sweep (hours on CPU)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="image sides in px (x 14)")
+    parser.add_argument("--batches", type=int, nargs="+")
+    parser.add_argument("--reference-sizes", type=int, nargs="*")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--stage-a-solver", choices=("eigh", "lanczos"), default="eigh")
+    parser.add_argument("--solver", choices=("eigh", "lanczos"), default="eigh",
+                        help="stage B eigensolver")
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS / "throughput.json")
+    parser.add_argument("--plot-from", type=Path, help="only plot a saved JSON")
+    args = parser.parse_args()
+    if args.plot_from:
+        results = json.loads(args.plot_from.read_text())
+        plot(results, args.plot_from.with_suffix(".png"))
+        print(report(results))
+        return
+    preset = FULL if args.full else QUICK
+    sizes, batches = args.sizes or preset["sizes"], args.batches or preset["batches"]
+    reference_sizes = (preset["reference_sizes"] if args.reference_sizes is None
+                       else args.reference_sizes)
+    repeats = args.repeats or preset["repeats"]
+    config = PartitionConfig(stage_a_solver=args.stage_a_solver)
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    model, model_name = load_model(args.random_weights)
+    pictures, paths, source = load_images(max(batches))
+    device = jax.devices()[0]
+    peak = measured_matmul_peak(dtype)
+    if device.platform == "cpu":
+        theory, note = cpu_theoretical_peak()
+        note = f"2048^3 matmul; theoretical {theory / 1e9:.0f} GFLOP/s = {note}"
+    else:
+        note = "2048^3 matmul"
+    results: dict[str, Any] = {
+        "device": f"{device.device_kind} x {jax.device_count()} ({cpu_model()}, "
+                  f"{os.cpu_count()} cores; jax {jax.__version__})",
+        "model": model_name, "dtype": args.dtype, "images": source, "solver": args.solver,
+        "config": {f: getattr(config, f) for f in config.__dataclass_fields__},
+        "peak_measured": peak, "peak_note": note, "runs": [], "stages": [],
+    }
+    for size in sizes:
+        n = (size // 14) ** 2
+        host = host_seconds(paths, pictures, size, model)
+        for batch in batches:
+            images = preprocess(pictures[:batch], size, model.config)
+            run = time_step(model, size, config, args.dtype, args.solver, images, repeats)
+            results["runs"].append({"size": size, "n": n, "batch": batch, **run})
+            print(f"N={n} batch={batch}: {batch / run['seconds']:.3f} img/s "
+                  f"(compile {run['compile_s']:.0f} s)", flush=True)
+        batch = batches[0]
+        images = preprocess(pictures[:batch], size, model.config)
+        stages = time_stages(model, config, dtype, images, repeats)
+        step_seconds = next(r["seconds"] for r in results["runs"]
+                            if r["n"] == n and r["batch"] == batch)
+        reference = None
+        if size in reference_sizes:
+            feats = np.asarray(stage_programs(model, config, dtype)["backbone"](
+                cast_floating(nnx.state(model, nnx.Param), dtype), images[:1]))[0]
+            reference = time_reference(feats, config)
+        results["stages"].append({"size": size, "n": n, "batch": batch, **stages,
+                                  "step_seconds": step_seconds, "reference": reference,
+                                  "host_seconds_per_image": host})
+        print(f"N={n} stages done", flush=True)
+    stage_rows = results["stages"]
+    ns = [s["n"] for s in stage_rows]
+    exponents = {k: fit_exponent(ns, [s[k] / s["batch"] for s in stage_rows]) for k in STAGES}
+    exponents["step"] = fit_exponent(ns, [s["step_seconds"] / s["batch"] for s in stage_rows])
+    with_ref = [s for s in stage_rows if s["reference"]]
+    exponents["reference"] = fit_exponent([s["n"] for s in with_ref],
+                                          [s["reference"]["total"] for s in with_ref])
+    results["exponents"] = exponents
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["peak_rss_mib"] = rss
+    if device.platform == "gpu":
+        results["device_peak_bytes"] = device.memory_stats().get("peak_bytes_in_use")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1))
+    plot(results, args.output.with_suffix(".png"))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()

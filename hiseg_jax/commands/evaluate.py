@@ -1,0 +1,134 @@
+"""`hiseg evaluate`: score the trees of a dataset split against its ground truth.
+
+    hiseg evaluate --dataset NAME --data-dir DIR [--split val] [--backbone NAME_OR_PATH]
+                   [--size S] [--resolution image|patch] [--matching max-overlap|hungarian]
+                   [--limit N] [--batch-size B] [--out DIR] [--resume | --overwrite]
+                   [--seed N] [--hierarchy FILE]
+                   [--levels L --n-parts P ... (every PartitionConfig field)]
+
+Prints the dataset's rows in the paper's format and writes `DIR/report.md`, `report.json`
+(settings, software, machine), `results.jsonl` (one line per image, appended as it is
+scored), `settings.json` and `accumulator.npz` (the dataset totals, mergeable). An
+interrupted run continues with `--resume`. Exit status: 0, 1 when images were skipped
+(unreadable, or ground truth outside the hierarchy), 2 for bad input (missing or malformed
+dataset folder, bad settings, an output folder holding another run), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE
+from hiseg_jax.commands.options import (
+    add_partition_arguments,
+    format_size,
+    parse_size,
+    partition_config,
+    partition_flags,
+)
+from hiseg_jax.datasets import BUILDERS
+from hiseg_jax.eval_report import results_table
+from hiseg_jax.evaluation import MATCHINGS, RESOLUTIONS, RESULTS, EvalSettings, RunOptions, evaluate
+from hiseg_jax.features import DEFAULT_BACKBONE, FEATURE_KINDS
+from hiseg_jax.results_log import read
+
+HELP = "evaluate on a benchmark dataset: the paper's table rows, a report, resumable results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `hiseg evaluate`."""
+    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS),
+                        help="dataset builder name")
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="the dataset's folder (official layout; see the builder's LAYOUT)")
+    parser.add_argument("--split", default="val", help="split to score (default: %(default)s)")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                        help="checkpoint name or .safetensors path (default: %(default)s)")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
+                        help="backbone input size, S or HxW (default: %(default)s)")
+    parser.add_argument("--resolution", choices=RESOLUTIONS, default="image",
+                        help="compare at every image's size (prediction upsampled) or at the "
+                        "patch grid (GT sampled at patch centres) (default: %(default)s)")
+    parser.add_argument("--matching", choices=MATCHINGS, default="max-overlap",
+                        help="semantic scores: the paper's per-image maximum overlap, or also "
+                        "the peers' dataset-level Hungarian matching (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score only the first N images of the split")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="images per compiled batch (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: runs/DATASET-SPLIT)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out, scoring only images without a result")
+    again.add_argument("--overwrite", action="store_true",
+                       help="discard the results already in --out")
+    parser.add_argument("--seed", type=int, default=0, help="random key of k-means (default: 0)")
+    parser.add_argument("--features", choices=FEATURE_KINDS, default="tokens",
+                        help="patch tokens (the paper's) or last-block keys (default: tokens)")
+    parser.add_argument("--solver", choices=("eigh", "lanczos"), default="eigh",
+                        help="stage B eigensolver (default: %(default)s)")
+    parser.add_argument("--hierarchy", type=Path, default=None,
+                        help="a label hierarchy file (hiseg_jax/hierarchies format) replacing "
+                        "the dataset's own, e.g. one built over the ADE20K images scored")
+    parser.add_argument("--prepared-dir", type=Path, default=None,
+                        help="where the dataset's ArrayRecord files are prepared (default: "
+                        "$HISEG_TFDS_DIR or ~/.cache/hiseg_jax/tfds)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_partition_arguments(parser)
+
+
+def command_line(settings: EvalSettings, options: RunOptions) -> str:
+    """A `hiseg evaluate` command that reproduces `settings` (defaults left out)."""
+    words = ["hiseg", "evaluate", "--dataset", settings.dataset, "--data-dir",
+             str(settings.data_dir), "--split", settings.split]
+    optional = (("--backbone", settings.backbone, DEFAULT_BACKBONE),
+                ("--size", format_size(settings.size), format_size(DEFAULT_SIZE)),
+                ("--resolution", settings.resolution, "image"),
+                ("--matching", settings.matching, "max-overlap"),
+                ("--features", settings.features, "tokens"),
+                ("--solver", settings.solver, "eigh"), ("--seed", settings.seed, 0),
+                ("--hierarchy", settings.hierarchy, None), ("--limit", options.limit, None),
+                ("--batch-size", options.batch_size, DEFAULT_BATCH_SIZE))
+    for flag, value, default in optional:
+        if value != default:
+            words += [flag, str(value)]
+    words += partition_flags(settings.partition) + ["--out", str(options.out)]
+    return shlex.join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the table; see the module docstring for the exit status."""
+    out = args.out or Path("runs") / f"{args.dataset}-{args.split}"
+    try:
+        settings = EvalSettings(
+            dataset=args.dataset, data_dir=str(args.data_dir), split=args.split,
+            backbone=args.backbone, size=args.size, resolution=args.resolution,
+            matching=args.matching, features=args.features, solver=args.solver,
+            seed=args.seed, partition=partition_config(args),
+            hierarchy=None if args.hierarchy is None else str(args.hierarchy))
+        options = RunOptions(out=out, limit=args.limit, batch_size=args.batch_size,
+                             resume=args.resume, overwrite=args.overwrite,
+                             prepared_dir=args.prepared_dir, progress=not args.no_progress)
+        options = dataclasses.replace(options, command=command_line(settings, options))
+        report = evaluate(settings, options)
+    except KeyboardInterrupt:
+        count = len(read(out / RESULTS)[0])
+        print(f"\nhiseg evaluate: interrupted; {count} images recorded in {out / RESULTS}. "
+              "Continue with the same command and --resume.", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:  # DatasetLayoutError, EvaluationError, bad settings
+        print(f"hiseg evaluate: error: {err}", file=sys.stderr)
+        return 2
+    run_info = report["run"]
+    print(f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
+          f"{run_info['skipped']} skipped ({settings.resolution} resolution)")
+    print(results_table(report))
+    for skipped in run_info["skipped_images"]:
+        print(f"  skipped {skipped['name']}: {skipped['error']}")
+    print(f"report: {out / 'report.md'}")
+    return 1 if run_info["skipped"] else 0

@@ -1,0 +1,384 @@
+"""The `hiseg evaluate` runner: a dataset split in, per-image results and a report out.
+
+    settings = EvalSettings(dataset="voc2012", data_dir="data/voc", split="val")
+    report = evaluate(settings, RunOptions(out=Path("runs/voc2012-val")))
+
+Images are read from the dataset's prepared source (`hiseg_jax.datasets.load`), resized to
+one fixed size and segmented `batch_size` at a time (one compiled program for every batch:
+a short last batch is padded with copies). A background thread decodes, resizes and
+prepares the ground truth of the next batch while the current one runs. Every image's
+scores are appended to `results.jsonl` as soon as its batch is scored (`results_log`); an
+image that cannot be decoded, or whose ground truth does not fit the dataset's hierarchy,
+gets a record saying why and is skipped. A later run with `resume=True` scores only the
+images without a record, after checking that its settings are those of `settings.json`.
+The dataset totals are always rebuilt from the records (`eval_scoring`), then reported
+(`eval_report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from hiseg_jax import __version__, eval_hungarian, eval_report, eval_scoring, results_log
+from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE
+from hiseg_jax.config import PartitionConfig
+from hiseg_jax.datasets import BUILDERS, load, read_example
+from hiseg_jax.features import DEFAULT_BACKBONE, FeatureKind, extract_features, image_size
+from hiseg_jax.features import preprocess as preprocess_images
+from hiseg_jax.hierarchies import Hierarchy, LabelSpace, label_space, parse_hierarchy
+from hiseg_jax.images import ImageLoadError
+from hiseg_jax.models.vit import ViT, get_config
+from hiseg_jax.partition import StageBSolver, partition
+from hiseg_jax.weights.checkpoint import load_backbone, read_metadata, resolve_checkpoint
+
+Resolution = Literal["patch", "image"]
+Matching = Literal["max-overlap", "hungarian"]
+RESOLUTIONS: tuple[str, ...] = ("image", "patch")
+MATCHINGS: tuple[str, ...] = ("max-overlap", "hungarian")
+RESULTS = "results.jsonl"
+SETTINGS = "settings.json"
+ACCUMULATOR = "accumulator.npz"
+_FORMAT = "hiseg-evaluate-v1"
+_PREFETCH = 2  # host batches prepared ahead of the device
+
+
+class EvaluationError(ValueError):
+    """The output folder cannot take this run (results of another run, other settings)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Everything that changes an image's scores; a resumed run must use the same."""
+
+    dataset: str
+    data_dir: str
+    split: str
+    backbone: str = DEFAULT_BACKBONE
+    size: int | tuple[int, int] = DEFAULT_SIZE
+    resolution: Resolution = "image"
+    matching: Matching = "max-overlap"
+    features: FeatureKind = "tokens"
+    solver: StageBSolver = "eigh"
+    seed: int = 0
+    partition: PartitionConfig = PartitionConfig()
+    hierarchy: str | None = None  # a hierarchy file replacing the dataset's own
+
+    def __post_init__(self) -> None:
+        if self.dataset not in BUILDERS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {sorted(BUILDERS)}")
+        if self.resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
+        if self.matching not in MATCHINGS:
+            raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
+        if self.kind == "bsds" and (self.hierarchy is not None or self.matching != "max-overlap"):
+            raise ValueError(f"{self.dataset} has no classes: --hierarchy and Hungarian "
+                             "matching do not apply")
+
+    @property
+    def kind(self) -> Literal["regions", "bsds"]:
+        """"bsds": several human segmentations per image; "regions": class-labelled GT."""
+        return "bsds" if BUILDERS[self.dataset].LABEL_AXIS == "annotator" else "regions"
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON, with the checkpoint's provenance and the hierarchy's hash."""
+        out = dataclasses.asdict(self)
+        out["data_dir"] = str(Path(self.data_dir).resolve())
+        out["size"] = list(image_size(self.size, 1))
+        meta = read_metadata(resolve_checkpoint(self.backbone))
+        out["checkpoint"] = {k: meta[k] for k in ("variant", "source", "source_sha256")}
+        if self.hierarchy is not None:
+            text = Path(self.hierarchy).read_bytes()
+            out["hierarchy_sha256"] = hashlib.sha256(text).hexdigest()
+        out["format"] = _FORMAT
+        out["hiseg_jax"] = __version__
+        return json.loads(json.dumps(out))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How to run (none of it changes a score)."""
+
+    out: Path
+    limit: int | None = None  # evaluate the first `limit` images of the split
+    batch_size: int = DEFAULT_BATCH_SIZE
+    resume: bool = False
+    overwrite: bool = False
+    prepared_dir: Path | None = None  # where the dataset is prepared (default: the cache)
+    progress: bool = True
+    command: str = ""  # the command line, for the report
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+
+
+def dataset_hierarchy(settings: EvalSettings) -> Hierarchy:
+    """The hierarchy whose pixel values the dataset's labels hold (or the override file)."""
+    if settings.hierarchy is None:
+        return BUILDERS[settings.dataset].hierarchy(Path(settings.data_dir))
+    path = Path(settings.hierarchy)
+    return parse_hierarchy(path.read_text(encoding="utf-8"), path.stem)
+
+
+def evaluate(settings: EvalSettings, options: RunOptions) -> dict[str, Any]:
+    """Score the split's images not scored yet, then write and return the report.
+
+    Raises DatasetLayoutError (missing / malformed dataset folder), EvaluationError (output
+    folder holding another run), ValueError (settings that fit no image)."""
+    start = time.perf_counter()
+    source = load(settings.dataset, settings.data_dir, settings.split, options.prepared_dir)
+    space = None if settings.kind == "bsds" else label_space(dataset_hierarchy(settings))
+    _check_size(settings)
+    records = _open_out(options, settings.to_json())
+    done = {r["index"] for r in records}
+    stop = len(source) if options.limit is None else min(options.limit, len(source))
+    todo = [i for i in range(stop) if i not in done]
+    if todo:
+        _score_all(source, todo, settings, space, options, records)
+    return _finish(settings, options, records, len(source), space, time.perf_counter() - start)
+
+
+def _score_all(source: Sequence[dict[str, Any]], todo: list[int], settings: EvalSettings,
+               space: LabelSpace | None, options: RunOptions, records: list[dict[str, Any]]
+               ) -> None:
+    """Segment and score the images `todo`, appending each record to the log as its batch
+    is done (and to `records`)."""
+    model = load_backbone(settings.backbone)
+    batches = _host_batches(source, todo, settings, space, model, options.batch_size)
+    bar = tqdm(total=len(todo), unit="img", desc=f"{settings.dataset} {settings.split}",
+               disable=not options.progress, dynamic_ncols=True)
+    with bar, contextlib.closing(_prefetched(batches)) as hosts:
+        for host in hosts:
+            new = host.failures + _score_batch(host, settings, space, model, options.out)
+            for record in sorted(new, key=lambda r: r["index"]):
+                results_log.append(options.out / RESULTS, record)
+                records.append(record)
+            for failure in host.failures:
+                bar.write(f"skipped {failure['name']}: {failure['error']}", file=sys.stderr)
+            bar.update(len(new))
+
+
+def _check_size(settings: EvalSettings) -> None:
+    """ValueError unless the size fits the backbone's patch size and gives at least n_parts
+    patches (read from the checkpoint's metadata: no weights loaded)."""
+    variant = read_metadata(resolve_checkpoint(settings.backbone))["variant"]
+    patch = get_config(variant).patch_size
+    height, width = image_size(settings.size, patch)
+    patches = (height // patch) * (width // patch)
+    if patches < settings.partition.n_parts:
+        raise ValueError(f"size {height}x{width} gives {patches} patches, fewer than n_parts = "
+                         f"{settings.partition.n_parts}")
+
+
+def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Prepare the output folder; returns the records already there (resume)."""
+    out, log = options.out, options.out / RESULTS
+    if options.overwrite:
+        for name in (RESULTS, SETTINGS, ACCUMULATOR, *eval_report.REPORT_FILES):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / eval_hungarian.LEAVES, ignore_errors=True)
+    held = log.exists() and log.stat().st_size > 0
+    if held and not options.resume:
+        count = len(results_log.read(log)[0])
+        raise EvaluationError(f"{out} already holds the results of {count} images ({log}); "
+                              "pass --resume to continue that run or --overwrite to discard it")
+    saved = out / SETTINGS
+    if held and not saved.exists():
+        raise EvaluationError(f"{log} has no {SETTINGS} beside it: cannot check its settings")
+    if held:
+        previous = json.loads(saved.read_text(encoding="utf-8"))
+        differ = sorted(k for k in previous.keys() | settings.keys()
+                        if previous.get(k) != settings.get(k))
+        if differ:
+            raise EvaluationError(
+                f"{out} holds a run with other settings ({', '.join(differ)}): "
+                + "; ".join(f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now"
+                            for k in differ)
+                + ". Use another --out, or --overwrite to discard it")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        eval_report.write_text(saved, json.dumps(settings, indent=2) + "\n")
+    dropped = results_log.repair(log)
+    if dropped:
+        print(f"hiseg evaluate: dropped a half-written last line ({dropped} bytes) of {log}",
+              file=sys.stderr)
+    return results_log.read(log)[0]
+
+
+@dataclasses.dataclass
+class HostBatch:
+    """One batch prepared on the host; lists and arrays are padded to the batch size with
+    copies of the last image (`count` real images). `failures`: records of skipped images."""
+
+    indices: list[int]
+    names: list[str]
+    sizes: list[tuple[int, int]]
+    pixels: np.ndarray | None  # float32 [B, H, W, 3] backbone input; None: nothing to run
+    targets: np.ndarray | None  # int32 [B, H', W'] or [B, A, H', W'] prepared GT
+    failures: list[dict[str, Any]]
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+
+def _read_item(source: Sequence[dict[str, Any]], index: int, space: LabelSpace | None,
+               grid: tuple[int, int] | None
+               ) -> tuple[str, np.ndarray, np.ndarray] | dict[str, Any]:
+    """(name, image, prepared GT) of item `index`, or the record of why it is skipped."""
+    item = source[index]
+    try:
+        name, image, labels = read_example(item)
+        target = (eval_scoring.bsds_targets(labels, grid) if space is None
+                  else eval_scoring.region_targets(labels, space, grid))
+    except ValueError as err:  # ImageLoadError, or GT values outside the hierarchy
+        what = "unreadable image" if isinstance(err, ImageLoadError) else "ground truth"
+        name = item.get("name", f"#{index}")
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        return dict(index=index, name=name, error=f"{what}: {err}")
+    return name, image, target
+
+
+def _host_batches(source: Sequence[dict[str, Any]], todo: list[int], settings: EvalSettings,
+                  space: LabelSpace | None, model: ViT, batch_size: int
+                  ) -> Iterator[HostBatch]:
+    """Decode, resize and prepare the GT of `todo`, `batch_size` images at a time."""
+    patch = model.config.patch_size
+    height, width = image_size(settings.size, patch)
+    grid = (height // patch, width // patch) if settings.resolution == "patch" else None
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        items = [_read_item(source, index, space, grid) for index in chunk]
+        failures = [item for item in items if isinstance(item, dict)]
+        good = [(i, item) for i, item in zip(chunk, items, strict=True)
+                if not isinstance(item, dict)]
+        if not good:
+            yield HostBatch([], [], [], None, None, failures)
+            continue
+        indices = [i for i, _ in good]
+        names, images, targets = (list(x) for x in zip(*(item for _, item in good),
+                                                        strict=True))
+        sizes = [image.shape[:2] for image in images]
+        fill = batch_size - len(good)
+        images, targets, sizes = (x + x[-1:] * fill for x in (images, targets, sizes))
+        hw = grid or eval_scoring.padded_shape(sizes)
+        depth = None
+        if space is None:
+            depth = max(eval_scoring.BSDS_ANNOTATORS, *(t.shape[0] for t in targets))
+        yield HostBatch(indices, names, sizes,
+                        preprocess_images(images, (height, width), model.config),
+                        eval_scoring.pad_maps(targets, hw, depth), failures)
+
+
+def _prefetched(batches: Iterator[HostBatch]) -> Iterator[HostBatch]:
+    """`batches`, produced by a background thread `_PREFETCH` batches ahead (host work then
+    overlaps device work); an exception in the thread is raised here. Closing the iterator
+    (or leaving it by an exception, e.g. Ctrl-C) stops the thread."""
+    pipe: queue.Queue = queue.Queue(maxsize=_PREFETCH)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                pipe.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(end)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(err)
+
+    threading.Thread(target=produce, daemon=True, name="hiseg-prefetch").start()
+    try:
+        while (item := pipe.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _score_batch(host: HostBatch, settings: EvalSettings, space: LabelSpace | None,
+                 model: ViT, out: Path) -> list[dict[str, Any]]:
+    """Segment and score one host batch; records of its real images (with Hungarian
+    matching, their leaf data are saved under `out` first)."""
+    if host.pixels is None:
+        return []
+    start = time.perf_counter()
+    features = extract_features(model, host.pixels, settings.features)
+    tree = partition(features, settings.partition, jax.random.key(settings.seed),
+                     solver=settings.solver)
+    pred, slot_ids = eval_scoring.compact_tree(tree)
+    pred = eval_scoring.at_resolution(pred, host.sizes if settings.resolution == "image"
+                                      else None)
+    if space is None:
+        scores = eval_scoring.score_bsds(pred, host.targets, host.count)
+    else:
+        scores = eval_scoring.score_regions(pred, slot_ids, host.targets, space, host.count)
+    if settings.matching == "hungarian":
+        leaves = eval_hungarian.leaf_data(features, tree, pred, slot_ids, host.targets,
+                                          space.num_nodes, host.count)
+        for index, (descriptors, counts) in zip(host.indices, leaves, strict=True):
+            eval_hungarian.save_leaf_data(out, index, descriptors, counts)
+    seconds = (time.perf_counter() - start) / host.count
+    sizes = host.sizes[: host.count]
+    return [dict(index=i, name=n, height=s[0], width=s[1], seconds=seconds) | r
+            for i, n, s, r in zip(host.indices, host.names, sizes, scores, strict=True)]
+
+
+def _finish(settings: EvalSettings, options: RunOptions, records: list[dict[str, Any]],
+            split_size: int, space: LabelSpace | None, wall: float) -> dict[str, Any]:
+    """Totals from every record, the report written beside them; returns the report."""
+    scored = [r for r in records if "error" not in r]
+    skipped = [dict(index=r["index"], name=r["name"], error=r["error"])
+               for r in records if "error" in r]
+    if space is None:
+        acc = eval_scoring.bsds_accumulator(scored)
+        results = (acc.summary() | {"nm": eval_scoring.bsds_nm_covering(scored)}
+                   if scored else {})
+    else:
+        acc = eval_scoring.region_accumulator(scored, space)
+        results = acc.summary() if scored else {}
+    if scored:
+        acc.save(options.out / ACCUMULATOR)
+    run = dict(
+        split_images=split_size, limit=options.limit, scored=len(scored),
+        skipped=len(skipped), skipped_images=sorted(skipped, key=lambda r: r["index"]),
+        complete=len(records) == split_size, batch_size=options.batch_size,
+        wall_seconds=wall, image_seconds=sum(r["seconds"] for r in scored),
+    )
+    if settings.matching == "hungarian" and scored:
+        leaves = eval_hungarian.load_leaf_data(options.out, [r["index"] for r in scored])
+        results["hungarian"] = eval_hungarian.hungarian_results(*leaves, space, settings.seed)
+    report = dict(kind=settings.kind, command=options.command, settings=settings.to_json(),
+                  run=run, results=results, **eval_report.environment())
+    eval_report.write_report(options.out, report)
+    return report
+

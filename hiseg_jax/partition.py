@@ -1,0 +1,537 @@
+"""The spectral partitioner (ALGORITHM.md sections 1-5, restated with static shapes, section 7).
+
+features [B, h, w, E] -> stage A (graph, top-P eigenvectors, k-means into P parts) -> part
+graph W_P [P, P] -> stage B (recursive k-way normalised cuts as a fixed-depth masked
+recursion) -> `Tree`. `partition` runs all of it for a batch inside one jit.
+
+Stage B: depth l holds, for every part, the id of its node. All nodes of a depth are split at
+once: each node is a boolean mask over the P parts and `split_node` works on W_P restricted
+to that mask (masked rows and columns zero, degrees recomputed on the sub-graph), so every
+node has the same static shapes and nodes are vmapped in chunks of `chunk` slots. A node
+that stops keeps its id at deeper depths. The number of clusters k is traced: the k-means
+and threshold sweeps for the candidate k's are computed and selected with masks, and the
+MNcut fallback k-1, ..., 2 is a `while_loop`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hiseg_jax import graph, lanczos
+from hiseg_jax.config import PartitionConfig
+from hiseg_jax.kmeans import kmeans
+from hiseg_jax.tree import Tree
+
+StageBSolver = Literal["eigh", "lanczos"]
+N_SWEEP = 10  # evenly spaced thresholds of the k = 2 sweep (plus 0 and the mean)
+LANCZOS_STEPS = 64  # Krylov steps of the stage-B Lanczos (at most P)
+# Spread (max cosine distance) below which an image counts as constant: one node, no split.
+CONSTANT_SPREAD = 1e-6
+
+
+class Stop(enum.IntEnum):
+    """Why a node has no children (SPLIT: it has); names match `reference.STOP_REASONS`."""
+
+    SPLIT = 0
+    MIN_POINTS = 1  # n <= min_points
+    DEPTH = 2  # depth budget spent
+    NO_EDGES = 3  # the sub-graph has no positive edge
+    NO_GAP = 4  # fewer than 3 eigenvalues: no eigengap to choose k from
+    CONSTANT = 5  # the vector to threshold is constant, or the clustering found one group
+    PERTURBATION = 6  # ||L* - L||_F / gap > max_perturb
+    MNCUT = 7  # mean normalised cut >= mncut_th for every k tried
+
+
+# ----------------------------------------------------------------------------------------
+# Stage A and the part graph (sections 1-3).
+
+
+def is_constant(x: jax.Array) -> jax.Array:
+    """bool []: all rows of x [N, E] have the same direction (or are all zero).
+
+    Such an image has no similarity structure (the minmax adjacency is 0 / 0): it becomes a
+    single part and a single-node tree.
+    """
+    u = graph.normalize_rows(x)
+    return jnp.max(jnp.abs(u - u[0])) <= CONSTANT_SPREAD
+
+
+def lowrank_ok(config: PartitionConfig) -> bool:
+    """The minmax adjacency without threshold is exactly low rank (ALGORITHM.md section 8)."""
+    return config.adjacency == "minmax" and config.threshold == 0.0
+
+
+def affinity(x: jax.Array, config: PartitionConfig) -> graph.LowRankOperator | jax.Array:
+    """A = D^-1/2 W D^-1/2 of features x [N, E], in the form stage A's solver consumes.
+
+    The Lanczos solver gets the O(N E) `graph.LowRankOperator` when the adjacency is low
+    rank, else (and for "eigh") the dense [N, N] matrix.
+    """
+    if config.stage_a_solver == "lanczos" and lowrank_ok(config):
+        return graph.lowrank_operator(x, eps=config.eps)
+    w = graph.adjacency(x, kind=config.adjacency, sigma=config.sigma, threshold=config.threshold)
+    return graph.normalized_adjacency(w, eps=config.eps)[0]
+
+
+def spectral_embedding(
+    a: graph.LowRankOperator | jax.Array, config: PartitionConfig, key: jax.Array
+) -> jax.Array:
+    """Section 2: the top-P eigenvectors of A, rows normalised to unit length: [N, P].
+
+    "eigh": dense eigh of A [N, N]; "lanczos": `config.lanczos_iters` Lanczos steps.
+    """
+    if config.stage_a_solver == "eigh":
+        emb = jnp.linalg.eigh(a)[1][:, -config.n_parts :]
+    else:
+        n = a.shape[0] if isinstance(a, jax.Array) else a.b.shape[0]
+        emb = lanczos.lanczos_eigsh(a, n, config.n_parts, config.lanczos_iters, key)[1]
+    return emb / jnp.maximum(jnp.linalg.norm(emb, axis=1, keepdims=True), config.eps)
+
+
+def parts_of(emb: jax.Array, config: PartitionConfig, key: jax.Array) -> jax.Array:
+    """Section 2: k-means of the embedding [N, P] into P parts: int32 [N]."""
+    return kmeans(
+        emb,
+        config.n_parts,
+        key,
+        k_max=config.n_parts,
+        n_init=config.kmeans_restarts,
+        max_iter=config.kmeans_max_iter,
+        tol=config.kmeans_tol,
+    ).labels
+
+
+def part_graph(x: jax.Array, parts: jax.Array, config: PartitionConfig) -> jax.Array:
+    """Section 3: W_P = G^T W G [P, P] with diag 0, G the one-hot of parts int [N] in [0, P).
+
+    For the low-rank minmax adjacency, W = F diag(c) F^T off the diagonal with F [N, E + 1]
+    (section 8), so W_P = (G^T F) diag(c) (G^T F)^T: O(N E), W never formed. Otherwise
+    from the dense W in O(N^2).
+    """
+    n_parts = config.n_parts
+    if lowrank_ok(config):
+        op = graph.lowrank_operator(x, eps=config.eps)
+        factor = op.b * jnp.sqrt(op.deg)[:, None]  # undo the D^-1/2 scaling of the rows
+        summed = jax.ops.segment_sum(factor, parts, num_segments=n_parts)  # [P, E + 1]
+        w_p = jnp.matmul(summed * op.w[None, :], summed.T, precision=graph.HIGHEST)
+    else:
+        w = graph.adjacency(
+            x, kind=config.adjacency, sigma=config.sigma, threshold=config.threshold
+        )
+        rows = jax.ops.segment_sum(w, parts, num_segments=n_parts)  # [P, N]
+        w_p = jax.ops.segment_sum(rows.T, parts, num_segments=n_parts)  # [P, P]
+    return jnp.where(jnp.eye(n_parts, dtype=bool), 0.0, w_p)
+
+
+def stage_a(x: jax.Array, config: PartitionConfig, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sections 1-3: features x [N, E] -> (parts int32 [N] in [0, P), W_P [P, P]).
+
+    A constant image (`is_constant`) gets parts = 0: a single part, hence a single node.
+    """
+    eig_key, km_key = jax.random.split(key)
+    emb = spectral_embedding(affinity(x, config), config, eig_key)
+    parts = jnp.where(is_constant(x), 0, parts_of(emb, config, km_key)).astype(jnp.int32)
+    return parts, part_graph(x, parts, config)
+
+
+# ----------------------------------------------------------------------------------------
+# Stage B: decisions at one node (pure functions of W_P [P, P] and a node mask [P]).
+
+
+def _present(labels: jax.Array, mask: jax.Array, k_max: int) -> jax.Array:
+    """Number of distinct labels in [0, k_max) among the masked entries of labels [P]."""
+    onehot = jax.nn.one_hot(labels, k_max, dtype=bool) & mask[:, None]
+    return onehot.any(axis=0).sum(dtype=jnp.int32)
+
+
+def mean_ncut(labels: jax.Array, w: jax.Array, mask: jax.Array, k_max: int) -> jax.Array:
+    """Mean over the clusters present in labels [P] (inside mask) of cut(c, rest) / vol(c)."""
+    present = jnp.maximum(_present(labels, mask, k_max), 1)
+    return graph.mean_ncut(w, labels, k_max, mask, k=present)
+
+
+def threshold_sweep(v: jax.Array, w: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Best bipartition `v > t` of the masked parts: (labels int32 [P], mean ncut or inf).
+
+    Thresholds: N_SWEEP evenly spaced in [min v, max v), then 0, then mean v (statistics
+    over the mask). One-sided cuts are skipped; the first strict minimum wins. The cost is
+    inf when no cut exists (v constant in the sense of np.isclose(min, max)).
+    """
+    big = jnp.finfo(v.dtype).max
+    n = mask.sum()
+    lo = jnp.min(jnp.where(mask, v, big))
+    hi = jnp.max(jnp.where(mask, v, -big))
+    mean = jnp.sum(jnp.where(mask, v, 0.0)) / jnp.maximum(n, 1)
+    steps = lo + (hi - lo) * jnp.arange(N_SWEEP, dtype=v.dtype) / N_SWEEP
+    thresholds = jnp.concatenate([steps, jnp.zeros((1,), v.dtype), mean[None]])
+    cuts = (v[None, :] > thresholds[:, None]) & mask[None, :]
+    sizes = cuts.sum(axis=1)
+    costs = jax.vmap(lambda cut: graph.mean_ncut(w, cut.astype(jnp.int32), 2, mask))(cuts)
+    costs = jnp.where((sizes == 0) | (sizes == n), jnp.inf, costs)
+    constant = jnp.abs(hi - lo) <= 1e-8 + 1e-5 * jnp.abs(hi)
+    best = jnp.argmin(costs)
+    return cuts[best].astype(jnp.int32), jnp.where(constant, jnp.inf, costs[best])
+
+
+def eigengap_k(
+    evals: jax.Array, n: jax.Array, max_kways: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Eigengap choice of k from ascending Laplacian eigenvalues [max_kways].
+
+    Only the m = min(max_kways, n - 1) smallest are meaningful. Gap i (0-based) is
+    lambda[i + 1] - lambda[i]; the gap i = 0 is never chosen; ties pick the smallest k.
+    Returns (k, lambda[k] - lambda[k - 1], has_gap) with k = clip(i* + 1, 2,
+    min(max_kways, n - 1)) for the largest admissible gap i*; has_gap is False when m < 3.
+    """
+    m = jnp.minimum(max_kways, n - 1)
+    gaps = evals[1:] - evals[:-1]
+    idx = jnp.arange(gaps.shape[0])
+    admissible = (idx >= 1) & (idx <= m - 2)
+    best = jnp.argmax(jnp.where(admissible, gaps, -jnp.inf))
+    k = jnp.clip(best + 1, 2, jnp.minimum(max_kways, n - 1))
+    return k.astype(jnp.int32), gaps[best], m >= 3
+
+
+def perturbation(
+    labels: jax.Array, lap: jax.Array, mask: jax.Array, gap: jax.Array, eps: float
+) -> jax.Array:
+    """rho = ||L* - L||_F / gap, L* the Laplacian of the ideal block graph of labels [P].
+
+    The ideal graph links two distinct parts of the node iff they share a label. A zero gap
+    gives inf (0 when L* == L as well), as in the reference.
+    """
+    ideal = (labels[:, None] == labels[None, :]) & ~jnp.eye(labels.shape[0], dtype=bool)
+    lap_star = graph.normalized_laplacian(ideal.astype(lap.dtype), mask, eps)
+    dist = jnp.linalg.norm(lap_star - lap)
+    return jnp.where(gap > 0, dist / jnp.where(gap > 0, gap, 1.0), jnp.where(dist > 0, jnp.inf, 0.0))
+
+
+def node_eigenpairs(
+    lap: jax.Array,
+    w: jax.Array,
+    mask: jax.Array,
+    key: jax.Array,
+    n_pairs: int,
+    solver: StageBSolver,
+    eps: float,
+) -> tuple[jax.Array, jax.Array]:
+    """The n_pairs smallest eigenpairs of a node's Laplacian: (evals [K] ascending, [P, K]).
+
+    "eigh": dense eigh of L [P, P] with the diagonal outside the mask pinned at 3 (above L's
+    spectrum [0, 2]), so those slots sort last. "lanczos": masked Lanczos for the top of
+    A = D^-1/2 W D^-1/2 on the sub-graph, lambda_L = 1 - lambda_A (equal unless a part is
+    isolated in the sub-graph). Vectors are zero outside the mask and signed so that their
+    largest-magnitude entry is positive (the threshold sweep is not sign symmetric).
+    """
+    if solver == "eigh":
+        pinned = lap + jnp.diag(jnp.where(mask, 0.0, 3.0).astype(lap.dtype))
+        evals, evecs = jnp.linalg.eigh(pinned)
+        evals, evecs = evals[:n_pairs], evecs[:, :n_pairs] * mask[:, None]
+        pivot = jnp.take_along_axis(evecs, jnp.argmax(jnp.abs(evecs), axis=0)[None], axis=0)
+        return evals, evecs * jnp.where(pivot < 0, -1.0, 1.0)
+    a, _ = graph.normalized_adjacency(w, mask, eps)
+    n = a.shape[0]
+    top, evecs, _ = lanczos.lanczos_eigsh(a, n, n_pairs, min(n, LANCZOS_STEPS), key, mask)
+    return 1.0 - top, evecs
+
+
+class NodeSplit(NamedTuple):
+    """Outcome at one node: child label of each part (0 outside the node or for a leaf)."""
+
+    labels: jax.Array  # int32 [P]
+    k: jax.Array  # int32 []: eigengap k (0 where not reached)
+    stop: jax.Array  # int32 []: a `Stop` value
+
+
+def split_node(
+    w: jax.Array, mask: jax.Array, key: jax.Array, config: PartitionConfig, solver: StageBSolver
+) -> NodeSplit:
+    """Decide one node (ALGORITHM.md section 4, steps 1-7) on W restricted to mask [P].
+
+    The first attempt uses the eigengap k0: the threshold sweep on the raw second eigenvector
+    for k0 = 2; for k0 > 2 k-means on the row-normalised first k0 eigenvectors and the
+    perturbation test. While the MNcut is >= mncut_th, k drops by one: k-means on the same
+    row-normalised eigenvectors, and for k = 2 the sweep on their second column. This is a
+    while_loop (traced k), so under vmap it runs as often as the slowest node needs.
+    """
+    eps, k_max = config.eps, config.max_kways
+    n = mask.sum(dtype=jnp.int32)
+    lap = graph.normalized_laplacian(w, mask, eps)
+    eig_key, loop_key = jax.random.split(key)
+    evals, evecs = node_eigenpairs(lap, w, mask, eig_key, k_max, solver, eps)
+    k0, gap, has_gap = eigengap_k(evals, n, k_max)
+    y = jnp.where(jnp.arange(k_max)[None, :] < k0, evecs, 0.0)
+    y = y / jnp.maximum(jnp.linalg.norm(y, axis=1, keepdims=True), eps)
+    raw_cut = threshold_sweep(evecs[:, 1], w, mask)
+    normalised_cut = threshold_sweep(y[:, 1], w, mask)
+    pair = n == 2
+    edges = jnp.any((w > 0) & mask[:, None] & mask[None, :])
+    stop0 = jnp.select(
+        [n <= config.min_points, ~edges, pair, ~has_gap],
+        [Stop.MIN_POINTS, Stop.NO_EDGES, Stop.SPLIT, Stop.NO_GAP],
+        Stop.SPLIT,
+    ).astype(jnp.int32)
+
+    def attempt(k: jax.Array, first: jax.Array, subkey: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Labels [P] and MNcut of a k-way cut (k = 2: sweep, else k-means)."""
+        clustered = kmeans(
+            y,
+            k,
+            subkey,
+            k_max=k_max,
+            mask=mask,
+            n_init=config.kmeans_restarts,
+            max_iter=config.kmeans_max_iter,
+            tol=config.kmeans_tol,
+        ).labels
+        sweep_labels, sweep_cost = jax.tree.map(
+            lambda a, b: jnp.where(first, a, b), raw_cut, normalised_cut
+        )
+        labels = jnp.where(k == 2, sweep_labels, clustered)
+        cost = jnp.where(k == 2, sweep_cost, mean_ncut(clustered, w, mask, k_max))
+        return labels, cost
+
+    def retry(state: tuple) -> jax.Array:
+        k, _, cost, stop, _ = state
+        return (stop == Stop.SPLIT) & (cost >= config.mncut_th) & (k > 2)
+
+    def next_attempt(state: tuple) -> tuple:
+        k, _, _, _, loop_key = state
+        loop_key, subkey = jax.random.split(loop_key)
+        first = k > k0
+        k = jnp.where(first, k0, k - 1)
+        labels, cost = attempt(k, first, subkey)
+        rejected = first & (k > 2) & (perturbation(labels, lap, mask, gap, eps) > config.max_perturb)
+        return k, labels, cost, jnp.where(rejected, Stop.PERTURBATION, Stop.SPLIT), loop_key
+
+    pair_labels = jnp.where(mask, jnp.cumsum(mask) - 1, 0).astype(jnp.int32)
+    searching = (stop0 == Stop.SPLIT) & ~pair
+    init = (
+        jnp.where(searching, k0 + 1, 0),
+        pair_labels,
+        jnp.where(pair, mean_ncut(pair_labels, w, mask, k_max), jnp.inf),
+        stop0,
+        loop_key,
+    )
+    _, labels, cost, stop, _ = jax.lax.while_loop(retry, next_attempt, init)
+    no_cut = jnp.isinf(cost) | (_present(labels, mask, k_max) < 2)
+    stop = jnp.where(stop == Stop.SPLIT, jnp.where(no_cut, Stop.CONSTANT, stop), stop)
+    stop = jnp.where((stop == Stop.SPLIT) & (cost >= config.mncut_th), Stop.MNCUT, stop)
+    split = stop == Stop.SPLIT
+    return NodeSplit(
+        labels=jnp.where(split & mask, labels, 0).astype(jnp.int32),
+        k=jnp.where(has_gap & ~pair & (stop0 == Stop.SPLIT), k0, 0).astype(jnp.int32),
+        stop=stop.astype(jnp.int32),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Stage B: the fixed-depth masked recursion over the part graph.
+
+
+class StageB(NamedTuple):
+    """Stage B's tree over the parts; M = 1 + levels * P node slots (see `hiseg_jax.tree`).
+
+    node_of_part: int32 [L + 1, P] node of each part at each depth (-1 for excluded parts).
+    parent, depth, k, stop: int32 [M]; valid, is_leaf: bool [M]. `k` is the number of
+    clusters of a node's accepted cut (0 for leaves), `stop` a `Stop` value.
+    """
+
+    node_of_part: jax.Array
+    parent: jax.Array
+    depth: jax.Array
+    valid: jax.Array
+    is_leaf: jax.Array
+    k: jax.Array
+    stop: jax.Array
+
+
+def _level_base(level: jax.Array, n_parts: int) -> jax.Array:
+    """First slot of depth `level`: 0 for the root, then 1 + (level - 1) * P."""
+    return jnp.where(level == 0, 0, 1 + (level - 1) * n_parts)
+
+
+def stage_b(
+    w_p: jax.Array,
+    config: PartitionConfig,
+    key: jax.Array,
+    part_valid: jax.Array | None = None,
+    *,
+    solver: StageBSolver = "eigh",
+    chunk: int = 2,
+) -> StageB:
+    """Recursive k-way normalised cuts of the part graph W_P [P, P] (ALGORITHM.md section 4).
+
+    part_valid [P] excludes parts (e.g. empty ones) from every node. The nodes of a depth
+    are split `chunk` at a time (vmapped) by a while_loop that ends after the depth's last
+    node, so unused slots cost nothing. The children of a depth are numbered by parent slot,
+    then smallest part id (the reference's breadth-first order). A node's PRNG key is
+    fold_in(fold_in(key, depth), slot): results do not depend on `chunk`.
+    """
+    n_parts, k_max = w_p.shape[0], config.max_kways
+    n_slots = 1 + config.levels * n_parts
+    if part_valid is None:
+        part_valid = jnp.ones((n_parts,), bool)
+    no_child = n_parts * n_parts  # sorts after every (slot, first part) code
+    split_all = jax.vmap(
+        functools.partial(split_node, config=config, solver=solver), in_axes=(None, 0, 0)
+    )
+    part_ids = jnp.arange(n_parts)
+
+    def split_depth(carry: tuple, level: jax.Array) -> tuple[tuple, jax.Array]:
+        node_of_part, count, parent, depth, valid, ks, stops = carry
+        base = _level_base(level, n_parts)
+        level_key = jax.random.fold_in(key, level)
+
+        def more(state: tuple) -> jax.Array:
+            return state[0] * chunk < count
+
+        def split_chunk(state: tuple) -> tuple:
+            start, child, split, ks, stops = state
+            slots = start * chunk + jnp.arange(chunk)
+            live = slots < count
+            masks = (node_of_part[None, :] == (base + slots)[:, None]) & live[:, None]
+            keys = jax.vmap(lambda s: jax.random.fold_in(level_key, s))(slots)
+            res = split_all(w_p, masks, keys)
+            child = jnp.where(masks.any(axis=0), (masks * res.labels).sum(axis=0), child)
+            split = split | (masks & (res.stop == Stop.SPLIT)[:, None]).any(axis=0)
+            ids = jnp.where(live, base + slots, n_slots)
+            ks = ks.at[ids].set(res.k, mode="drop")
+            stops = stops.at[ids].set(res.stop, mode="drop")
+            return start + 1, child, split, ks, stops
+
+        state = (0, jnp.zeros((n_parts,), jnp.int32), jnp.zeros((n_parts,), bool), ks, stops)
+        _, child, split, ks, stops = jax.lax.while_loop(more, split_chunk, state)
+
+        # Child of part p: (slot of its node, label); named by (slot, its smallest part).
+        group = jnp.where(split, (node_of_part - base) * k_max + child, n_parts * k_max)
+        first = jax.ops.segment_min(part_ids, group, num_segments=n_parts * k_max + 1)[group]
+        code = jnp.where(split, (node_of_part - base) * n_parts + first, no_child)
+        uniq = jnp.unique(code, size=n_parts, fill_value=no_child)
+        next_base = 1 + level * n_parts
+        node_of_part = jnp.where(split, next_base + jnp.searchsorted(uniq, code), node_of_part)
+        born = uniq < no_child
+        new = part_ids + next_base
+        parent = parent.at[new].set(jnp.where(born, base + uniq // n_parts, -1))
+        depth = depth.at[new].set(jnp.where(born, level + 1, 0))
+        valid = valid.at[new].set(born)
+        carry = (node_of_part, born.sum(dtype=jnp.int32), parent, depth, valid, ks, stops)
+        return carry, node_of_part
+
+    init = (
+        jnp.where(part_valid, 0, -1).astype(jnp.int32),
+        jnp.int32(1),
+        jnp.full((n_slots,), -1, jnp.int32),
+        jnp.zeros((n_slots,), jnp.int32),
+        jnp.zeros((n_slots,), bool).at[0].set(True),
+        jnp.zeros((n_slots,), jnp.int32),
+        jnp.full((n_slots,), Stop.DEPTH, jnp.int32),
+    )
+    (last, _, parent, depth, valid, ks, stops), levels = jax.lax.scan(
+        split_depth, init, jnp.arange(config.levels)
+    )
+    # Nodes at the last depth were never split: too small, else out of depth budget.
+    size = jnp.zeros((n_slots,), jnp.int32).at[jnp.where(last >= 0, last, n_slots)].add(
+        1, mode="drop"
+    )
+    deepest = valid & (depth == config.levels)
+    stops = jnp.where(deepest & (size <= config.min_points), Stop.MIN_POINTS, stops)
+    has_child = jnp.zeros((n_slots,), bool).at[jnp.where(parent >= 0, parent, n_slots)].set(
+        True, mode="drop"
+    )
+    return StageB(
+        node_of_part=jnp.concatenate([init[0][None], levels]),
+        parent=parent,
+        depth=depth,
+        valid=valid,
+        is_leaf=valid & ~has_child,
+        k=ks,
+        stop=jnp.where(valid, stops, Stop.DEPTH),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Entry point.
+
+
+def _partition_one(
+    x: jax.Array, key: jax.Array, config: PartitionConfig, solver: StageBSolver, chunk: int
+) -> tuple[jax.Array, ...]:
+    """One image x [N, E] -> (labels [L + 1, N], parent, depth, is_leaf, valid [M], parts)."""
+    a_key, b_key = jax.random.split(key)
+    parts, w_p = stage_a(x, config, a_key)
+    sizes = jax.ops.segment_sum(jnp.ones_like(parts), parts, num_segments=config.n_parts)
+    tree = stage_b(w_p, config, b_key, sizes > 0, solver=solver, chunk=chunk)
+    labels = tree.node_of_part[:, parts]
+    return labels, tree.parent, tree.depth, tree.is_leaf, tree.valid, parts
+
+
+@functools.partial(jax.jit, static_argnames=("config", "solver", "chunk"))
+def _partition_batch(
+    x: jax.Array, key: jax.Array, config: PartitionConfig, solver: StageBSolver, chunk: int
+) -> tuple[jax.Array, ...]:
+    """Features [B, N, E] -> the Tree arrays, every image with the same key."""
+    return jax.vmap(_partition_one, in_axes=(0, None, None, None, None))(
+        x, key, config, solver, chunk
+    )
+
+
+def check_features(features: np.ndarray | jax.Array | Sequence, n_parts: int) -> np.ndarray:
+    """Validated float32 [B, h, w, E] from [B, h, w, E], [h, w, E] or a list of [h, w, E].
+
+    ValueError for: mixed grid sizes in a list, a wrong rank, non-float data, NaN/inf
+    (naming the first bad batch index), fewer patches than parts.
+    """
+    if isinstance(features, list | tuple):
+        shapes = {np.shape(f) for f in features}
+        if len(shapes) > 1:
+            raise ValueError(f"features of mixed sizes in one batch: {sorted(shapes)}")
+        if not features:
+            raise ValueError("features is an empty list")
+        features = np.stack([np.asarray(f) for f in features])
+    x = np.asarray(features)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or min(x.shape) < 1:
+        raise ValueError(f"features must be [B, h, w, E] (or [h, w, E]), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"features must be floating point, got {x.dtype}")
+    finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"features of batch index {int(np.argmin(finite))} contain NaN or inf")
+    if x.shape[1] * x.shape[2] < n_parts:
+        raise ValueError(
+            f"{x.shape[1]}x{x.shape[2]} = {x.shape[1] * x.shape[2]} patches are fewer than "
+            f"n_parts = {n_parts}"
+        )
+    return x.astype(np.float32)
+
+
+def partition(
+    features: np.ndarray | jax.Array | Sequence,
+    config: PartitionConfig = PartitionConfig(),
+    key: jax.Array | None = None,
+    *,
+    solver: StageBSolver = "eigh",
+    chunk: int = 2,
+) -> Tree:
+    """Tree of nested regions for each image of a batch of patch features [B, h, w, E].
+
+    All stages run in one jit-compiled program (config static), vmapped over the batch;
+    every image uses `key` (default `jax.random.key(0)`), so image b's tree depends only on
+    its features and the key. `solver` is stage B's eigensolver, `chunk` its node batch.
+    Bad input raises ValueError (see `check_features`).
+    """
+    x = check_features(features, config.n_parts)
+    key = jax.random.key(0) if key is None else key
+    batch, h, w, e = x.shape
+    arrays = _partition_batch(jnp.asarray(x.reshape(batch, h * w, e)), key, config, solver, chunk)
+    labels, parent, depth, is_leaf, valid, parts = arrays
+    return Tree(labels, parent, depth, is_leaf, valid, parts, grid=(h, w))

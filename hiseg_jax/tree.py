@@ -1,0 +1,111 @@
+"""The partitioner's result: a batched tree of nested regions over the patch grid.
+
+Node identity is explicit: every node is a slot `m` in `[0, M)` with a parent slot, a depth
+and flags; nothing is encoded arithmetically in the ids. Slot 0 is the root; the slots of
+depth `d >= 1` are `[1 + (d - 1) * P, 1 + d * P)` (a level holds at most P nodes, one per
+stage-A part). Patch `i` of image `b` belongs to node `m` iff
+`labels[b, depth[b, m], i] == m`; a node that stops splitting keeps its id at every deeper
+level, so `labels[:, -1]` is the leaf partition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Tree:
+    """Batched tree (leading axis B everywhere); L = levels, M = 1 + L * P node slots.
+
+    labels:  int32 [B, L + 1, N] node id of each patch at each depth (0 = root).
+    parent:  int32 [B, M] parent slot, -1 for the root and for unused slots.
+    depth:   int32 [B, M] depth of each slot (0 for unused slots).
+    is_leaf: bool  [B, M] valid node without children.
+    valid:   bool  [B, M] slot holds a node.
+    parts:   int32 [B, N] stage-A part of each patch.
+    grid:    (h, w) static patch grid, N = h * w.
+    """
+
+    labels: jax.Array
+    parent: jax.Array
+    depth: jax.Array
+    is_leaf: jax.Array
+    valid: jax.Array
+    parts: jax.Array
+    grid: tuple[int, int] = dataclasses.field(metadata={"static": True})
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def levels(self) -> int:
+        """L: the deepest possible depth."""
+        return self.labels.shape[1] - 1
+
+    def __getitem__(self, index: Any) -> Tree:
+        """Index the batch axis; an integer keeps a batch axis of size 1."""
+        if isinstance(index, int | np.integer):
+            index = slice(int(index), int(index) + 1 or None)
+        return jax.tree.map(lambda a: a[index], self)
+
+
+def unbatch(tree: Tree) -> list[Tree]:
+    """The B single-image trees (each with a batch axis of size 1)."""
+    return [tree[b] for b in range(tree.batch_size)]
+
+
+def node_mask(tree: Tree, b: int, node: int | jax.Array) -> jax.Array:
+    """bool [h, w]: the patches of node `node` in image `b` (all False for an unused slot)."""
+    depth = tree.depth[b, node]
+    inside = (tree.labels[b, depth] == node) & tree.valid[b, node]
+    return inside.reshape(tree.grid)
+
+
+def level_map(tree: Tree, level: int) -> jax.Array:
+    """int32 [B, h, w]: node id of each patch at depth `level` (negative counts from L)."""
+    return tree.labels[:, level].reshape(tree.batch_size, *tree.grid)
+
+
+def leaves(tree: Tree) -> jax.Array:
+    """int32 [B, h, w]: leaf id of each patch."""
+    return level_map(tree, -1)
+
+
+def num_nodes(tree: Tree) -> jax.Array:
+    """int32 [B]: number of nodes (root included) of each tree."""
+    return tree.valid.sum(axis=-1, dtype=jnp.int32)
+
+
+def to_json(tree: Tree, b: int) -> dict[str, Any]:
+    """Nested JSON-able form of image `b`'s tree.
+
+    Each node is `{"id", "depth", "parts", "area", "children"}`: `parts` the sorted stage-A
+    part ids it covers, `area` its number of patches; children sorted by id.
+    """
+    labels = np.asarray(tree.labels[b])
+    parent = np.asarray(tree.parent[b])
+    depth = np.asarray(tree.depth[b])
+    valid = np.asarray(tree.valid[b])
+    parts = np.asarray(tree.parts[b])
+    children: dict[int, list[int]] = {int(m): [] for m in np.flatnonzero(valid)}
+    for m in np.flatnonzero(valid & (parent >= 0)):
+        children[int(parent[m])].append(int(m))
+
+    def build(m: int) -> dict[str, Any]:
+        inside = labels[depth[m]] == m
+        return {
+            "id": m,
+            "depth": int(depth[m]),
+            "parts": sorted(int(p) for p in np.unique(parts[inside])),
+            "area": int(inside.sum()),
+            "children": [build(c) for c in sorted(children[m])],
+        }
+
+    return build(0)

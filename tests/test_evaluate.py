@@ -1,0 +1,340 @@
+"""The evaluation runner: the append-only log, tree compaction and padding (scores must not
+change), records -> accumulators, Hungarian matching, and whole runs on a fake dataset
+(one line per image, report, skipped image, resume after an interruption or a torn line,
+totals equal to the metrics module's direct computation)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from evaluate_cases import BAD_LABELS, BROKEN, SIZE, SMALL, make_voc_pairs
+
+from hiseg_jax import eval_hungarian, eval_scoring, evaluation, results_log
+from hiseg_jax.api import segment, upsample_labels
+from hiseg_jax.datasets import load, read_example
+from hiseg_jax.hierarchies import index_label_space, label_space, load_hierarchy, parse_hierarchy
+from hiseg_jax.images import ImageLoadError
+from hiseg_jax.metrics import Accumulator, TreePrediction, evaluate_batch, evaluate_bsds_batch
+from hiseg_jax.tree import Tree
+
+# --------------------------------------------------------------------------------------
+# The results log.
+
+
+def test_log_round_trip_and_torn_last_line(tmp_path):
+    log = tmp_path / "r.jsonl"
+    assert results_log.read(log) == ([], 0)
+    records = [{"index": i, "x": [0.1 * i, None]} for i in range(3)]
+    for r in records:
+        results_log.append(log, r)
+    assert results_log.read(log) == (records, 0)
+    whole = log.read_bytes()
+    log.write_bytes(whole + b'{"index": 3, "x"')  # killed while writing line 4
+    assert results_log.read(log) == (records, 16)
+    assert results_log.repair(log) == 16 and log.read_bytes() == whole
+    results_log.append(log, {"index": 3})
+    assert results_log.read(log)[0] == [*records, {"index": 3}]
+    assert results_log.repair(log) == 0
+
+
+def test_log_corrupt_inner_line_raises(tmp_path):
+    log = tmp_path / "r.jsonl"
+    log.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(results_log.ResultsLogError, match="line 2"):
+        results_log.read(log)
+    log.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(results_log.ResultsLogError, match="not a JSON object"):
+        results_log.read(log)
+
+
+def test_log_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        results_log.append(tmp_path / "r.jsonl", {"x": float("nan")})
+
+
+# --------------------------------------------------------------------------------------
+# Compaction, padding and records leave every score unchanged.
+
+
+def scattered_trees() -> Tree:
+    """Two trees on a 4 x 5 grid over M = 13 slots, valid nodes at scattered slots."""
+    grid, slots = (4, 5), 13
+    cols = np.arange(20) % 5
+    rows = np.arange(20) // 5
+    labels = np.zeros((2, 3, 20), np.int32)
+    parent = np.full((2, slots), -1, np.int32)
+    depth = np.zeros((2, slots), np.int32)
+    valid = np.zeros((2, slots), bool)
+    # image 0: root 0 -> {3, 7}; 7 -> {9, 12}; 3 stops.
+    labels[0, 1] = np.where(cols < 2, 3, 7)
+    labels[0, 2] = np.where(cols < 2, 3, np.where(rows < 2, 9, 12))
+    for m, p, d in ((3, 0, 1), (7, 0, 1), (9, 7, 2), (12, 7, 2)):
+        parent[0, m], depth[0, m], valid[0, m] = p, d, True
+    # image 1: root 0 -> {1, 5, 11}, no deeper split.
+    labels[1, 1] = labels[1, 2] = np.choose(np.minimum(cols // 2, 2), [1, 5, 11])
+    for m in (1, 5, 11):
+        parent[1, m], depth[1, m], valid[1, m] = 0, 1, True
+    valid[:, 0] = True
+    is_leaf = valid & ~np.stack([np.isin(np.arange(slots), parent[b]) for b in range(2)])
+    return Tree(labels, parent, depth, is_leaf, valid, np.zeros((2, 20), np.int32), grid=grid)
+
+
+def test_compact_tree_renumbers_in_slot_order():
+    tree = scattered_trees()
+    pred, slot_ids = eval_scoring.compact_tree(tree)
+    assert pred.node_valid.shape == (2, eval_scoring.MIN_BUCKET)
+    np.testing.assert_array_equal(slot_ids[0, :6], [0, 3, 7, 9, 12, -1])
+    np.testing.assert_array_equal(slot_ids[1, :5], [0, 1, 5, 11, -1])
+    np.testing.assert_array_equal(pred.node_parent[0, :5], [-1, 0, 0, 2, 2])
+    np.testing.assert_array_equal(pred.node_depth[0, :5], [0, 1, 1, 2, 2])
+    # every node keeps its patches: new id j at depth d <=> old slot slot_ids[j] there
+    old = np.asarray(tree.labels).reshape(2, 3, 4, 5)
+    for b in range(2):
+        np.testing.assert_array_equal(slot_ids[b][pred.level_labels[b]], old[b])
+
+
+def random_gt(rng, shape, num_labels) -> np.ndarray:
+    gt = rng.integers(0, num_labels, shape).astype(np.int32)
+    gt[rng.random(shape) < 0.1] = -1
+    return gt
+
+
+def test_padded_compact_scores_equal_direct_scores():
+    """Each image scored alone at its own size with the full tree == the padded batch of
+    compacted trees; node ids in records are the original slots."""
+    tree = scattered_trees()
+    space = index_label_space([-1, 0, 0, 1], ignore_values=(-1,))  # a small GT hierarchy
+    rng = np.random.default_rng(3)
+    sizes = [(9, 11), (7, 13)]
+    gts = [random_gt(rng, s, 4) for s in sizes]
+    pred, slot_ids = eval_scoring.compact_tree(tree)
+    pred = eval_scoring.at_resolution(pred, sizes)
+    assert pred.level_labels.shape[-2:] == (32, 32)
+    hw = eval_scoring.padded_shape(sizes)
+    records = eval_scoring.score_regions(pred, slot_ids, eval_scoring.pad_maps(gts, hw),
+                                         space, 2)
+    direct = Accumulator.for_regions(space)
+    for b, (size, gt) in enumerate(zip(sizes, gts, strict=True)):
+        full = np.asarray(upsample_labels(
+            np.asarray(tree.labels[b]).reshape(3, 4, 5), size))
+        one = TreePrediction(full[None], np.asarray(tree.valid[b : b + 1]),
+                             np.asarray(tree.depth[b : b + 1]),
+                             np.asarray(tree.parent[b : b + 1]))
+        scores = evaluate_batch(one, gt[None], space)
+        direct.add(scores, [f"img{b}"])
+        present = np.flatnonzero(np.asarray(scores.matches.node[0]) >= 0)
+        assert records[b]["gt"] == present.tolist()
+        assert records[b]["match"] == np.asarray(scores.matches.node[0])[present].tolist()
+        assert records[b]["nm_covering"] == np.asarray(scores.nm_covering[0]).tolist()
+    for b, r in enumerate(records):
+        r["name"] = f"img{b}"
+    rebuilt = eval_scoring.region_accumulator(records, space)
+    assert rebuilt.summary() == direct.summary()
+    np.testing.assert_array_equal(rebuilt.totals["tp"], direct.totals["tp"])
+
+
+def test_bsds_scores_and_nm_covering():
+    tree = scattered_trees()
+    rng = np.random.default_rng(4)
+    sizes = [(8, 10), (8, 10)]
+    segs = [rng.integers(1, 6, (3, *s)) for s in sizes]  # 3 annotators, ids from 1
+    segs[1] = segs[1][:2]  # image 1 has two annotators only
+    targets = [eval_scoring.bsds_targets(s, None) for s in segs]
+    pred, _ = eval_scoring.compact_tree(tree)
+    pred = eval_scoring.at_resolution(pred, sizes)
+    padded = eval_scoring.pad_maps(targets, (32, 32), eval_scoring.BSDS_ANNOTATORS)
+    records = eval_scoring.score_bsds(pred, padded, 2)
+    assert [r["n_annotators"] for r in records] == [3, 2]
+    assert [len(r["nm_covering"]) for r in records] == [3, 2]
+    space = index_label_space(np.full(eval_scoring.BSDS_REGIONS, -1), ignore_values=(-1,))
+    for b, r in enumerate(records):  # NMCovering of each annotator, scored alone
+        full = np.asarray(upsample_labels(
+            np.asarray(tree.labels[b]).reshape(3, 4, 5), sizes[b]))
+        one = TreePrediction(full[None], np.asarray(tree.valid[b : b + 1]),
+                             np.asarray(tree.depth[b : b + 1]),
+                             np.asarray(tree.parent[b : b + 1]))
+        alone = [float(evaluate_batch(one, t[None], space).nm_covering[0, 0])
+                 for t in targets[b]]
+        assert r["nm_covering"] == alone
+        # the same annotator padding (a float32 mean over that axis), no spatial padding
+        own = eval_scoring.pad_maps([targets[b]], sizes[b], eval_scoring.BSDS_ANNOTATORS)
+        direct = evaluate_bsds_batch(one, own, eval_scoring.BSDS_REGIONS)
+        assert r["best"] == float(direct.best[0])
+        assert r["levels"] == np.asarray(direct.levels[0]).tolist()
+    summary = eval_scoring.bsds_nm_covering([r | {"name": str(i)}
+                                             for i, r in enumerate(records)])
+    assert summary["nm_covering"] == pytest.approx(
+        np.mean([np.mean(r["nm_covering"]) for r in records]), abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Hungarian matching of clustered leaves.
+
+TWO_LEVELS = parse_hierarchy(
+    "bg | 0 | background\ncar | - | foreground\ncar/wheel | 2 | foreground\n"
+    "car/body | 5 | foreground\nperson | 3 | foreground\n", "toy")
+
+
+def test_exclusive_sets():
+    assert eval_hungarian.exclusive_sets(label_space(load_hierarchy("voc2012"))) == [0]
+    space = label_space(TWO_LEVELS)
+    assert [space.set_names[s] for s in eval_hungarian.exclusive_sets(space)] == [
+        "depth1", "depth2"]
+
+
+def test_hungarian_recovers_separable_leaves():
+    """Leaves whose descriptors sit near one direction per class: k-means finds the classes,
+    the assignment is perfect; a leaf holding pixels of two classes costs exactly those."""
+    space = label_space(load_hierarchy("voc2012"))  # (image), background, 20 classes
+    rng = np.random.default_rng(0)
+    label_of_leaf = np.repeat([1, 2, 9, 16], 5)  # background, aeroplane, cat, person
+    descriptors = np.eye(8)[np.repeat(np.arange(4), 5)] + 0.01 * rng.normal(size=(20, 8))
+    counts = np.zeros((20, space.num_nodes), np.int64)
+    counts[np.arange(20), label_of_leaf] = 100
+    results = eval_hungarian.hungarian_results(descriptors, counts, space, seed=0)
+    assert results == {"all": dict(classes=4, clusters=4, leaves=20, miou=1.0, pacc=1.0,
+                                   macc=1.0, fiou=1.0)}
+    counts[0, 16] = 50  # a background leaf with 50 person pixels
+    results = eval_hungarian.hungarian_results(descriptors, counts, space, seed=0)["all"]
+    iou = 500 / 550  # background: 50 FP; person: 50 FN
+    assert results["pacc"] == pytest.approx(2000 / 2050)
+    assert results["miou"] == pytest.approx((2 + 2 * iou) / 4)
+    assert results["macc"] == pytest.approx((3 + 500 / 550) / 4)
+
+
+# --------------------------------------------------------------------------------------
+# Whole runs on a fake dataset with the real weights.
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> tuple[Path, Path]:
+    """(raw folder, prepared folder) of the fake VOC dataset."""
+    root = tmp_path_factory.mktemp("data")
+    return make_voc_pairs(root / "voc"), root / "prepared"
+
+
+def settings_for(voc, **kw) -> evaluation.EvalSettings:
+    return evaluation.EvalSettings(dataset="voc2012", data_dir=str(voc[0]), split="val",
+                                   size=SIZE, partition=SMALL, **kw)
+
+
+def options_for(voc, out, **kw) -> evaluation.RunOptions:
+    return evaluation.RunOptions(out=out, batch_size=2, prepared_dir=voc[1], progress=False,
+                                 **kw)
+
+
+@pytest.fixture
+def scored_batches(monkeypatch) -> list[list[int]]:
+    """The dataset indices of every batch the runner segments (appended as they run)."""
+    calls: list[list[int]] = []
+    real = evaluation._score_batch
+
+    def counting(host, *args):
+        calls.append(list(host.indices))
+        return real(host, *args)
+
+    monkeypatch.setattr(evaluation, "_score_batch", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def full_run(voc, default_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("full")
+    report = evaluation.evaluate(settings_for(voc), options_for(voc, out))
+    return out, report
+
+
+def test_full_run_lines_report_and_skipped_image(full_run):
+    out, report = full_run
+    lines = out.joinpath("results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert sorted(r["index"] for r in records) == [0, 1, 2, 3, 4, 5]
+    broken = [r for r in records if "error" in r]
+    assert [(r["index"], r["name"]) for r in broken] == [(BROKEN, str(BROKEN)),
+                                                         (BAD_LABELS, str(BAD_LABELS))]
+    assert broken[0]["error"].startswith("unreadable image: ")
+    assert broken[1]["error"].startswith("ground truth: label values not in hierarchy")
+    assert "[30]" in broken[1]["error"]
+    run = report["run"]
+    assert (run["scored"], run["skipped"], run["split_images"], run["complete"]) == (4, 2, 6, True)
+    saved = json.loads(out.joinpath("report.json").read_text())
+    assert saved["results"] == report["results"]
+    assert saved["settings"]["size"] == [SIZE, SIZE]
+    assert saved["settings"]["partition"]["n_parts"] == SMALL.n_parts
+    assert saved["software"]["jax"] == jax.__version__ and saved["machine"]["cores"] >= 1
+    markdown = out.joinpath("report.md").read_text()
+    assert "| all classes" in markdown and "2 (index 2)" in markdown
+    assert Accumulator.load(out / "accumulator.npz").summary() == report["results"]
+
+
+def test_totals_equal_direct_metrics(full_run, voc, default_checkpoint):
+    """The same trees from `api.segment` (same batches: the runner pads each to 2 with a
+    copy), every image scored alone at its own size against its raw GT."""
+    _, report = full_run
+    source = load("voc2012", voc[0], "val", prepared_dir=voc[1])
+    examples = {}
+    for i in range(len(source)):
+        try:
+            examples[i] = read_example(source[i])
+        except ImageLoadError:
+            continue
+    space = label_space(load_hierarchy("voc2012"))
+    acc = Accumulator.for_regions(space)
+    for batch in ([0, 1], [3, 3], [4, 4]):  # the runner's batches, 2 and 5 skipped
+        result = segment([examples[i][1] for i in batch], default_checkpoint, SIZE,
+                         batch_size=2, key=jax.random.key(0), config=SMALL)
+        for b, i in enumerate(dict.fromkeys(batch)):
+            name, _, labels = examples[i]
+            pred = TreePrediction(np.asarray(result.level_labels[b])[None],
+                                  *(np.asarray(getattr(result.tree, k)[b : b + 1])
+                                    for k in ("valid", "depth", "parent")))
+            acc.add(evaluate_batch(pred, labels, space), [name])
+    assert acc.summary() == report["results"]
+
+
+def test_resume_after_limit_recomputes_nothing(full_run, voc, tmp_path, scored_batches):
+    out = tmp_path / "run"
+    evaluation.evaluate(settings_for(voc), options_for(voc, out, limit=2))
+    first = out.joinpath("results.jsonl").read_bytes()
+    assert len(first.splitlines()) == 2 and scored_batches == [[0, 1]]
+    with pytest.raises(evaluation.EvaluationError, match="--resume"):
+        evaluation.evaluate(settings_for(voc), options_for(voc, out))
+    with pytest.raises(evaluation.EvaluationError, match="seed"):
+        evaluation.evaluate(settings_for(voc, seed=1), options_for(voc, out, resume=True))
+    report = evaluation.evaluate(settings_for(voc), options_for(voc, out, resume=True))
+    assert scored_batches == [[0, 1], [3], [4]]  # [2, 3] and [4, 5] without the skipped
+    assert out.joinpath("results.jsonl").read_bytes().startswith(first)
+    assert report["results"] == full_run[1]["results"]
+    assert report["run"]["complete"]
+
+
+def test_resume_drops_a_torn_last_line(full_run, voc, tmp_path, scored_batches):
+    """Killed while writing the last batch: its first line torn, the second never written."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(full_run[0] / "settings.json", out)
+    lines = full_run[0].joinpath("results.jsonl").read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["index"] for line in lines[-2:]] == [4, 5]
+    out.joinpath("results.jsonl").write_bytes(b"".join(lines[:-2]) + lines[-2][:40])
+    report = evaluation.evaluate(settings_for(voc), options_for(voc, out, resume=True))
+    assert scored_batches == [[4]]
+    records, torn_bytes = results_log.read(out / "results.jsonl")
+    assert torn_bytes == 0 and len(records) == 6
+    assert report["results"] == full_run[1]["results"]
+
+
+def test_settings_errors(voc):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        evaluation.EvalSettings(dataset="nope", data_dir=".", split="val")
+    with pytest.raises(ValueError, match="no classes"):
+        evaluation.EvalSettings(dataset="bsds500", data_dir=".", split="val",
+                                matching="hungarian")
+    with pytest.raises(ValueError, match="resolution"):
+        settings_for(voc, resolution="pixel")
+    with pytest.raises(ValueError, match="exclude"):
+        evaluation.RunOptions(out=Path("x"), resume=True, overwrite=True)

@@ -1,0 +1,103 @@
+"""`hiseg evaluate` from the command line: clean errors with exit status 2 for a missing or
+malformed dataset folder and bad settings; an interrupted run (Ctrl-C) that resumes; the
+printed table, skipped image and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from evaluate_cases import SMALL_FLAGS, make_voc_pairs
+
+from hiseg_jax import evaluation
+from hiseg_jax.cli import main
+
+
+def evaluate(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["evaluate", "--no-progress", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_missing_dataset_folder(tmp_path, capsys):
+    absent = tmp_path / "absent"
+    code, out, err = evaluate(capsys, "--dataset", "voc2012", "--data-dir", str(absent),
+                              "--prepared-dir", str(tmp_path / "p"), "--out", str(tmp_path / "o"))
+    assert code == 2 and f"data folder {absent} does not exist" in err
+    assert "Traceback" not in out + err and not (tmp_path / "o").exists()
+
+
+def test_malformed_dataset_folder(tmp_path, capsys):
+    root = tmp_path / "bsds"
+    (root / "images" / "val").mkdir(parents=True)
+    code, _, err = evaluate(capsys, "--dataset", "bsds500", "--data-dir", str(root),
+                            "--prepared-dir", str(tmp_path / "p"), "--out", str(tmp_path / "o"))
+    assert code == 2 and str(root / "groundTruth" / "val") in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--dataset", "bsds500", "--matching", "hungarian"], "no classes"),
+    (["--dataset", "voc2012", "--batch-size", "0"], "batch size must be >= 1"),
+    (["--dataset", "voc2012", "--levels", "0"], "levels must be >= 1"),
+])
+def test_bad_settings(tmp_path, capsys, flags, message):
+    code, _, err = evaluate(capsys, *flags, "--data-dir", str(tmp_path))
+    assert code == 2 and message in err
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory) -> list[str]:
+    """Flags naming the fake VOC dataset and where to prepare it."""
+    root = tmp_path_factory.mktemp("data")
+    return ["--dataset", "voc2012", "--data-dir", str(make_voc_pairs(root / "voc")),
+            "--prepared-dir", str(root / "prepared")]
+
+
+def test_size_not_fitting_the_patch(voc, tmp_path, capsys, default_checkpoint):
+    code, _, err = evaluate(capsys, *voc, *SMALL_FLAGS, "--size", "100",
+                            "--out", str(tmp_path / "o"))
+    assert code == 2 and "multiple of the patch size 14" in err
+
+
+def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_checkpoint):
+    out = tmp_path / "run"
+    flags = [*voc, *SMALL_FLAGS, "--batch-size", "2", "--out", str(out)]
+    real = evaluation._score_batch
+    calls = []
+
+    def interrupted_at_second_batch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(evaluation, "_score_batch", interrupted_at_second_batch)
+    code, _, err = evaluate(capsys, *flags)
+    assert code == 130 and "interrupted; 2 images recorded" in err and "--resume" in err
+    assert len(out.joinpath("results.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(evaluation, "_score_batch", real)
+
+    code, _, err = evaluate(capsys, *flags)
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+
+    code, stdout, _ = evaluate(capsys, *flags, "--resume")
+    assert code == 1  # images were skipped
+    assert "4 images scored, 2 skipped" in stdout and "skipped 2: unreadable image" in stdout
+    assert "skipped 5: ground truth: label values not in hierarchy" in stdout
+    lines = stdout.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("| level"))
+    header, rule, row = lines[start : start + 3]
+    assert [c.strip() for c in header.split("|")[1:-1]] == [
+        "level", "images", "classes", "mIoU", "pAcc", "mAcc", "fIoU", "NMCovering",
+        "NHCovering", "nodes"]
+    assert set(rule) == {"|", "-"}
+    assert [c.strip() for c in row.split("|")[1:3]] == ["all classes", "4"]
+    log = out.joinpath("results.jsonl").read_text()
+    records = [json.loads(line) for line in log.splitlines()]
+    assert sorted(r["index"] for r in records) == [0, 1, 2, 3, 4, 5]
+    report = json.loads(out.joinpath("report.json").read_text())
+    assert report["command"].startswith("hiseg evaluate --dataset voc2012 --data-dir ")
+    assert "--n-parts 16" in report["command"] and "--batch-size 2" in report["command"]
+    assert Path(out / "report.md").read_text().count("| all classes |") == 1
