@@ -8,9 +8,12 @@ checkpoint and `../shared/data` exist, else from `synthetic.planted_hierarchy`.
 
     .venv/bin/python benchmarks/partition.py [--images 4] [--sizes 448 840]
 
-Compile time is excluded (one warm-up call per jitted function). On a loaded machine, XLA's
-CPU thread pool stalls on every small op; pin the process (`taskset -c 0 ...`) for stable
-figures: the reference then runs on the same single core.
+JAX runs each profile of `--profile` (default: the authors' settings with each stage-A
+solver, and a fast profile with a single k-means restart); the reference always runs the
+authors' settings. Compile time is excluded (one warm-up call per jitted function). On a
+loaded machine XLA's CPU thread pool stalls on every small op: pin the process for stable
+figures (`OMP_WAIT_POLICY=PASSIVE taskset -c 0 ...`), the reference then runs on the same
+core.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from partition_quality import parse_variant  # benchmarks/ is on sys.path when run as a script
 
 from hiseg_jax import partition as jp
 from hiseg_jax import reference, synthetic
 from hiseg_jax.config import PartitionConfig
 
-SHARED = Path(os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(
+    os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 def load_features(size: int, count: int) -> tuple[np.ndarray, str]:
@@ -39,7 +45,10 @@ def load_features(size: int, count: int) -> tuple[np.ndarray, str]:
     if files and features.default_checkpoint_path().is_file():
         model = features.load_default_backbone()
         batch = features.preprocess([images.load_image(f) for f in files], size, model.config)
-        out = [np.asarray(features.extract_features(model, batch[i : i + 1])) for i in range(len(batch))]
+        out = [
+            np.asarray(features.extract_features(model, batch[i : i + 1]))
+            for i in range(len(batch))
+        ]
         return np.concatenate(out), f"BSDS500 val, {features.DEFAULT_BACKBONE}"
     grid = (size // 14, size // 14)
     feats = [synthetic.planted_hierarchy(s, grid=grid, dim=384)[0] for s in range(count)]
@@ -97,52 +106,75 @@ def jax_times(fns: dict[str, Callable], x: np.ndarray) -> tuple[dict[str, float]
     return t, int(tree.valid.sum())
 
 
-def run_size(feats: np.ndarray, config: PartitionConfig, args: argparse.Namespace) -> None:
+STAGES = ("graph", "eigensolver", "k-means", "stage B")
+PROFILES = (
+    "eigh:stage_a_solver=eigh",
+    "lanczos:stage_a_solver=lanczos",
+    "fast:stage_a_solver=lanczos,kmeans_restarts=1",
+)
+
+
+def jax_profile(
+    feats: np.ndarray, config: PartitionConfig, args: argparse.Namespace
+) -> tuple[dict[str, float], float]:
+    """Mean stage times, 'total' (single-jit `partition`, B = 1) and nodes; batch s/image."""
     count, h, w, e = feats.shape
     flat = feats.reshape(count, h * w, e)
-    stages = ("graph", "eigensolver", "k-means", "stage B")
     fns = jax_functions(config, args.stage_b_solver, args.chunk)
-    jax_times(fns, flat[0])  # compile
-    jp.partition(feats[:1], config, solver=args.stage_b_solver, chunk=args.chunk)
+
+    def whole(f: np.ndarray) -> jax.Array:
+        return jp.partition(f, config, solver=args.stage_b_solver, chunk=args.chunk).labels
+
     batch = np.resize(feats, (args.batch, h, w, e))
-    jp.partition(batch, config, solver=args.stage_b_solver, chunk=args.chunk)
-
-    ref = {s: [] for s in (*stages, "total")}
-    jx = {s: [] for s in (*stages, "total")}
-    nodes_ref, nodes_jax = [], []
+    jax.block_until_ready((jax_times(fns, flat[0]), whole(feats[:1]), whole(batch)))  # compile
+    times = {s: [] for s in (*STAGES, "total", "nodes")}
     for i in range(count):
-        t, n = reference_times(flat[i], config)
-        for s in stages:
-            ref[s].append(t[s])
-        ref["total"].append(sum(t.values()))
-        nodes_ref.append(n)
         t, n = jax_times(fns, flat[i])
-        for s in stages:
-            jx[s].append(t[s])
-        nodes_jax.append(n)
-        _, total = timed(
-            lambda f: jp.partition(f, config, solver=args.stage_b_solver, chunk=args.chunk).labels,
-            feats[i : i + 1],
-        )
-        jx["total"].append(total)
-    _, batch_time = timed(
-        lambda f: jp.partition(f, config, solver=args.stage_b_solver, chunk=args.chunk).labels,
-        batch,
-    )
+        for s in STAGES:
+            times[s].append(t[s])
+        times["nodes"].append(n)
+        times["total"].append(timed(whole, feats[i : i + 1])[1])
+    return {s: float(np.mean(v)) for s, v in times.items()}, timed(whole, batch)[1] / args.batch
 
-    print(f"\nN = {h * w} ({h}x{w} patches), P = {config.n_parts}, {count} images, "
-          f"stage A solver {config.stage_a_solver}, stage B solver {args.stage_b_solver}, "
-          f"chunk {args.chunk}")
-    print(f"{'stage':<22}{'reference s':>12}{'JAX s':>10}{'ratio':>8}")
-    for s in (*stages, "total"):
-        r, j = np.mean(ref[s]), np.mean(jx[s])
-        label = "total (one jit)" if s == "total" else s
-        print(f"{label:<22}{r:>12.3f}{j:>10.3f}{r / j:>8.1f}")
-    per_image = batch_time / args.batch
-    ratio = np.mean(ref["total"]) / per_image
-    print(f"{f'batch B={args.batch} per image':<22}{np.mean(ref['total']):>12.3f}{per_image:>10.3f}"
-          f"{ratio:>8.1f}")
-    print(f"nodes per tree: reference {np.mean(nodes_ref):.1f}, JAX {np.mean(nodes_jax):.1f}")
+
+def run_size(
+    feats: np.ndarray, profiles: dict[str, PartitionConfig], args: argparse.Namespace
+) -> None:
+    count, h, w, e = feats.shape
+    flat = feats.reshape(count, h * w, e)
+    config = PartitionConfig()
+    ref = {s: [] for s in (*STAGES, "nodes")}
+    for i in range(count):  # all reference runs first: no OpenMP threads spinning during JAX
+        t, n = reference_times(flat[i], config)
+        for s in STAGES:
+            ref[s].append(t[s])
+        ref["nodes"].append(n)
+    ref = {s: float(np.mean(v)) for s, v in ref.items()}
+    ref["total"] = sum(ref[s] for s in STAGES)
+    results = {name: jax_profile(feats, cfg, args) for name, cfg in profiles.items()}
+
+    print(
+        f"\nN = {h * w} ({h}x{w} patches), P = {config.n_parts}, {count} images, "
+        f"stage B solver {args.stage_b_solver}, chunk {args.chunk}; seconds per image "
+        f"and reference / JAX"
+    )
+    header = f"{'stage':<20}{'reference':>10}"
+    for name in profiles:
+        header += f"{name:>12}{'x':>7}"
+    print(header)
+    rows = [*STAGES, "total", "batch"]
+    labels = {"total": "total (one jit)", "batch": f"batch B={args.batch}"}
+    for row in rows:
+        r = ref["total" if row == "batch" else row]
+        line = f"{labels.get(row, row):<20}{r:>10.3f}"
+        for stats, batch_time in results.values():
+            j = batch_time if row == "batch" else stats[row]
+            line += f"{j:>12.3f}{r / j:>7.1f}"
+        print(line)
+    line = f"{'nodes per tree':<20}{ref['nodes']:>10.1f}"
+    for stats, _ in results.values():
+        line += f"{stats['nodes']:>12.1f}{'':>7}"
+    print(line)
 
 
 def main() -> None:
@@ -150,16 +182,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--sizes", type=int, nargs="+", default=[448, 840])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--stage-a-solver", choices=("eigh", "lanczos"), default="eigh")
+    parser.add_argument(
+        "--profile", action="append", help=f"JAX config name:field=value,... (default {PROFILES})"
+    )
     parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), default="eigh")
     parser.add_argument("--chunk", type=int, default=2)
     args = parser.parse_args()
-    config = PartitionConfig(stage_a_solver=args.stage_a_solver)
+    profiles = dict(parse_variant(p) for p in (args.profile or PROFILES))
     print(f"devices: {jax.devices()}, CPU affinity: {sorted(os.sched_getaffinity(0))}")
     for size in args.sizes:
         feats, source = load_features(size, args.images)
         print(f"features: {source}")
-        run_size(feats, config, args)
+        run_size(feats, profiles, args)
 
 
 if __name__ == "__main__":

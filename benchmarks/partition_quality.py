@@ -29,7 +29,9 @@ from hiseg_jax.config import PartitionConfig
 from hiseg_jax.metrics import TreePrediction
 from hiseg_jax.partition import partition
 
-SHARED = Path(os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(
+    os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 SIZE = 448
 SEEDS = (0, 1, 2)
 
@@ -56,7 +58,11 @@ def bsds_features(shared: Path, ids: Sequence[str], cache: Path | None) -> np.nd
     out = []
     for start in range(0, len(ids), 4):
         imgs = [images.load_image(folder / f"{i}.jpg") for i in ids[start : start + 4]]
-        out.append(np.asarray(features.extract_features(model, features.preprocess(imgs, SIZE, model.config))))
+        out.append(
+            np.asarray(
+                features.extract_features(model, features.preprocess(imgs, SIZE, model.config))
+            )
+        )
     x = np.concatenate(out)
     if cache is not None:
         np.savez(cache, x=x, ids=np.asarray(ids))
@@ -68,8 +74,9 @@ def reference_results(feats: np.ndarray, config: PartitionConfig, seed: int) -> 
     return [reference.reference_partition(f, config, seed) for f in feats]
 
 
-def reference_prediction(results: Sequence, config: PartitionConfig, grid: tuple[int, int]
-                         ) -> TreePrediction:
+def reference_prediction(
+    results: Sequence, config: PartitionConfig, grid: tuple[int, int]
+) -> TreePrediction:
     """Reference trees in the Metrics contract (node ids = breadth-first order)."""
     slots = 1 + config.levels * config.n_parts
     labels = np.zeros((len(results), config.levels + 1, *grid), np.int32)
@@ -92,26 +99,35 @@ def jax_prediction(feats: np.ndarray, config: PartitionConfig, batch: int = 8) -
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
         tree = jax.tree.map(np.asarray, partition(padded, config, jax.random.key(0)))
         count = len(chunk)
-        parts.append((tree.labels[:count], tree.valid[:count], tree.depth[:count], tree.parent[:count]))
+        parts.append(
+            (tree.labels[:count], tree.valid[:count], tree.depth[:count], tree.parent[:count])
+        )
     labels, valid, depth, parent = (np.concatenate(a) for a in zip(*parts, strict=True))
     h, w = feats.shape[1:3]
     return TreePrediction(labels.reshape(*labels.shape[:2], h, w), valid, depth, parent)
 
 
-def scores(pred: TreePrediction, segmentations: Sequence[np.ndarray], batch: int = 8) -> dict[str, float]:
+def scores(
+    pred: TreePrediction, segmentations: Sequence[np.ndarray], batch: int = 8
+) -> dict[str, float]:
     """Dataset means: Best (area-weighted covering), NMCovering and tree node count."""
     grid = pred.level_labels.shape[2:]
     targets = [eval_scoring.bsds_targets(s, grid) for s in segmentations]
     annotators = max(eval_scoring.BSDS_ANNOTATORS, *(t.shape[0] for t in targets))
-    pad = [np.concatenate([t, np.full((annotators - len(t), *grid), -1, np.int32)]) for t in targets]
+    pad = [
+        np.concatenate([t, np.full((annotators - len(t), *grid), -1, np.int32)]) for t in targets
+    ]
     records = []
     for start in range(0, len(pad), batch):
         part = TreePrediction(*(a[start : start + batch] for a in pred))
         segs = np.stack(pad[start : start + batch])
         records += eval_scoring.score_bsds(part, segs, len(segs))
     nm = eval_scoring.bsds_nm_covering(records)
-    return dict(best=float(np.mean([r["best"] for r in records])), nm=nm["nm_covering"],
-                nodes=nm["mean_nodes"])
+    return dict(
+        best=float(np.mean([r["best"] for r in records])),
+        nm=nm["nm_covering"],
+        nodes=nm["mean_nodes"],
+    )
 
 
 def quality_table(
@@ -131,7 +147,9 @@ def quality_table(
     for seed in SEEDS:
         start = time.perf_counter()
         results = (references or {}).get(seed) or reference_results(feats, config, seed)
-        rows[f"reference seed {seed}"] = scores(reference_prediction(results, config, grid), segmentations)
+        rows[f"reference seed {seed}"] = scores(
+            reference_prediction(results, config, grid), segmentations
+        )
         log(f"reference seed {seed}: {time.perf_counter() - start:.0f} s")
     for name, cfg in {"jax": config, **(variants or {})}.items():
         start = time.perf_counter()
@@ -176,14 +194,21 @@ def main() -> None:
     config = PartitionConfig()
     variants = dict(parse_variant(v) for v in args.variant)
     rows = quality_table(feats, segmentations, config, variants)
-    print(f"\nBSDS500 val, {len(ids)} images, {SIZE} px (N = {feats.shape[1] * feats.shape[2]}), "
-          f"P = {config.n_parts}, patch-grid scores")
+    print(
+        f"\nBSDS500 val, {len(ids)} images, {SIZE} px (N = {feats.shape[1] * feats.shape[2]}), "
+        f"P = {config.n_parts}, patch-grid scores"
+    )
     print(f"{'method':<22}{'Best':>8}{'NMCov':>8}{'nodes':>8}")
     for name, r in rows.items():
         print(f"{name:<22}{r['best']:>8.4f}{r['nm']:>8.4f}{r['nodes']:>8.1f}")
     for name in ("jax", *variants):
         v = verdict(rows, name)
-        print(f"{name}: " + ", ".join(f"{m} {d:+.4f} vs bar ({'pass' if ok else 'FAIL'})" for m, (d, ok) in v.items()))
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{m} {d:+.4f} vs bar ({'pass' if ok else 'FAIL'})" for m, (d, ok) in v.items()
+            )
+        )
 
 
 if __name__ == "__main__":

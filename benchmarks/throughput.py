@@ -42,13 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hiseg_jax import graph, lanczos
 from hiseg_jax.config import PartitionConfig
 from hiseg_jax.features import default_checkpoint_path, preprocess
 from hiseg_jax.images import load_image, sample_images
-from hiseg_jax.kmeans import kmeans
 from hiseg_jax.models.vit import ViT, get_config, make_apply
-from hiseg_jax.partition import part_graph, stage_b
+from hiseg_jax.partition import affinity, part_graph, parts_of, spectral_embedding, stage_b
 from hiseg_jax.pipeline import backbone_features, cast_floating, make_step
 from hiseg_jax.reference import (
     kmeans_labels,
@@ -161,32 +159,22 @@ def load_model(random_weights: bool) -> tuple[ViT, str]:
 
 
 def stage_programs(model: ViT, config: PartitionConfig, dtype: Any) -> dict[str, Callable]:
-    """Stage functions of a batch: backbone, graph + eigensolver, k-means, stage B."""
+    """Stage functions of a batch, from the partitioner's public pieces: backbone, graph +
+    eigensolver (`affinity`, `spectral_embedding`), k-means (`parts_of`), stage B
+    (`part_graph` + `stage_b`)."""
     _, apply = make_apply(model)
-    p = config.n_parts
 
-    def spectral(x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        w = graph.adjacency(x, kind=config.adjacency, sigma=config.sigma,
-                            threshold=config.threshold)
-        a, _ = graph.normalized_adjacency(w, eps=config.eps)
-        if config.stage_a_solver == "eigh":
-            emb = jnp.linalg.eigh(a)[1][:, -p:]
-        else:
-            emb = lanczos.lanczos_eigsh(a, x.shape[0], p, config.lanczos_iters, key)[1]
-        return emb / jnp.maximum(jnp.linalg.norm(emb, axis=1, keepdims=True), config.eps), w
+    def spectral(x: jax.Array, key: jax.Array) -> jax.Array:
+        return spectral_embedding(affinity(x, config), config, key)
 
-    def parts(emb: jax.Array, key: jax.Array) -> jax.Array:
-        return kmeans(emb, p, key, k_max=p, n_init=config.kmeans_restarts,
-                      max_iter=config.kmeans_max_iter, tol=config.kmeans_tol).labels
-
-    def tree(w: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
-        sizes = jax.ops.segment_sum(jnp.ones_like(labels), labels, num_segments=p)
-        return stage_b(part_graph(w, labels, p), config, key, sizes > 0).valid
+    def tree(x: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
+        sizes = jax.ops.segment_sum(jnp.ones_like(labels), labels, num_segments=config.n_parts)
+        return stage_b(part_graph(x, labels, config), config, key, sizes > 0).valid
 
     return {
         "backbone": jax.jit(lambda prm, im: backbone_features(apply, prm, im, "tokens", dtype)[0]),
         "graph_eig": jax.jit(jax.vmap(spectral, in_axes=(0, None))),
-        "kmeans": jax.jit(jax.vmap(parts, in_axes=(0, None))),
+        "kmeans": jax.jit(jax.vmap(lambda e, k: parts_of(e, config, k), in_axes=(0, None))),
         "stage_b": jax.jit(jax.vmap(tree, in_axes=(0, 0, None))),
     }
 
@@ -200,13 +188,13 @@ def time_stages(model: ViT, config: PartitionConfig, dtype: Any, images: np.ndar
     x = programs["backbone"](params, images)
     b, h, w, e = x.shape
     x = x.reshape(b, h * w, e)
-    emb, adj = programs["graph_eig"](x, key)
+    emb = programs["graph_eig"](x, key)
     labels = programs["kmeans"](emb, key)
     calls = {
         "backbone": lambda: programs["backbone"](params, images).block_until_ready(),
         "graph_eig": lambda: jax.block_until_ready(programs["graph_eig"](x, key)),
         "kmeans": lambda: programs["kmeans"](emb, key).block_until_ready(),
-        "stage_b": lambda: programs["stage_b"](adj, labels, key).block_until_ready(),
+        "stage_b": lambda: programs["stage_b"](x, labels, key).block_until_ready(),
     }
     out: dict[str, Any] = {name: _median_time(calls[name], repeats) for name in STAGES}
     cost = programs["backbone"].lower(params, images).compile().cost_analysis()

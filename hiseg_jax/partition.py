@@ -32,7 +32,7 @@ from hiseg_jax.tree import Tree
 StageBSolver = Literal["eigh", "lanczos"]
 N_SWEEP = 10  # evenly spaced thresholds of the k = 2 sweep (plus 0 and the mean)
 LANCZOS_STEPS = 64  # Krylov steps of the stage-B Lanczos (at most P)
-# Spread (max cosine distance) below which an image counts as constant: one node, no split.
+# Largest |u_i - u_0| (unit features) of an image that counts as constant: one node.
 CONSTANT_SPREAD = 1e-6
 
 
@@ -85,13 +85,15 @@ def spectral_embedding(
 ) -> jax.Array:
     """Section 2: the top-P eigenvectors of A, rows normalised to unit length: [N, P].
 
-    "eigh": dense eigh of A [N, N]; "lanczos": `config.lanczos_iters` Lanczos steps.
+    "eigh": dense eigh of A [N, N]; "lanczos": `config.lanczos_iters` Lanczos steps
+    (clipped to [P, N]).
     """
     if config.stage_a_solver == "eigh":
         emb = jnp.linalg.eigh(a)[1][:, -config.n_parts :]
     else:
         n = a.shape[0] if isinstance(a, jax.Array) else a.b.shape[0]
-        emb = lanczos.lanczos_eigsh(a, n, config.n_parts, config.lanczos_iters, key)[1]
+        steps = min(max(config.lanczos_iters, config.n_parts), n)
+        emb = lanczos.lanczos_eigsh(a, n, config.n_parts, steps, key)[1]
     return emb / jnp.maximum(jnp.linalg.norm(emb, axis=1, keepdims=True), config.eps)
 
 
@@ -210,7 +212,8 @@ def perturbation(
     ideal = (labels[:, None] == labels[None, :]) & ~jnp.eye(labels.shape[0], dtype=bool)
     lap_star = graph.normalized_laplacian(ideal.astype(lap.dtype), mask, eps)
     dist = jnp.linalg.norm(lap_star - lap)
-    return jnp.where(gap > 0, dist / jnp.where(gap > 0, gap, 1.0), jnp.where(dist > 0, jnp.inf, 0.0))
+    degenerate = jnp.where(dist > 0, jnp.inf, 0.0)
+    return jnp.where(gap > 0, dist / jnp.where(gap > 0, gap, 1.0), degenerate)
 
 
 def node_eigenpairs(
@@ -308,7 +311,8 @@ def split_node(
         first = k > k0
         k = jnp.where(first, k0, k - 1)
         labels, cost = attempt(k, first, subkey)
-        rejected = first & (k > 2) & (perturbation(labels, lap, mask, gap, eps) > config.max_perturb)
+        rho = perturbation(labels, lap, mask, gap, eps)
+        rejected = first & (k > 2) & (rho > config.max_perturb)
         return k, labels, cost, jnp.where(rejected, Stop.PERTURBATION, Stop.SPLIT), loop_key
 
     pair_labels = jnp.where(mask, jnp.cumsum(mask) - 1, 0).astype(jnp.int32)
@@ -438,13 +442,15 @@ def stage_b(
         split_depth, init, jnp.arange(config.levels)
     )
     # Nodes at the last depth were never split: too small, else out of depth budget.
-    size = jnp.zeros((n_slots,), jnp.int32).at[jnp.where(last >= 0, last, n_slots)].add(
-        1, mode="drop"
+    size = (
+        jnp.zeros((n_slots,), jnp.int32).at[jnp.where(last >= 0, last, n_slots)].add(1, mode="drop")
     )
     deepest = valid & (depth == config.levels)
     stops = jnp.where(deepest & (size <= config.min_points), Stop.MIN_POINTS, stops)
-    has_child = jnp.zeros((n_slots,), bool).at[jnp.where(parent >= 0, parent, n_slots)].set(
-        True, mode="drop"
+    has_child = (
+        jnp.zeros((n_slots,), bool)
+        .at[jnp.where(parent >= 0, parent, n_slots)]
+        .set(True, mode="drop")
     )
     return StageB(
         node_of_part=jnp.concatenate([init[0][None], levels]),
@@ -516,7 +522,7 @@ def check_features(features: np.ndarray | jax.Array | Sequence, n_parts: int) ->
 
 def partition(
     features: np.ndarray | jax.Array | Sequence,
-    config: PartitionConfig = PartitionConfig(),
+    config: PartitionConfig | None = None,
     key: jax.Array | None = None,
     *,
     solver: StageBSolver = "eigh",
@@ -529,6 +535,7 @@ def partition(
     its features and the key. `solver` is stage B's eigensolver, `chunk` its node batch.
     Bad input raises ValueError (see `check_features`).
     """
+    config = PartitionConfig() if config is None else config
     x = check_features(features, config.n_parts)
     key = jax.random.key(0) if key is None else key
     batch, h, w, e = x.shape

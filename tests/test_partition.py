@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.linalg
 
 from hiseg_jax import graph, reference, synthetic
 from hiseg_jax import partition as jp
@@ -44,6 +43,29 @@ def _embed(w_sub: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.n
 
 
 # ------------------------------------------------------------------------------------------
+# The part graph (section 3).
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PartitionConfig(n_parts=12),  # minmax: low-rank path, W never formed
+        PartitionConfig(n_parts=12, adjacency="exp", sigma=0.7),  # dense path
+        PartitionConfig(n_parts=12, threshold=0.5),  # minmax with threshold: dense path
+    ],
+    ids=["minmax-lowrank", "exp-dense", "threshold-dense"],
+)
+def test_part_graph_matches_reference(config):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(90, 16)).astype(np.float32) + 0.5
+    parts = rng.integers(0, 12, 90)
+    parts[:12] = np.arange(12)  # every part used
+    got = jax.jit(jp.part_graph, static_argnums=2)(jnp.asarray(x), jnp.asarray(parts), config)
+    want = reference.part_graph(reference.reference_graph(x, config), parts, 12)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
 # Stage-B decisions, one at a time.
 
 
@@ -68,7 +90,9 @@ class TestDecisions(chex.TestCase):
         rng = np.random.default_rng(1)
         w, mask, idx = _embed(_random_graph(rng, 6), 10, rng)
         v = np.where(mask, 0.4, 0.0).astype(np.float32)
-        _, cost = self.variant(jp.threshold_sweep)(jnp.asarray(v), jnp.asarray(w), jnp.asarray(mask))
+        _, cost = self.variant(jp.threshold_sweep)(
+            jnp.asarray(v), jnp.asarray(w), jnp.asarray(mask)
+        )
         assert np.isinf(cost)
 
     @chex.variants(with_jit=True, without_jit=True)
@@ -268,7 +292,9 @@ def test_deterministic_and_batch_independent(planted_batch, planted_trees):
     again = jp.partition(feats, PLANTED_CONFIG, jax.random.key(0))
     chex.assert_trees_all_equal(again, planted_trees)
     zeros = np.zeros_like(feats[0])
-    shuffled = jp.partition(np.stack([zeros, feats[2], feats[0], feats[1]]), PLANTED_CONFIG, jax.random.key(0))
+    shuffled = jp.partition(
+        np.stack([zeros, feats[2], feats[0], feats[1]]), PLANTED_CONFIG, jax.random.key(0)
+    )
     for b_new, b_old in ((1, 2), (2, 0), (3, 1)):
         chex.assert_trees_all_equal(shuffled[b_new], planted_trees[b_old])
     assert int(T.num_nodes(shuffled)[0]) == 1  # all-zero features: one node, no NaN
@@ -296,7 +322,9 @@ def test_fewer_patches_than_parts():
 
 def test_mixed_sizes_and_bad_shapes():
     with pytest.raises(ValueError, match="mixed sizes"):
-        jp.partition([np.ones((8, 8, 4), np.float32), np.ones((8, 9, 4), np.float32)], PLANTED_CONFIG)
+        jp.partition(
+            [np.ones((8, 8, 4), np.float32), np.ones((8, 9, 4), np.float32)], PLANTED_CONFIG
+        )
     with pytest.raises(ValueError, match=r"\[B, h, w, E\]"):
         jp.partition(np.ones((64, 4), np.float32), PLANTED_CONFIG)
     with pytest.raises(ValueError, match="floating point"):

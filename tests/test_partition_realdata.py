@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hiseg_jax import reference
 from hiseg_jax import partition as jp
+from hiseg_jax import reference
 from hiseg_jax.config import PartitionConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.weights]

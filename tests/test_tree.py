@@ -67,7 +67,13 @@ def test_to_json(tree):
     assert (one["area"], one["parts"]) == (3, [0, 1])
     assert [(c["id"], c["area"], c["depth"]) for c in one["children"]] == [(4, 2, 2), (5, 1, 2)]
     assert two["children"] == [] and two["area"] == 3
-    assert T.to_json(tree, 1) == {"id": 0, "depth": 0, "parts": [0, 1, 2], "area": 6, "children": []}
+    assert T.to_json(tree, 1) == {
+        "id": 0,
+        "depth": 0,
+        "parts": [0, 1, 2],
+        "area": 6,
+        "children": [],
+    }
 
 
 def test_indexing_and_unbatch(tree):
