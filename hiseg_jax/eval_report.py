@@ -122,9 +122,13 @@ def results_table(report: dict[str, Any]) -> str:
 
 def _notes(report: dict[str, Any]) -> list[str]:
     settings, run = report["settings"], report["run"]
-    resolution = ("image: predictions nearest-upsampled to every image's own size"
-                  if settings["resolution"] == "image" else
-                  "patch: ground truth nearest-sampled at the patch centres")
+    if settings.get("crf"):
+        resolution = ("image, w CRF: the leaves refined by the dense CRF on every image at "
+                      "its own size (ALGORITHM.md section 6), the inner nodes following them")
+    elif settings["resolution"] == "image":
+        resolution = "image: predictions nearest-upsampled to every image's own size"
+    else:
+        resolution = "patch: ground truth nearest-sampled at the patch centres"
     notes = [f"Resolution: {resolution}."]
     if report["kind"] == "bsds":
         notes.append("Best / ODS / OIS: area-weighted segmentation covering of the human "
@@ -153,6 +157,8 @@ def format_report(report: dict[str, Any]) -> str:
     """`report.md`: the table, how to read it, the exact settings, software and machine."""
     settings, run = report["settings"], report["run"]
     title = f"hiseg evaluate: {settings['dataset']} {settings['split']}"
+    if settings.get("crf"):
+        title += " (w CRF)"
     skipped = [f"- {s['name']} (index {s['index']}): {s['error']}"
                for s in run["skipped_images"]]
     parts = [

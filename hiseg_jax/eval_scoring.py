@@ -114,14 +114,16 @@ def bsds_targets(labels: np.ndarray, grid: tuple[int, int] | None) -> np.ndarray
     return resample_targets(np.asarray(labels, np.int32) - 1, grid)
 
 
-def at_resolution(pred: TreePrediction, sizes: Sequence[tuple[int, int]] | None
-                  ) -> TreePrediction:
-    """Patch-grid prediction, or (sizes given) nearest-upsampled to each image's size and
-    padded with -1 to `padded_shape(sizes)`."""
+def at_resolution(pred: TreePrediction, sizes: Sequence[tuple[int, int]] | None,
+                  refined: Sequence[np.ndarray] = ()) -> TreePrediction:
+    """Patch-grid prediction, or (sizes given) at each image's size, padded with -1 to
+    `padded_shape(sizes)`: the first images' maps are `refined` (int [L + 1, H_b, W_b] in
+    the prediction's node ids, e.g. CRF-refined), the others nearest-upsampled."""
     if sizes is None:
         return pred
     hw = padded_shape(sizes)
-    maps = [np.asarray(upsample_labels(pred.level_labels[b], s)) for b, s in enumerate(sizes)]
+    maps = [*refined, *(np.asarray(upsample_labels(pred.level_labels[b], s))
+                        for b, s in enumerate(sizes) if b >= len(refined))]
     return pred._replace(level_labels=pad_maps(maps, hw))
 
 

@@ -9,7 +9,11 @@ a short last batch is padded with copies). A background thread decodes, resizes 
 prepares the ground truth of the next batch while the current one runs. Every image's
 scores are appended to `results.jsonl` as soon as its batch is scored (`results_log`); an
 image that cannot be decoded, or whose ground truth does not fit the dataset's hierarchy,
-gets a record saying why and is skipped. A later run with `resume=True` scores only the
+gets a record saying why and is skipped. With `crf` (image resolution only), each image's
+leaves are refined by the dense CRF on the original image at its own size (ALGORITHM.md
+section 6; `api.crf_level_labels`) and its inner nodes follow from the refined leaves,
+instead of the nearest upsampling of the patch labels; the host batch then also carries
+the original uint8 images. A later run with `resume=True` scores only the
 images without a record, after checking that its settings are those of `settings.json`.
 The dataset totals are always rebuilt from the records (`eval_scoring`), then reported
 (`eval_report`).
@@ -35,8 +39,9 @@ import numpy as np
 from tqdm import tqdm
 
 from hiseg_jax import __version__, eval_hungarian, eval_report, eval_scoring, results_log
-from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE
+from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE, crf_level_labels
 from hiseg_jax.config import PartitionConfig
+from hiseg_jax.crf import CRFConfig
 from hiseg_jax.datasets import BUILDERS, load, read_example
 from hiseg_jax.features import DEFAULT_BACKBONE, FeatureKind, extract_features, image_size
 from hiseg_jax.features import preprocess as preprocess_images
@@ -77,6 +82,7 @@ class EvalSettings:
     seed: int = 0
     partition: PartitionConfig = PartitionConfig()
     hierarchy: str | None = None  # a hierarchy file replacing the dataset's own
+    crf: CRFConfig | None = None  # refine the leaves with the dense CRF (pixel level)
 
     def __post_init__(self) -> None:
         if self.dataset not in BUILDERS:
@@ -85,6 +91,9 @@ class EvalSettings:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
         if self.matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
+        if self.crf is not None and self.resolution != "image":
+            raise ValueError("the CRF refines the leaves at pixel level: it needs "
+                             f"resolution 'image', not {self.resolution!r}")
         if self.kind == "bsds" and (self.hierarchy is not None or self.matching != "max-overlap"):
             raise ValueError(f"{self.dataset} has no classes: --hierarchy and Hungarian "
                              "matching do not apply")
@@ -226,13 +235,15 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
 
 @dataclasses.dataclass
 class HostBatch:
-    """One batch prepared on the host; lists and arrays are padded to the batch size with
-    copies of the last image (`count` real images). `failures`: records of skipped images."""
+    """One batch prepared on the host; lists and arrays but `images` are padded to the batch
+    size with copies of the last image (`count` real images). `failures`: records of
+    skipped images."""
 
     indices: list[int]
     names: list[str]
     sizes: list[tuple[int, int]]
     pixels: np.ndarray | None  # float32 [B, H, W, 3] backbone input; None: nothing to run
+    images: list[np.ndarray]  # uint8 [H_b, W_b, 3] originals of the real images (CRF only)
     targets: np.ndarray | None  # int32 [B, H', W'] or [B, A, H', W'] prepared GT
     failures: list[dict[str, Any]]
 
@@ -272,12 +283,13 @@ def _host_batches(source: Sequence[dict[str, Any]], todo: list[int], settings: E
         good = [(i, item) for i, item in zip(chunk, items, strict=True)
                 if not isinstance(item, dict)]
         if not good:
-            yield HostBatch([], [], [], None, None, failures)
+            yield HostBatch([], [], [], None, [], None, failures)
             continue
         indices = [i for i, _ in good]
         names, images, targets = (list(x) for x in zip(*(item for _, item in good),
                                                         strict=True))
         sizes = [image.shape[:2] for image in images]
+        originals = images if settings.crf is not None else []
         fill = batch_size - len(good)
         images, targets, sizes = (x + x[-1:] * fill for x in (images, targets, sizes))
         hw = grid or eval_scoring.padded_shape(sizes)
@@ -285,7 +297,7 @@ def _host_batches(source: Sequence[dict[str, Any]], todo: list[int], settings: E
         if space is None:
             depth = max(eval_scoring.BSDS_ANNOTATORS, *(t.shape[0] for t in targets))
         yield HostBatch(indices, names, sizes,
-                        preprocess_images(images, (height, width), model.config),
+                        preprocess_images(images, (height, width), model.config), originals,
                         eval_scoring.pad_maps(targets, hw, depth), failures)
 
 
@@ -328,7 +340,8 @@ def _prefetched(batches: Iterator[HostBatch]) -> Iterator[HostBatch]:
 def _score_batch(host: HostBatch, settings: EvalSettings, space: LabelSpace | None,
                  model: ViT, out: Path) -> list[dict[str, Any]]:
     """Segment and score one host batch; records of its real images (with Hungarian
-    matching, their leaf data are saved under `out` first)."""
+    matching, their leaf data are saved under `out` first). With `settings.crf` the real
+    images' maps are CRF-refined; the padding copies (never scored) are upsampled."""
     if host.pixels is None:
         return []
     start = time.perf_counter()
@@ -336,8 +349,10 @@ def _score_batch(host: HostBatch, settings: EvalSettings, space: LabelSpace | No
     tree = partition(features, settings.partition, jax.random.key(settings.seed),
                      solver=settings.solver)
     pred, slot_ids = eval_scoring.compact_tree(tree)
+    refined = [crf_level_labels(image, features[b], pred.level_labels[b], settings.crf)
+               for b, image in enumerate(host.images)]  # compacted ids, as pred's
     pred = eval_scoring.at_resolution(pred, host.sizes if settings.resolution == "image"
-                                      else None)
+                                      else None, refined)
     if space is None:
         scores = eval_scoring.score_bsds(pred, host.targets, host.count)
     else:

@@ -283,13 +283,17 @@ def split_node(
     ).astype(jnp.int32)
 
     def attempt(k: jax.Array, first: jax.Array, subkey: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Labels [P] and MNcut of a k-way cut (k = 2: sweep, else k-means)."""
+        """Labels [P] and MNcut of a k-way cut (k = 2: sweep, else k-means).
+
+        For k = 2 the k-means (computed anyway under vmap) gets an empty mask: it stops at
+        once instead of iterating.
+        """
         clustered = kmeans(
             y,
             k,
             subkey,
             k_max=k_max,
-            mask=mask,
+            mask=mask & (k > 2),
             n_init=config.kmeans_restarts,
             max_iter=config.kmeans_max_iter,
             tol=config.kmeans_tol,

@@ -1,10 +1,11 @@
 """The evaluation runner: the append-only log, tree compaction and padding (scores must not
 change), records -> accumulators, Hungarian matching, and whole runs on a fake dataset
 (one line per image, report, skipped image, resume after an interruption or a torn line,
-totals equal to the metrics module's direct computation)."""
+totals equal to the metrics module's direct computation), with and without the dense CRF."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,9 +14,11 @@ import jax
 import numpy as np
 import pytest
 from evaluate_cases import BAD_LABELS, BROKEN, SIZE, SMALL, make_voc_pairs
+from segment_cases import check_hierarchy
 
 from hiseg_jax import eval_hungarian, eval_scoring, evaluation, results_log
 from hiseg_jax.api import segment, upsample_labels
+from hiseg_jax.crf import CRFConfig
 from hiseg_jax.datasets import load, read_example
 from hiseg_jax.hierarchies import index_label_space, label_space, load_hierarchy, parse_hierarchy
 from hiseg_jax.images import ImageLoadError
@@ -336,5 +339,94 @@ def test_settings_errors(voc):
                                 matching="hungarian")
     with pytest.raises(ValueError, match="resolution"):
         settings_for(voc, resolution="pixel")
+    with pytest.raises(ValueError, match="CRF refines the leaves at pixel level"):
+        settings_for(voc, resolution="patch", crf=CRFConfig())
     with pytest.raises(ValueError, match="exclude"):
         evaluation.RunOptions(out=Path("x"), resume=True, overwrite=True)
+
+
+# --------------------------------------------------------------------------------------
+# The dense CRF ("w CRF"): pixel maps at every image's size, scored as without it.
+
+FAST_CRF = CRFConfig(n_iter=2)  # the paper's kernels, fewer mean-field iterations
+
+
+@pytest.fixture(scope="module")
+def crf_run(voc, default_checkpoint, tmp_path_factory) -> tuple[Path, dict, list, list]:
+    """(out, report, at_resolution calls (pred, sizes, refined), predictions scored) of a
+    CRF run over the first batch (images 0 and 1)."""
+    out = tmp_path_factory.mktemp("crf")
+    resolved, scored = [], []
+    real_resolution, real_score = eval_scoring.at_resolution, eval_scoring.score_regions
+
+    def at_resolution(pred, sizes, refined=()):
+        resolved.append((pred, sizes, refined))
+        return real_resolution(pred, sizes, refined)
+
+    def score_regions(pred, *args):
+        scored.append(pred)
+        return real_score(pred, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(eval_scoring, "at_resolution", at_resolution)
+        patch.setattr(eval_scoring, "score_regions", score_regions)
+        report = evaluation.evaluate(settings_for(voc, crf=FAST_CRF),
+                                     options_for(voc, out, limit=2))
+    return out, report, resolved, scored
+
+
+def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
+    """CRF-refined maps at each image's size, scored like `api.segment(crf=...)`'s maps
+    scored directly; same trees as the plain run, other pixel maps; settings recorded."""
+    out, report, resolved, scored = crf_run
+    ((patch_pred, sizes, refined),), (pred,) = resolved, scored
+    assert sizes == [(60, 80), (80, 60)] and len(refined) == 2
+    assert pred.level_labels.shape == (2, SMALL.levels + 1, 96, 96)
+    for b, (h, w) in enumerate(sizes):
+        maps = pred.level_labels[b]
+        np.testing.assert_array_equal(maps[:, :h, :w], refined[b])
+        assert (maps[:, :h, :w] >= 0).all() and (maps[:, h:] == -1).all()
+        nearest = np.asarray(upsample_labels(patch_pred.level_labels[b], (h, w)))
+        assert (refined[b] != nearest).any()  # the CRF moved some pixels
+    saved = json.loads(out.joinpath("settings.json").read_text())
+    assert saved["crf"] == dataclasses.asdict(FAST_CRF)
+    assert json.loads(full_run[0].joinpath("settings.json").read_text())["crf"] is None
+    assert "w CRF" in out.joinpath("report.md").read_text()
+    records = results_log.read(out / "results.jsonl")[0]
+    plain = {r["index"]: r for r in results_log.read(full_run[0] / "results.jsonl")[0]}
+    for r in records:
+        assert all(r[k] == plain[r["index"]][k] for k in ("n_nodes", "leaves", "depth"))
+        assert all(0.0 <= v <= 1.0 for v in [*r["iou"], *r["nm_covering"], r["nh_covering"]])
+    source = load("voc2012", voc[0], "val", prepared_dir=voc[1])
+    examples = [read_example(source[i]) for i in (0, 1)]
+    result = segment([image for _, image, _ in examples], default_checkpoint, SIZE,
+                     batch_size=2, key=jax.random.key(0), config=SMALL, crf=FAST_CRF)
+    space = label_space(load_hierarchy("voc2012"))
+    direct = Accumulator.for_regions(space)
+    for b, (name, _, labels) in enumerate(examples):
+        one = TreePrediction(result.level_labels[b][None],
+                             *(np.asarray(getattr(result.tree, k)[b : b + 1])
+                               for k in ("valid", "depth", "parent")))
+        direct.add(evaluate_batch(one, labels, space), [name])
+    assert direct.summary() == report["results"]
+
+
+def test_crf_prediction_stays_nested(crf_run):
+    """Every pixel's node at depth d + 1 is a child of its node at depth d, or that same
+    node (a leaf carried down); each inner node is the union of its children."""
+    (pred,) = crf_run[3]
+    for b, (h, w) in enumerate(crf_run[2][0][1]):
+        maps = pred.level_labels[b][:, :h, :w]
+        parent = pred.node_parent[b]
+        for d in range(maps.shape[0] - 1):
+            child, above = maps[d + 1], maps[d]
+            assert ((child == above) | (parent[child] == above)).all()
+        check_hierarchy(maps, parent, pred.node_depth[b], pred.node_valid[b])
+
+
+def test_crf_resume_needs_the_same_crf(crf_run, voc):
+    out = crf_run[0]
+    with pytest.raises(evaluation.EvaluationError, match="crf"):
+        evaluation.evaluate(settings_for(voc), options_for(voc, out, resume=True))
+    with pytest.raises(evaluation.EvaluationError, match="crf"):
+        evaluation.evaluate(settings_for(voc, crf=CRFConfig()), options_for(voc, out, resume=True))

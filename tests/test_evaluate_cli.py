@@ -1,17 +1,20 @@
 """`hiseg evaluate` from the command line: clean errors with exit status 2 for a missing or
 malformed dataset folder and bad settings; an interrupted run (Ctrl-C) that resumes; the
-printed table, skipped image and report."""
+printed table, skipped image and report; the recorded command line reproduces the settings."""
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
-from evaluate_cases import SMALL_FLAGS, make_voc_pairs
+from evaluate_cases import SMALL, SMALL_FLAGS, make_voc_pairs
 
 from hiseg_jax import evaluation
-from hiseg_jax.cli import main
+from hiseg_jax.cli import build_parser, main
+from hiseg_jax.commands.evaluate import command_line, settings_from_args
+from hiseg_jax.crf import CRFConfig
 
 
 def evaluate(capsys, *args: str) -> tuple[int, str, str]:
@@ -41,6 +44,8 @@ def test_malformed_dataset_folder(tmp_path, capsys):
     (["--dataset", "bsds500", "--matching", "hungarian"], "no classes"),
     (["--dataset", "voc2012", "--batch-size", "0"], "batch size must be >= 1"),
     (["--dataset", "voc2012", "--levels", "0"], "levels must be >= 1"),
+    (["--dataset", "voc2012", "--crf", "--resolution", "patch"],
+     "the CRF refines the leaves at pixel level: it needs resolution 'image', not 'patch'"),
 ])
 def test_bad_settings(tmp_path, capsys, flags, message):
     code, _, err = evaluate(capsys, *flags, "--data-dir", str(tmp_path))
@@ -101,3 +106,22 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
     assert report["command"].startswith("hiseg evaluate --dataset voc2012 --data-dir ")
     assert "--n-parts 16" in report["command"] and "--batch-size 2" in report["command"]
     assert Path(out / "report.md").read_text().count("| all classes |") == 1
+
+
+@pytest.mark.parametrize("crf", [None, CRFConfig()])
+def test_command_line_round_trip(tmp_path, crf):
+    settings = evaluation.EvalSettings(dataset="voc2012", data_dir=str(tmp_path), split="val",
+                                       size=112, partition=SMALL, seed=3, crf=crf)
+    options = evaluation.RunOptions(out=tmp_path / "out", batch_size=2)
+    words = shlex.split(command_line(settings, options))
+    assert ("--crf" in words) == (crf is not None)
+    args = build_parser().parse_args(words[1:])
+    assert settings_from_args(args) == settings
+    assert (args.out, args.batch_size) == (options.out, options.batch_size)
+
+
+def test_command_line_refuses_crf_settings_without_flags(tmp_path):
+    settings = evaluation.EvalSettings(dataset="voc2012", data_dir=str(tmp_path), split="val",
+                                       crf=CRFConfig(n_iter=2))
+    with pytest.raises(ValueError, match="only --crf"):
+        command_line(settings, evaluation.RunOptions(out=tmp_path))

@@ -3,15 +3,17 @@
     hiseg evaluate --dataset NAME --data-dir DIR [--split val] [--backbone NAME_OR_PATH]
                    [--size S] [--resolution image|patch] [--matching max-overlap|hungarian]
                    [--limit N] [--batch-size B] [--out DIR] [--resume | --overwrite]
-                   [--seed N] [--hierarchy FILE]
+                   [--seed N] [--hierarchy FILE] [--crf]
                    [--levels L --n-parts P ... (every PartitionConfig field)]
 
 Prints the dataset's rows in the paper's format and writes `DIR/report.md`, `report.json`
 (settings, software, machine), `results.jsonl` (one line per image, appended as it is
 scored), `settings.json` and `accumulator.npz` (the dataset totals, mergeable). An
-interrupted run continues with `--resume`. Exit status: 0, 1 when images were skipped
-(unreadable, or ground truth outside the hierarchy), 2 for bad input (missing or malformed
-dataset folder, bad settings, an output folder holding another run), 130 when interrupted.
+interrupted run continues with `--resume`. `--crf` refines every image's leaves with the
+dense CRF at the image's own size (the paper's "w CRF" rows; `--resolution image` only).
+Exit status: 0, 1 when images were skipped (unreadable, or ground truth outside the
+hierarchy), 2 for bad input (missing or malformed dataset folder, bad settings, an output
+folder holding another run), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hiseg_jax.commands.options import (
     partition_config,
     partition_flags,
 )
+from hiseg_jax.crf import CRFConfig
 from hiseg_jax.datasets import BUILDERS
 from hiseg_jax.eval_report import results_table
 from hiseg_jax.evaluation import MATCHINGS, RESOLUTIONS, RESULTS, EvalSettings, RunOptions, evaluate
@@ -78,12 +81,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prepared-dir", type=Path, default=None,
                         help="where the dataset's ArrayRecord files are prepared (default: "
                         "$HISEG_TFDS_DIR or ~/.cache/hiseg_jax/tfds)")
+    parser.add_argument("--crf", action="store_true",
+                        help="refine the leaves with the dense CRF at every image's size "
+                        "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_partition_arguments(parser)
 
 
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    """The settings the parsed arguments ask for (ValueError for bad ones)."""
+    return EvalSettings(
+        dataset=args.dataset, data_dir=str(args.data_dir), split=args.split,
+        backbone=args.backbone, size=args.size, resolution=args.resolution,
+        matching=args.matching, features=args.features, solver=args.solver,
+        seed=args.seed, partition=partition_config(args),
+        hierarchy=None if args.hierarchy is None else str(args.hierarchy),
+        crf=CRFConfig() if args.crf else None)
+
+
 def command_line(settings: EvalSettings, options: RunOptions) -> str:
-    """A `hiseg evaluate` command that reproduces `settings` (defaults left out)."""
+    """A `hiseg evaluate` command that reproduces `settings` (defaults left out);
+    ValueError for CRF settings other than `CRFConfig()`, which have no flags."""
+    if settings.crf not in (None, CRFConfig()):
+        raise ValueError(f"no command line gives the CRF settings {settings.crf}: only "
+                         "--crf (CRFConfig defaults)")
     words = ["hiseg", "evaluate", "--dataset", settings.dataset, "--data-dir",
              str(settings.data_dir), "--split", settings.split]
     optional = (("--backbone", settings.backbone, DEFAULT_BACKBONE),
@@ -97,6 +118,8 @@ def command_line(settings: EvalSettings, options: RunOptions) -> str:
     for flag, value, default in optional:
         if value != default:
             words += [flag, str(value)]
+    if settings.crf is not None:
+        words.append("--crf")
     words += partition_flags(settings.partition) + ["--out", str(options.out)]
     return shlex.join(words)
 
@@ -105,12 +128,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table; see the module docstring for the exit status."""
     out = args.out or Path("runs") / f"{args.dataset}-{args.split}"
     try:
-        settings = EvalSettings(
-            dataset=args.dataset, data_dir=str(args.data_dir), split=args.split,
-            backbone=args.backbone, size=args.size, resolution=args.resolution,
-            matching=args.matching, features=args.features, solver=args.solver,
-            seed=args.seed, partition=partition_config(args),
-            hierarchy=None if args.hierarchy is None else str(args.hierarchy))
+        settings = settings_from_args(args)
         options = RunOptions(out=out, limit=args.limit, batch_size=args.batch_size,
                              resume=args.resume, overwrite=args.overwrite,
                              prepared_dir=args.prepared_dir, progress=not args.no_progress)
@@ -126,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     run_info = report["run"]
     print(f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
-          f"{run_info['skipped']} skipped ({settings.resolution} resolution)")
+          f"{run_info['skipped']} skipped ({settings.resolution} resolution"
+          f"{', w CRF' if settings.crf is not None else ''})")
     print(results_table(report))
     for skipped in run_info["skipped_images"]:
         print(f"  skipped {skipped['name']}: {skipped['error']}")
