@@ -67,8 +67,7 @@ def reference_times(x: np.ndarray, config: PartitionConfig) -> tuple[dict[str, f
     t = {}
     w, t["graph"] = timed(reference.reference_graph, x, config)
     emb, t["eigensolver"] = timed(reference.stage_a_embedding, w, config.n_parts, config.eps)
-    labels, t["k-means"] = timed(reference.kmeans_labels, emb, config.n_parts, config, 0)
-    parts = reference.relabel_by_first_occurrence(labels)
+    parts, t["k-means"] = timed(reference.stage_a_parts, emb, config, 0)
 
     def stage_b() -> list:
         return reference.reference_stage_b(

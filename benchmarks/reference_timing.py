@@ -15,12 +15,11 @@ from hiseg_jax.config import PartitionConfig
 from hiseg_jax.reference import (
     RefResult,
     flatten_features,
-    kmeans_labels,
     part_graph,
     reference_graph,
     reference_stage_b,
-    relabel_by_first_occurrence,
     stage_a_embedding,
+    stage_a_parts,
 )
 from hiseg_jax.synthetic import planted_hierarchy
 
@@ -37,7 +36,7 @@ def time_stages(side: int, n_parts: int, seed: int) -> dict[str, float]:
     t.append(time.perf_counter())
     emb = stage_a_embedding(w, cfg.n_parts, cfg.eps)
     t.append(time.perf_counter())
-    parts = relabel_by_first_occurrence(kmeans_labels(emb, cfg.n_parts, cfg, seed))
+    parts = stage_a_parts(emb, cfg, seed)
     t.append(time.perf_counter())
     nodes = reference_stage_b(part_graph(w, parts, int(parts.max()) + 1), cfg, seed)
     t.append(time.perf_counter())

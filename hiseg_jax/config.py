@@ -24,7 +24,8 @@ class PartitionConfig:
     n_parts: int = 200  # P; Cityscapes uses 300
     stage_a_solver: Literal["eigh", "lanczos"] = "eigh"
     lanczos_iters: int = 300  # Krylov steps when stage_a_solver == "lanczos"
-    kmeans_restarts: int = 10
+    stage_a_restarts: int = 10  # k-means restarts of stage A (the authors': 10)
+    kmeans_restarts: int = 10  # k-means restarts of stage B's k-way cuts
     kmeans_max_iter: int = 600
     kmeans_tol: float = 1e-6
     # Stage B (section 4).
@@ -39,6 +40,9 @@ class PartitionConfig:
             raise ValueError(f"n_parts must be >= 2, got {self.n_parts}")
         if self.max_kways < 2:
             raise ValueError(f"max_kways must be >= 2, got {self.max_kways}")
+        for name in ("stage_a_restarts", "kmeans_restarts", "kmeans_max_iter", "lanczos_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.levels < 1:
             raise ValueError(f"levels must be >= 1, got {self.levels}")
         if self.adjacency not in ("minmax", "exp"):

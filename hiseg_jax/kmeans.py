@@ -110,9 +110,8 @@ def _update(
     labels = labels.at[jnp.where(movable, movers, x.shape[0])].set(
         jnp.arange(k_max, dtype=jnp.int32), mode="drop"
     )
-    onehot = jax.nn.one_hot(labels, k_max, dtype=x.dtype) * weight[:, None]
-    counts = jnp.sum(onehot, axis=0)
-    sums = jnp.matmul(onehot.T, x, precision=HIGHEST)
+    counts = jax.ops.segment_sum(weight, labels, num_segments=k_max)
+    sums = jax.ops.segment_sum(x * weight[:, None], labels, num_segments=k_max)
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
 
 

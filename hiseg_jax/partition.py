@@ -104,7 +104,7 @@ def parts_of(emb: jax.Array, config: PartitionConfig, key: jax.Array) -> jax.Arr
         config.n_parts,
         key,
         k_max=config.n_parts,
-        n_init=config.kmeans_restarts,
+        n_init=config.stage_a_restarts,
         max_iter=config.kmeans_max_iter,
         tol=config.kmeans_tol,
     ).labels

@@ -89,9 +89,13 @@ def row_normalize(v: np.ndarray, eps: float = PartitionConfig.eps) -> np.ndarray
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), eps)
 
 
-def kmeans_labels(x: np.ndarray, k: int, config: PartitionConfig, seed: int) -> np.ndarray:
-    """k-means++ / Lloyd labels int [n] of points x [n, d] with the configured restarts."""
-    km = KMeans(n_clusters=k, init="k-means++", n_init=config.kmeans_restarts,
+def kmeans_labels(
+    x: np.ndarray, k: int, config: PartitionConfig, seed: int, restarts: int | None = None
+) -> np.ndarray:
+    """k-means++ / Lloyd labels int [n] of points x [n, d]; `restarts` defaults to stage B's
+    `config.kmeans_restarts`."""
+    n_init = config.kmeans_restarts if restarts is None else restarts
+    km = KMeans(n_clusters=k, init="k-means++", n_init=n_init,
                 max_iter=config.kmeans_max_iter, tol=config.kmeans_tol, random_state=seed,
                 algorithm="lloyd")
     return km.fit_predict(x).astype(np.int64)
@@ -117,8 +121,14 @@ def parts_from_graph(w: np.ndarray, config: PartitionConfig, seed: int) -> np.nd
     """Section 2 on a given adjacency W [N, N]: part id int [N] of each patch."""
     if config.n_parts > w.shape[0]:
         raise ValueError(f"n_parts={config.n_parts} exceeds the number of patches {w.shape[0]}")
-    emb = stage_a_embedding(w, config.n_parts, config.eps)
-    return relabel_by_first_occurrence(kmeans_labels(emb, config.n_parts, config, seed))
+    return stage_a_parts(stage_a_embedding(w, config.n_parts, config.eps), config, seed)
+
+
+def stage_a_parts(emb: np.ndarray, config: PartitionConfig, seed: int) -> np.ndarray:
+    """Section 2's k-means of the embedding [N, P] (`stage_a_restarts` restarts): part id
+    int [N], renumbered by first occurrence."""
+    labels = kmeans_labels(emb, config.n_parts, config, seed, config.stage_a_restarts)
+    return relabel_by_first_occurrence(labels)
 
 
 def reference_stage_a(features: np.ndarray, config: PartitionConfig, seed: int) -> np.ndarray:

@@ -331,3 +331,25 @@ def test_mixed_sizes_and_bad_shapes():
         jp.partition(np.ones((1, 8, 8, 4), np.int32), PLANTED_CONFIG)
     with pytest.raises(ValueError, match="empty"):
         jp.partition([], PLANTED_CONFIG)
+
+
+@pytest.mark.parametrize("field", ["stage_a_restarts", "kmeans_restarts", "lanczos_iters"])
+def test_config_rejects_non_positive_counts(field):
+    with pytest.raises(ValueError, match=field):
+        PartitionConfig(**{field: 0})
+
+
+def test_stage_a_restarts_drive_the_parts_k_means_only():
+    """`stage_a_restarts` is stage A's n_init: parts_of == k-means with that many restarts."""
+    from hiseg_jax.kmeans import kmeans
+
+    emb = jax.random.normal(jax.random.key(3), (96, 8))
+    config = PartitionConfig(n_parts=12, stage_a_restarts=1, kmeans_restarts=7)
+    key = jax.random.key(5)
+    expected = kmeans(emb, 12, key, k_max=12, n_init=1, max_iter=config.kmeans_max_iter,
+                      tol=config.kmeans_tol).labels
+    other = kmeans(emb, 12, key, k_max=12, n_init=7, max_iter=config.kmeans_max_iter,
+                   tol=config.kmeans_tol).labels
+    got = jp.parts_of(emb, config, key)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(expected, other)
