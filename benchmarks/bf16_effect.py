@@ -1,12 +1,15 @@
 """Effect of the bfloat16 backbone on the trees, measured on real images (BSDS500 val).
 
-The same images go through the compiled pipeline twice, with the backbone in float32 and
-in bfloat16 (params and activations; features cast back to float32 before the graph),
-with BSDS covering computed inside the step (`pipeline.bsds_metric`). Reported per dtype:
-BSDS covering (Best: every tree node; ODS: best single level over the dataset; OIS: best
-level per image), NMCovering against each annotator (mean over annotators, then images;
-flat GT, every node a candidate), nodes per tree, images/s of the stream; and between the
-two: relative feature error, adjusted Rand index of the stage-A parts and of the leaves.
+The same images go through the compiled pipeline with the backbone in float32 and in
+bfloat16 (params and activations; features cast back to float32 before the graph), with
+BSDS covering computed inside the step (`pipeline.bsds_metric`), and once more in float32
+with another PRNG key: the control, showing how much the trees move for reasons that
+have nothing to do with precision (k-means seeding). Reported per run: BSDS covering
+(Best: every tree node; ODS: best single level over the dataset; OIS: best level per
+image), NMCovering against each annotator (mean over annotators, then images; flat GT,
+every node a candidate), nodes per tree, stream time; and against the float32 run: the
+paired per-image difference of Best and NMCovering (mean +- standard error), relative
+feature error, adjusted Rand index of the stage-A parts and of the leaves.
 
     .venv/bin/python benchmarks/bf16_effect.py --images 16 --size 448 --batch 4
 """
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
@@ -56,7 +60,8 @@ def nm_covering(tree: Any, index: int, segs: np.ndarray, space: Any) -> float:
     return float(np.mean(values))
 
 
-def run(dtype: str, data: list[Item], size: int, batch: int, config: PartitionConfig) -> dict:
+def run(dtype: str, seed: int, data: list[Item], size: int, batch: int,
+        config: PartitionConfig) -> dict:
     model = load_backbone(default_checkpoint_path())
     step = make_step(model, size, config, dtype=dtype, metric=bsds_metric(NUM_REGIONS))
     space = flat_label_space(NUM_REGIONS)
@@ -64,7 +69,8 @@ def run(dtype: str, data: list[Item], size: int, batch: int, config: PartitionCo
     out: dict[str, dict] = {}
     start = time.perf_counter()
     first = None
-    for names, result in stream(step, data, batch_size=batch, with_features=True):
+    key = jax.random.key(seed)
+    for names, result in stream(step, data, batch_size=batch, key=key, with_features=True):
         first = first or time.perf_counter()
         for b, name in enumerate(names):
             out[name] = {
@@ -91,6 +97,30 @@ def summary(images: dict[str, dict]) -> dict[str, float]:
     }
 
 
+def compare(base: dict[str, dict], other: dict[str, dict]) -> dict[str, float]:
+    """`other` vs `base` (same images): paired differences, feature error, ARIs."""
+    names = sorted(base)
+    out: dict[str, float] = {}
+    for metric in ("best", "nm_covering"):
+        diff = np.asarray([other[n][metric] - base[n][metric] for n in names])
+        out[f"{metric}_diff"] = float(diff.mean())
+        out[f"{metric}_diff_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    out["feature_rel_error"] = float(np.mean([
+        np.linalg.norm(other[n]["features"] - base[n]["features"])
+        / np.linalg.norm(base[n]["features"]) for n in names]))
+    for field in ("parts", "leaves"):
+        out[f"{field}_ari"] = float(np.mean([
+            adjusted_rand_score(base[n][field], other[n][field]) for n in names]))
+    out["identical_trees"] = int(sum(
+        np.array_equal(base[n]["leaves"], other[n]["leaves"])
+        and np.array_equal(base[n]["parts"], other[n]["parts"]) for n in names))
+    return out
+
+
+RUNS = {"float32": ("float32", 0), "bfloat16": ("bfloat16", 0),
+        "float32, key 1 (control)": ("float32", 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
@@ -99,42 +129,35 @@ def main() -> None:
     args = parser.parse_args()
     data = items(args.images)
     config = PartitionConfig()
-    runs = {dtype: run(dtype, data, args.size, args.batch, config)
-            for dtype in ("float32", "bfloat16")}
-    f32, bf16 = runs["float32"]["images"], runs["bfloat16"]["images"]
-    names = sorted(f32)
-    compare = {
-        "feature_rel_error": float(np.mean([
-            np.linalg.norm(bf16[n]["features"] - f32[n]["features"])
-            / np.linalg.norm(f32[n]["features"]) for n in names])),
-        "parts_ari": float(np.mean([adjusted_rand_score(f32[n]["parts"], bf16[n]["parts"])
-                                    for n in names])),
-        "leaves_ari": float(np.mean([adjusted_rand_score(f32[n]["leaves"], bf16[n]["leaves"])
-                                     for n in names])),
-        "identical_trees": int(sum(np.array_equal(f32[n]["leaves"], bf16[n]["leaves"])
-                                   and np.array_equal(f32[n]["parts"], bf16[n]["parts"])
-                                   for n in names)),
-    }
-    table = {dtype: summary(r["images"]) for dtype, r in runs.items()}
-    print(f"BSDS500 val, first {len(names)} images, {args.size} px, batch {args.batch}, "
+    runs = {name: run(dtype, seed, data, args.size, args.batch, config)
+            for name, (dtype, seed) in RUNS.items()}
+    base = runs["float32"]["images"]
+    table = {name: summary(r["images"]) for name, r in runs.items()}
+    diffs = {name: compare(base, r["images"]) for name, r in runs.items() if name != "float32"}
+    print(f"BSDS500 val, first {len(base)} images, {args.size} px, batch {args.batch}, "
           f"P = {config.n_parts}, levels = {config.levels}\n")
-    print("| backbone | BSDS Best | ODS | OIS | NMCovering | nodes/img | stream s (total, "
+    print("| run | BSDS Best | ODS | OIS | NMCovering | nodes/img | stream s (total, "
           "after 1st batch) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for dtype, row in table.items():
-        r = runs[dtype]
-        print(f"| {dtype} | {row['best']:.4f} | {row['ods']:.4f} | {row['ois']:.4f} | "
+    for name, row in table.items():
+        r = runs[name]
+        print(f"| {name} | {row['best']:.4f} | {row['ods']:.4f} | {row['ois']:.4f} | "
               f"{row['nm_covering']:.4f} | {row['nodes']:.1f} | {r['seconds']:.0f}, "
               f"{r['seconds_after_first']:.0f} |")
-    print(f"\nbfloat16 vs float32: relative feature error {compare['feature_rel_error']:.4f}, "
-          f"ARI of parts {compare['parts_ari']:.4f}, ARI of leaves {compare['leaves_ari']:.4f}, "
-          f"identical trees {compare['identical_trees']}/{len(names)}")
+    print("\n| vs float32 | Best diff | NMCovering diff | feature rel. error | ARI parts | "
+          "ARI leaves | identical trees |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, d in diffs.items():
+        print(f"| {name} | {d['best_diff']:+.4f} +- {d['best_diff_se']:.4f} | "
+              f"{d['nm_covering_diff']:+.4f} +- {d['nm_covering_diff_se']:.4f} | "
+              f"{d['feature_rel_error']:.4f} | {d['parts_ari']:.3f} | {d['leaves_ari']:.3f} | "
+              f"{d['identical_trees']}/{len(base)} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bf16_effect.json").write_text(json.dumps({
-        "args": vars(args), "summary": table, "compare": compare,
-        "per_image": {dtype: {n: {k: v for k, v in r["images"][n].items()
-                                  if k in ("best", "levels", "nodes", "nm_covering")}
-                              for n in names} for dtype, r in runs.items()},
+        "args": vars(args), "summary": table, "compare": diffs,
+        "per_image": {name: {n: {k: v for k, v in r["images"][n].items()
+                                 if k in ("best", "levels", "nodes", "nm_covering")}
+                             for n in base} for name, r in runs.items()},
     }, indent=1))
 
 

@@ -5,16 +5,19 @@ For every image size (N = (size / 14)^2 patches) and batch size: the compiled en
 step of `hiseg_jax.pipeline` (backbone + partitioner in one program, over every local
 device) gives images/s (median of `--repeats` timed calls after compilation and one call;
 host work excluded, measured separately as `host s/img`: decode + resize + normalise).
+Every time is taken twice: wall clock, and CPU seconds of this process (all its threads).
+On a machine shared with other work the wall clock is stretched by the others' load; the
+CPU time is not, so per-stage splits, fits and FLOP rates use CPU time.
 At the first batch size of each N, the stages are also compiled and timed one by one:
-backbone, graph + eigensolver (adjacency, normalised adjacency, top-P eigenvectors),
-k-means into P parts, stage B (part graph + recursive cuts). XLA's memory analysis of
-the compiled step gives its memory (arguments + outputs + temporaries); the process peak
-RSS is reported at the end (GPU: the device's peak bytes in use). Backbone FLOPs come
-from XLA's cost analysis; the peak they are compared with is a measured large matmul
-(and, on CPU, the cores x SIMD width x FMA x clock figure from /proc/cpuinfo, a stated
-assumption). The time per image of the end-to-end step and of each stage is fitted as
-c * N^a over the sizes (log-log least squares). The reference (`hiseg_jax.reference`,
-float64, one image at a time) runs on the same images' features.
+backbone, graph + eigensolver (`partition.affinity` + `spectral_embedding`), k-means
+(`parts_of`), stage B (`part_graph` + `stage_b`). XLA's memory analysis of the compiled
+step gives its memory (arguments + outputs + temporaries); the process peak RSS is
+reported at the end (GPU: the device's peak bytes in use). Backbone FLOPs come from XLA's
+cost analysis; the peak they are compared with is a measured 2048^3 matmul (and, on CPU,
+the cores x SIMD width x FMA x clock figure from /proc/cpuinfo, a stated assumption).
+Time per image of the step and of each stage is fitted as c * N^a over the sizes
+(log-log least squares). The reference (`hiseg_jax.reference`, float64, one image at a
+time) runs on the same images' features.
 
     .venv/bin/python benchmarks/throughput.py                  # quick: a few minutes on CPU
     .venv/bin/python benchmarks/throughput.py --full           # N 1024..6400, batch 1..32
@@ -41,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from partition_quality import parse_variant  # benchmarks/ is on sys.path when run as a script
 
 from hiseg_jax.config import PartitionConfig
 from hiseg_jax.features import default_checkpoint_path, preprocess
@@ -48,14 +52,13 @@ from hiseg_jax.images import load_image, sample_images
 from hiseg_jax.models.vit import ViT, get_config, make_apply
 from hiseg_jax.partition import affinity, part_graph, parts_of, spectral_embedding, stage_b
 from hiseg_jax.pipeline import backbone_features, cast_floating, make_step
+from hiseg_jax.reference import part_graph as reference_part_graph
 from hiseg_jax.reference import (
-    kmeans_labels,
     reference_graph,
     reference_stage_b,
-    relabel_by_first_occurrence,
     stage_a_embedding,
+    stage_a_parts,
 )
-from hiseg_jax.reference import part_graph as reference_part_graph
 from hiseg_jax.weights.checkpoint import load_backbone
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,25 +104,29 @@ def cpu_theoretical_peak() -> tuple[float, str]:
     return peak, note
 
 
-def measured_matmul_peak(dtype: Any, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` n x n @ n x n matmuls (XLA's own best case)."""
+def measured_matmul_peak(dtype: Any, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """FLOP per wall-second and per CPU-second of the best n x n @ n x n matmul."""
     a = jax.random.normal(jax.random.key(1), (n, n), dtype)
     b = jax.random.normal(jax.random.key(2), (n, n), dtype)
     mm = jax.jit(jnp.matmul)
     mm(a, b).block_until_ready()
-    best = min(_timed(lambda: mm(a, b).block_until_ready()) for _ in range(repeats))
-    return 2 * n**3 / best
+    times = [_timed(lambda: mm(a, b).block_until_ready()) for _ in range(repeats)]
+    return {clock: 2 * n**3 / min(t[clock] for t in times) for clock in ("wall", "cpu")}
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], Any]) -> dict[str, float]:
+    """Wall and CPU seconds (all threads of this process) of one call. CPU time is what
+    to compare on a shared machine: other processes' load stretches wall time only."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    return statistics.median(_timed(fn) for _ in range(repeats))
+def _median_time(fn: Callable[[], Any], repeats: int, warm_up: bool = True) -> dict[str, float]:
+    if warm_up:
+        fn()
+    times = [_timed(fn) for _ in range(repeats)]
+    return {clock: statistics.median(t[clock] for t in times) for clock in ("wall", "cpu")}
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,7 +150,7 @@ def host_seconds(paths: list[Path], pictures: list[np.ndarray], size: int, model
         work = [lambda p=p: preprocess([load_image(p)], size, model.config) for p in paths[:4]]
     else:
         work = [lambda im=im: preprocess([im], size, model.config) for im in pictures[:4]]
-    return statistics.median(_timed(fn) for fn in work)
+    return statistics.median(_timed(fn)["wall"] for fn in work)
 
 
 def load_model(random_weights: bool) -> tuple[ViT, str]:
@@ -209,44 +216,49 @@ def time_stages(model: ViT, config: PartitionConfig, dtype: Any, images: np.ndar
 
 def time_step(model: ViT, size: int, config: PartitionConfig, dtype: str, solver: str,
               images: np.ndarray, repeats: int) -> dict[str, Any]:
-    """Median seconds of the end-to-end step on one batch, its compile time and memory
-    (arguments + outputs + temporaries of the compiled program, XLA's memory analysis)."""
+    """Median wall / CPU seconds of the end-to-end step on one batch (host -> device copy
+    included), compile seconds, and memory (arguments + outputs + temporaries of the
+    compiled program, XLA's memory analysis)."""
     step = make_step(model, size, config, dtype=dtype, solver=solver)
     args = step.arguments(images)
     start = time.perf_counter()
     compiled = step.run.lower(*args).compile()
     compile_s = time.perf_counter() - start
     out = jax.block_until_ready(compiled(*args))
-    seconds = statistics.median(
-        _timed(lambda: jax.block_until_ready(compiled(*step.arguments(images))))
-        for _ in range(repeats)
-    )
+    seconds = _median_time(
+        lambda: jax.block_until_ready(compiled(*step.arguments(images))), repeats, False)
     memory = compiled.memory_analysis()
     program = float("nan") if memory is None else float(
         memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes)
     nodes = float(np.asarray(out.tree.valid).sum(axis=1).mean())
-    return {"seconds": seconds, "compile_s": compile_s, "program_bytes": program,
-            "mean_nodes": nodes}
+    return {**seconds, "compile_s": compile_s, "program_bytes": program, "mean_nodes": nodes}
 
 
 # ----------------------------------------------------------------------------------------
 # The NumPy / SciPy reference.
 
 
-def time_reference(features: np.ndarray, config: PartitionConfig) -> dict[str, float]:
-    """Seconds per stage of `hiseg_jax.reference` on one image's features [h, w, E]."""
+def time_reference(features: np.ndarray, config: PartitionConfig) -> dict[str, dict]:
+    """Wall / CPU seconds per stage of `hiseg_jax.reference` on one image's features."""
     x = features.reshape(-1, features.shape[-1]).astype(np.float64)
-    t = [time.perf_counter()]
-    w = reference_graph(x, config)
-    emb = stage_a_embedding(w, config.n_parts, config.eps)
-    t.append(time.perf_counter())
-    parts = relabel_by_first_occurrence(kmeans_labels(emb, config.n_parts, config, 0))
-    t.append(time.perf_counter())
-    reference_stage_b(reference_part_graph(w, parts, int(parts.max()) + 1), config, 0)
-    t.append(time.perf_counter())
-    out = dict(zip(STAGES[1:], np.diff(t), strict=True))
-    out["total"] = t[-1] - t[0]
-    return {k: float(v) for k, v in out.items()}
+    state: dict[str, Any] = {}
+
+    def graph_eig() -> None:
+        state["w"] = reference_graph(x, config)
+        state["emb"] = stage_a_embedding(state["w"], config.n_parts, config.eps)
+
+    def kmeans() -> None:
+        state["parts"] = stage_a_parts(state["emb"], config, 0)
+
+    def tree() -> None:
+        parts = state["parts"]
+        reference_stage_b(reference_part_graph(state["w"], parts, int(parts.max()) + 1),
+                          config, 0)
+
+    out = {name: _timed(fn) for name, fn in zip(STAGES[1:], (graph_eig, kmeans, tree),
+                                                 strict=True)}
+    out["total"] = {clock: sum(out[k][clock] for k in STAGES[1:]) for clock in ("wall", "cpu")}
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -261,49 +273,55 @@ def fit_exponent(ns: list[int], seconds: list[float]) -> float:
 
 
 def report(results: dict[str, Any]) -> str:
+    peak = results["peak"]
     lines = [
-        f"device: {results['device']}; backbone {results['model']} ({results['dtype']}), "
+        f"device: {results['device']}; backbone {results['model']} ({results['dtype']}); "
         f"images: {results['images']}; P = {results['config']['n_parts']}, "
-        f"levels = {results['config']['levels']}, stage A {results['config']['stage_a_solver']}"
-        f", stage B {results['solver']}",
-        f"peak: measured {results['peak_measured'] / 1e9:.1f} GFLOP/s ({results['peak_note']})",
+        f"levels = {results['config']['levels']}, stage A {results['config']['stage_a_solver']} "
+        f"x {results['config']['stage_a_restarts']} restarts"
+        f", stage B {results['solver']}; load average {results['load_before']:.1f} before, "
+        f"{results['load_after']:.1f} after (other processes share the CPU: compare CPU s)",
+        f"peak: 2048^3 matmul {peak['wall'] / 1e9:.1f} GFLOP per wall-s, "
+        f"{peak['cpu'] / 1e9:.1f} per CPU-s; {results['peak_note']}",
         "",
-        "| px | N | batch | img/s | s/img | compile s | program MiB | nodes/img |",
+        "| px | N | batch | img/s (wall) | CPU s/img | compile s | program MiB | nodes/img |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["runs"]:
         lines.append(
-            f"| {r['size']} | {r['n']} | {r['batch']} | {r['batch'] / r['seconds']:.3f} | "
-            f"{r['seconds'] / r['batch']:.2f} | {r['compile_s']:.0f} | "
+            f"| {r['size']} | {r['n']} | {r['batch']} | {r['batch'] / r['wall']:.3f} | "
+            f"{r['cpu'] / r['batch']:.2f} | {r['compile_s']:.0f} | "
             f"{r['program_bytes'] / 2**20:.0f} | {r['mean_nodes']:.0f} |"
         )
-    lines += ["", "Per stage, s/img (batch as listed), backbone FLOP/s vs the measured peak, "
-              "and the NumPy reference (1 image, float64):", "",
+    lines += ["", "Per stage, CPU s/img; backbone GFLOP per CPU-s (% of the matmul's); the "
+              "NumPy/SciPy reference on the same image's features (float64, CPU s):", "",
               "| N | batch | backbone | graph+eig | k-means | stage B | sum | step | "
-              "backbone GFLOP/s (% peak) | host s/img | ref graph+eig | ref k-means | "
+              "backbone GFLOP/CPU-s | host s/img | ref graph+eig | ref k-means | "
               "ref stage B | ref total |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
               "--- |"]
     for s in results["stages"]:
         b = s["batch"]
-        rate = s["backbone_flops_per_image"] * b / s["backbone"]
+        rate = s["backbone_flops_per_image"] * b / s["backbone"]["cpu"]
         ref = s.get("reference") or {}
-        ref_cells = " | ".join(f"{ref[k]:.2f}" if k in ref else "-"
+        ref_cells = " | ".join(f"{ref[k]['cpu']:.2f}" if k in ref else "-"
                                for k in ("graph_eig", "kmeans", "stage_b", "total"))
-        total = sum(s[k] for k in STAGES)
+        total = sum(s[k]["cpu"] for k in STAGES)
         lines.append(
-            f"| {s['n']} | {b} | " + " | ".join(f"{s[k] / b:.2f}" for k in STAGES)
-            + f" | {total / b:.2f} | {s['step_seconds'] / b:.2f} | "
-            f"{rate / 1e9:.1f} ({100 * rate / results['peak_measured']:.0f}%) | "
+            f"| {s['n']} | {b} | " + " | ".join(f"{s[k]['cpu'] / b:.2f}" for k in STAGES)
+            + f" | {total / b:.2f} | {s['step']['cpu'] / b:.2f} | "
+            f"{rate / 1e9:.1f} ({100 * rate / peak['cpu']:.0f}%) | "
             f"{s['host_seconds_per_image']:.3f} | {ref_cells} |"
         )
-    lines += ["", "Time per image ~ N^a (fit over the sizes): "
+    lines += ["", "CPU time per image ~ N^a (fit over the sizes): "
               + ", ".join(f"{k} a = {v:.2f}" for k, v in results["exponents"].items()),
               f"peak RSS of the process: {results['peak_rss_mib']:.0f} MiB"]
     return "\n".join(lines)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    """images/s vs N (one line per batch size, reference dashed) and vs batch size; solid:
+    per wall-second, dotted: per CPU-second (the machine's other load removed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,19 +330,24 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for batch in sorted({r["batch"] for r in results["runs"]}):
         runs = sorted((r for r in results["runs"] if r["batch"] == batch), key=lambda r: r["n"])
-        axes[0].plot([r["n"] for r in runs], [batch / r["seconds"] for r in runs], "o-",
-                     label=f"batch {batch}")
-    ref = [(s["n"], 1.0 / s["reference"]["total"]) for s in results["stages"] if s["reference"]]
+        ns = [r["n"] for r in runs]
+        line, = axes[0].plot(ns, [batch / r["wall"] for r in runs], "o-", label=f"batch {batch}")
+        axes[0].plot(ns, [batch / r["cpu"] for r in runs], ":", color=line.get_color())
+    ref = [(s["n"], 1.0 / s["reference"]["total"]["cpu"]) for s in results["stages"]
+           if s["reference"]]
     if ref:
-        axes[0].plot(*zip(*ref, strict=True), "k--", marker="s", label="NumPy reference")
+        axes[0].plot(*zip(*ref, strict=True), "k--", marker="s", label="NumPy reference (CPU)")
     for n in sorted({r["n"] for r in results["runs"]}):
         runs = sorted((r for r in results["runs"] if r["n"] == n), key=lambda r: r["batch"])
-        axes[1].plot([r["batch"] for r in runs], [r["batch"] / r["seconds"] for r in runs],
-                     "o-", label=f"N = {n}")
+        batches = [r["batch"] for r in runs]
+        line, = axes[1].plot(batches, [r["batch"] / r["wall"] for r in runs], "o-",
+                             label=f"N = {n}")
+        axes[1].plot(batches, [r["batch"] / r["cpu"] for r in runs], ":",
+                     color=line.get_color())
     axes[0].set(xscale="log", yscale="log", xlabel="patches N", ylabel="images / s",
-                title="end-to-end throughput vs N")
+                title="end-to-end vs N (solid: wall, dotted: CPU-s)")
     axes[1].set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s",
-                title="vs batch size")
+                title="vs batch size (solid: wall, dotted: CPU-s)")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
@@ -344,7 +367,9 @@ def main() -> None:
     parser.add_argument("--reference-sizes", type=int, nargs="*")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--stage-a-solver", choices=("eigh", "lanczos"), default="eigh")
+    parser.add_argument("--config", default="",
+                        help="PartitionConfig fields, e.g. stage_a_restarts=1,levels=6 "
+                        "(default: the authors' settings)")
     parser.add_argument("--solver", choices=("eigh", "lanczos"), default="eigh",
                         help="stage B eigensolver")
     parser.add_argument("--random-weights", action="store_true")
@@ -361,23 +386,24 @@ def main() -> None:
     reference_sizes = (preset["reference_sizes"] if args.reference_sizes is None
                        else args.reference_sizes)
     repeats = args.repeats or preset["repeats"]
-    config = PartitionConfig(stage_a_solver=args.stage_a_solver)
+    config = parse_variant(f"cli:{args.config}")[1]
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     model, model_name = load_model(args.random_weights)
     pictures, paths, source = load_images(max(batches))
     device = jax.devices()[0]
+    load_before = os.getloadavg()[0]
     peak = measured_matmul_peak(dtype)
+    note = "no theoretical figure for this device"
     if device.platform == "cpu":
-        theory, note = cpu_theoretical_peak()
-        note = f"2048^3 matmul; theoretical {theory / 1e9:.0f} GFLOP/s = {note}"
-    else:
-        note = "2048^3 matmul"
+        theory, formula = cpu_theoretical_peak()
+        note = f"theoretical {theory / 1e9:.0f} GFLOP/s = {formula}"
     results: dict[str, Any] = {
         "device": f"{device.device_kind} x {jax.device_count()} ({cpu_model()}, "
                   f"{os.cpu_count()} cores; jax {jax.__version__})",
         "model": model_name, "dtype": args.dtype, "images": source, "solver": args.solver,
         "config": {f: getattr(config, f) for f in config.__dataclass_fields__},
-        "peak_measured": peak, "peak_note": note, "runs": [], "stages": [],
+        "peak": peak, "peak_note": note, "load_before": load_before, "runs": [],
+        "stages": [],
     }
     for size in sizes:
         n = (size // 14) ** 2
@@ -386,32 +412,33 @@ def main() -> None:
             images = preprocess(pictures[:batch], size, model.config)
             run = time_step(model, size, config, args.dtype, args.solver, images, repeats)
             results["runs"].append({"size": size, "n": n, "batch": batch, **run})
-            print(f"N={n} batch={batch}: {batch / run['seconds']:.3f} img/s "
-                  f"(compile {run['compile_s']:.0f} s)", flush=True)
+            print(f"N={n} batch={batch}: {batch / run['wall']:.3f} img/s, "
+                  f"{run['cpu'] / batch:.1f} CPU s/img (compile {run['compile_s']:.0f} s)",
+                  flush=True)
         batch = batches[0]
         images = preprocess(pictures[:batch], size, model.config)
         stages = time_stages(model, config, dtype, images, repeats)
-        step_seconds = next(r["seconds"] for r in results["runs"]
-                            if r["n"] == n and r["batch"] == batch)
+        step = next({"wall": r["wall"], "cpu": r["cpu"]} for r in results["runs"]
+                    if r["n"] == n and r["batch"] == batch)
         reference = None
         if size in reference_sizes:
             feats = np.asarray(stage_programs(model, config, dtype)["backbone"](
                 cast_floating(nnx.state(model, nnx.Param), dtype), images[:1]))[0]
             reference = time_reference(feats, config)
         results["stages"].append({"size": size, "n": n, "batch": batch, **stages,
-                                  "step_seconds": step_seconds, "reference": reference,
+                                  "step": step, "reference": reference,
                                   "host_seconds_per_image": host})
         print(f"N={n} stages done", flush=True)
     stage_rows = results["stages"]
     ns = [s["n"] for s in stage_rows]
-    exponents = {k: fit_exponent(ns, [s[k] / s["batch"] for s in stage_rows]) for k in STAGES}
-    exponents["step"] = fit_exponent(ns, [s["step_seconds"] / s["batch"] for s in stage_rows])
+    exponents = {k: fit_exponent(ns, [s[k]["cpu"] / s["batch"] for s in stage_rows])
+                 for k in (*STAGES, "step")}
     with_ref = [s for s in stage_rows if s["reference"]]
     exponents["reference"] = fit_exponent([s["n"] for s in with_ref],
-                                          [s["reference"]["total"] for s in with_ref])
+                                          [s["reference"]["total"]["cpu"] for s in with_ref])
     results["exponents"] = exponents
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["peak_rss_mib"] = rss
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["load_after"] = os.getloadavg()[0]
     if device.platform == "gpu":
         results["device_peak_bytes"] = device.memory_stats().get("peak_bytes_in_use")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import queue
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -49,6 +47,7 @@ from hiseg_jax.hierarchies import Hierarchy, LabelSpace, label_space, parse_hier
 from hiseg_jax.images import ImageLoadError
 from hiseg_jax.models.vit import ViT, get_config
 from hiseg_jax.partition import StageBSolver, partition
+from hiseg_jax.pipeline import prefetch
 from hiseg_jax.weights.checkpoint import load_backbone, read_metadata, resolve_checkpoint
 
 Resolution = Literal["patch", "image"]
@@ -175,7 +174,7 @@ def _score_all(source: Sequence[dict[str, Any]], todo: list[int], settings: Eval
     batches = _host_batches(source, todo, settings, space, model, options.batch_size)
     bar = tqdm(total=len(todo), unit="img", desc=f"{settings.dataset} {settings.split}",
                disable=not options.progress, dynamic_ncols=True)
-    with bar, contextlib.closing(_prefetched(batches)) as hosts:
+    with bar, contextlib.closing(prefetch(batches, _PREFETCH)) as hosts:
         for host in hosts:
             new = host.failures + _score_batch(host, settings, space, model, options.out)
             for record in sorted(new, key=lambda r: r["index"]):
@@ -299,42 +298,6 @@ def _host_batches(source: Sequence[dict[str, Any]], todo: list[int], settings: E
         yield HostBatch(indices, names, sizes,
                         preprocess_images(images, (height, width), model.config), originals,
                         eval_scoring.pad_maps(targets, hw, depth), failures)
-
-
-def _prefetched(batches: Iterator[HostBatch]) -> Iterator[HostBatch]:
-    """`batches`, produced by a background thread `_PREFETCH` batches ahead (host work then
-    overlaps device work); an exception in the thread is raised here. Closing the iterator
-    (or leaving it by an exception, e.g. Ctrl-C) stops the thread."""
-    pipe: queue.Queue = queue.Queue(maxsize=_PREFETCH)
-    stop = threading.Event()
-    end = object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                pipe.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    return
-            put(end)
-        except BaseException as err:  # handed to the consumer, raised there
-            put(err)
-
-    threading.Thread(target=produce, daemon=True, name="hiseg-prefetch").start()
-    try:
-        while (item := pipe.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def _score_batch(host: HostBatch, settings: EvalSettings, space: LabelSpace | None,

@@ -12,7 +12,6 @@ Skipped unless `../shared/data` and the converted default checkpoint exist. Four
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -80,11 +79,6 @@ def test_stage_b_agrees_with_reference_given_the_same_parts(bsds, reference_seed
     assert matched >= 0.9 * total, f"{matched} of {total} reference nodes matched"
 
 
-@pytest.mark.skipif(
-    not os.environ.get("HISEG_SLOW_TESTS"),
-    reason="reference x3 seeds + JAX on BSDS images: > 9 min on a loaded 2-core CPU; "
-    "set HISEG_SLOW_TESTS=1",
-)
 def test_end_to_end_quality_within_seed_spread(bsds, quality, reference_seed0):
     feats, segmentations = bsds
     rows = quality.quality_table(

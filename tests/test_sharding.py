@@ -95,10 +95,6 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("HISEG_MULTIHOST_TEST") != "1",
-    reason="two processes compiling the step: ~2 CPU-minutes; set HISEG_MULTIHOST_TEST=1",
-)
 def test_two_processes_through_jax_distributed():
     """2 processes x 2 CPU devices joined by `jax.distributed`: each streams its own images
     through the global 4-device mesh and gets exactly the single-device results."""
