@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hiseg_jax.config import PartitionConfig
-from hiseg_jax.crf import CRFConfig, dense_crf, leaf_unaries
+from hiseg_jax.crf import CRFConfig, refine_levels
 from hiseg_jax.features import DEFAULT_BACKBONE, FeatureKind, extract_features, preprocess
 from hiseg_jax.models.vit import ViT
 from hiseg_jax.partition import StageBSolver, partition
@@ -221,20 +221,9 @@ def crf_level_labels(
     (ALGORITHM.md section 6); inner nodes follow from the tree.
 
     image: uint8 `[H, W, 3]`; features: `[h, w, E]`; patch_levels: int `[L + 1, h, w]`.
-    Each pixel takes the leaf of highest CRF marginal; at depth d it then gets that leaf's
-    node at depth d (the same for all of the leaf's patches). The leaf axis is padded to a
-    multiple of 8 (absent labels) so that trees with similar leaf counts share compilations.
+    `crf.refine_levels` for one image, with the leaf axis padded to a multiple of 8 (absent
+    labels) so that trees with similar leaf counts share compilations.
     """
-    levels = np.asarray(patch_levels).reshape(patch_levels.shape[0], -1)
-    leaf_ids, first_patch, leaf_index = np.unique(
-        levels[-1], return_index=True, return_inverse=True
-    )
-    padded = -(-len(leaf_ids) // 8) * 8
-    logits = leaf_unaries(
-        features, leaf_index.reshape(patch_levels.shape[1:]), padded, image.shape[:2],
-        temperature=config.temperature, prob_floor=config.prob_floor,
-    )
-    present = np.arange(padded) < len(leaf_ids)
-    marginals = dense_crf(logits, image, present, config)
-    pixel_leaf = np.asarray(jnp.argmax(marginals, axis=-1))
-    return levels[:, first_patch][:, pixel_leaf].astype(np.int32)
+    leaves = np.unique(np.asarray(patch_levels)[-1]).size
+    padded = -(-leaves // 8) * 8
+    return np.asarray(refine_levels(features, patch_levels, image, padded, config))
