@@ -23,11 +23,10 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-import pydensecrf.densecrf as dcrf
 from PIL import Image
 from skimage import data, segmentation
 
-from hiseg_jax.crf import CRFConfig, dense_crf, leaf_unaries
+from hiseg_jax.crf import CRFConfig, dense_crf, leaf_unaries, pydensecrf_marginals
 
 PATCH = 14
 
@@ -42,21 +41,6 @@ def scene(name: str, size: int, leaves: int, seed: int = 0) -> tuple[np.ndarray,
     feats = np.eye(leaves)[grid] + rng.normal(0, 0.35, (*grid.shape, leaves))
     feats = np.concatenate([feats, rng.normal(0, 0.3, (*grid.shape, 32))], -1)
     return image, np.asarray(leaf_unaries(feats.astype(np.float32), grid, leaves, (size, size)))
-
-
-def reference(logits: np.ndarray, image: np.ndarray, config: CRFConfig) -> np.ndarray:
-    """pydensecrf2 marginals [S, S, K] with the authors' calls."""
-    h, w, k = logits.shape
-    crf = dcrf.DenseCRF2D(w, h, k)
-    crf.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, k).T, np.float32))
-    crf.addPairwiseGaussian(sxy=config.gauss_sxy, compat=config.gauss_compat)
-    crf.addPairwiseBilateral(
-        sxy=config.bilateral_sxy,
-        srgb=config.bilateral_srgb,
-        rgbim=np.array(image, np.uint8, order="C"),
-        compat=config.bilateral_compat,
-    )
-    return np.array(crf.inference(config.n_iter)).reshape(k, h, w).transpose(1, 2, 0)
 
 
 def timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[np.ndarray, float, float]:
@@ -82,7 +66,7 @@ def main() -> None:
     rows = []
     for name in args.images:
         image, logits = scene(name, args.size, args.leaves)
-        run_ref = functools.partial(reference, logits, image, CRFConfig())
+        run_ref = functools.partial(pydensecrf_marginals, logits, image, CRFConfig())
         ref, ref_wall, ref_cpu = timed(run_ref, args.repeats)
         rows.append({"image": name, "impl": "pydensecrf2", "wall_s": ref_wall, "cpu_s": ref_cpu})
         for label, config in variants.items():

@@ -21,7 +21,7 @@ time) runs on the same images' features.
 
     .venv/bin/python benchmarks/throughput.py                  # quick: a few minutes on CPU
     .venv/bin/python benchmarks/throughput.py --full           # N 1024..6400, batch 1..32
-    .venv/bin/python benchmarks/throughput.py --plot-from benchmarks/results/throughput.json
+    .venv/bin/python benchmarks/throughput.py --plot-from a.json b.json   # merge, plot
 
 Writes benchmarks/results/throughput.json (gitignored) and throughput.png (images/s vs N,
 one line per batch size).
@@ -319,6 +319,40 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def exponents(stage_rows: list[dict[str, Any]]) -> dict[str, float]:
+    """a of CPU s/img ~ N^a per stage, for the step and for the reference partitioner."""
+    ns = [s["n"] for s in stage_rows]
+    fits = {k: fit_exponent(ns, [s[k]["cpu"] / s["batch"] for s in stage_rows])
+            for k in (*STAGES, "step")}
+    with_ref = [s for s in stage_rows if s["reference"]]
+    fits["reference"] = fit_exponent([s["n"] for s in with_ref],
+                                     [s["reference"]["total"]["cpu"] for s in with_ref])
+    return fits
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same benchmark (same device, model and config): runs and
+    stage splits in size order. A later part's (N, batch) point replaces an earlier one (a
+    re-measured point); the stage split of an N is the first part's."""
+    first = parts[0]
+    for other in parts[1:]:
+        for field in ("device", "model", "dtype", "config"):
+            if other[field] != first[field]:
+                raise SystemExit(f"cannot merge results with different {field}")
+    runs = {(r["n"], r["batch"]): r for part in parts for r in part["runs"]}
+    stages: dict[int, dict[str, Any]] = {}
+    for part in parts:
+        for r in part["stages"]:
+            stages.setdefault(r["n"], r)
+    merged = {**first, "runs": [runs[k] for k in sorted(runs)]}
+    merged["stages"] = [stages[k] for k in sorted(stages)]
+    merged["exponents"] = exponents(merged["stages"])
+    merged["peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)
+    merged["load_before"] = max(p["load_before"] for p in parts)
+    merged["load_after"] = max(p["load_after"] for p in parts)
+    return merged
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """images/s vs N (one line per batch size, reference dashed) and vs batch size; solid:
     per wall-second, dotted: per CPU-second (the machine's other load removed)."""
@@ -374,11 +408,14 @@ def main() -> None:
                         help="stage B eigensolver")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "throughput.json")
-    parser.add_argument("--plot-from", type=Path, help="only plot a saved JSON")
+    parser.add_argument("--plot-from", type=Path, nargs="+",
+                        help="only plot saved JSONs (several: runs merged, e.g. a sweep run "
+                        "in parts); the plot goes next to --output")
     args = parser.parse_args()
     if args.plot_from:
-        results = json.loads(args.plot_from.read_text())
-        plot(results, args.plot_from.with_suffix(".png"))
+        results = merge_results([json.loads(p.read_text()) for p in args.plot_from])
+        args.output.write_text(json.dumps(results, indent=1))
+        plot(results, args.output.with_suffix(".png"))
         print(report(results))
         return
     preset = FULL if args.full else QUICK
@@ -429,14 +466,7 @@ def main() -> None:
                                   "step": step, "reference": reference,
                                   "host_seconds_per_image": host})
         print(f"N={n} stages done", flush=True)
-    stage_rows = results["stages"]
-    ns = [s["n"] for s in stage_rows]
-    exponents = {k: fit_exponent(ns, [s[k]["cpu"] / s["batch"] for s in stage_rows])
-                 for k in (*STAGES, "step")}
-    with_ref = [s for s in stage_rows if s["reference"]]
-    exponents["reference"] = fit_exponent([s["n"] for s in with_ref],
-                                          [s["reference"]["total"]["cpu"] for s in with_ref])
-    results["exponents"] = exponents
+    results["exponents"] = exponents(results["stages"])
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["load_after"] = os.getloadavg()[0]
     if device.platform == "gpu":

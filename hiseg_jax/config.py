@@ -22,7 +22,9 @@ class PartitionConfig:
     eps: float = 1e-12  # degrees (and volumes, row norms) are clamped to >= eps
     # Stage A (section 2).
     n_parts: int = 200  # P; Cityscapes uses 300
-    stage_a_solver: Literal["eigh", "lanczos"] = "eigh"
+    # "eigh": dense, top P only where the platform can (CPU); "eigh_full": dense, all N pairs
+    # on every platform; "lanczos": Krylov on the low-rank operator (see partition.py).
+    stage_a_solver: Literal["eigh", "eigh_full", "lanczos"] = "eigh"
     lanczos_iters: int = 300  # Krylov steps when stage_a_solver == "lanczos"
     stage_a_restarts: int = 10  # k-means restarts of stage A (the authors': 10)
     kmeans_restarts: int = 10  # k-means restarts of stage B's k-way cuts
@@ -45,5 +47,10 @@ class PartitionConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.levels < 1:
             raise ValueError(f"levels must be >= 1, got {self.levels}")
+        if self.stage_a_solver not in ("eigh", "eigh_full", "lanczos"):
+            raise ValueError(
+                "stage_a_solver must be 'eigh', 'eigh_full' or 'lanczos', "
+                f"got {self.stage_a_solver!r}"
+            )
         if self.adjacency not in ("minmax", "exp"):
             raise ValueError(f"adjacency must be 'minmax' or 'exp', got {self.adjacency!r}")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax import graph, lanczos
+from hiseg_jax import dense_eigh, graph, lanczos
 from hiseg_jax.config import PartitionConfig
 from hiseg_jax.kmeans import kmeans
 from hiseg_jax.tree import Tree
@@ -85,11 +85,13 @@ def spectral_embedding(
 ) -> jax.Array:
     """Section 2: the top-P eigenvectors of A, rows normalised to unit length: [N, P].
 
-    "eigh": dense eigh of A [N, N]; "lanczos": `config.lanczos_iters` Lanczos steps
-    (clipped to [P, N]).
+    "eigh": dense A [N, N], LAPACK's top-P subset driver on CPU, the full eigh elsewhere
+    (`dense_eigh`); "eigh_full": the full eigh everywhere; "lanczos": `config.lanczos_iters`
+    Lanczos steps (clipped to [P, N]).
     """
-    if config.stage_a_solver == "eigh":
-        emb = jnp.linalg.eigh(a)[1][:, -config.n_parts :]
+    if config.stage_a_solver in ("eigh", "eigh_full"):
+        subset = config.stage_a_solver == "eigh"
+        emb = dense_eigh.top_eigenvectors(a, config.n_parts, subset=subset)
     else:
         n = a.shape[0] if isinstance(a, jax.Array) else a.b.shape[0]
         steps = min(max(config.lanczos_iters, config.n_parts), n)

@@ -23,6 +23,7 @@ from hiseg_jax.crf import (
     lattice_capacities,
     leaf_unaries,
     mean_field,
+    pydensecrf_marginals,
     refine_leaves,
     refine_levels,
 )
@@ -89,21 +90,6 @@ def _exact_normalised(features: np.ndarray, values: np.ndarray) -> np.ndarray:
     kernel = np.exp(-0.5 * ((f[:, None] - f[None]) ** 2).sum(-1))
     norm = 1 / np.sqrt(kernel.sum(1, keepdims=True))
     return norm * (kernel @ (norm * values))
-
-
-def _pydensecrf_q(logits: np.ndarray, image: np.ndarray, config: CRFConfig) -> np.ndarray:
-    dcrf = pytest.importorskip("pydensecrf.densecrf")
-    h, w, k = logits.shape
-    crf = dcrf.DenseCRF2D(w, h, k)
-    crf.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, k).T, np.float32))
-    crf.addPairwiseGaussian(sxy=config.gauss_sxy, compat=config.gauss_compat)
-    crf.addPairwiseBilateral(
-        sxy=config.bilateral_sxy,
-        srgb=config.bilateral_srgb,
-        rgbim=np.array(image, np.uint8, order="C"),
-        compat=config.bilateral_compat,
-    )
-    return np.array(crf.inference(config.n_iter)).reshape(k, h, w).transpose(1, 2, 0)
 
 
 def _resize(image: np.ndarray, nearest: bool = False) -> np.ndarray:
@@ -264,7 +250,8 @@ def exact_q(scenes):
 def test_mean_field_matches_pydensecrf(scenes, batched_q):
     images, logits = scenes
     for image, logit, q in zip(images, logits, batched_q, strict=True):
-        ref = _pydensecrf_q(logit, image, CRFConfig())
+        pytest.importorskip("pydensecrf.densecrf")
+        ref = pydensecrf_marginals(logit, image, CRFConfig())
         agree = np.mean(q.argmax(-1) == ref.argmax(-1))
         changed = np.mean(ref.argmax(-1) != logit.argmax(-1))
         assert changed > 0.005, "the CRF should move some boundaries, or the test proves nothing"

@@ -9,6 +9,8 @@ tests/test_partition_realdata.py).
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -253,13 +255,24 @@ def _node_masks(tree: T.Tree, b: int) -> np.ndarray:
     return np.stack([labels[depth[m]] == m for m in np.flatnonzero(np.asarray(tree.valid[b]))])
 
 
-def test_planted_hierarchy_is_recovered(planted_batch, planted_trees):
+def _assert_planted_recovered(planted_batch, trees: T.Tree) -> None:
     """Every planted group (levels 1-3) is a node of the tree with IoU >= 0.95."""
     for b, groups in enumerate(planted_batch[1]):
-        masks = _node_masks(planted_trees, b)
+        masks = _node_masks(trees, b)
         for level, g in groups:
             iou = (masks & g).sum(1) / (masks | g).sum(1)
             assert iou.max() >= 0.95, (b, level, iou.max())
+
+
+def test_planted_hierarchy_is_recovered(planted_batch, planted_trees):
+    _assert_planted_recovered(planted_batch, planted_trees)
+
+
+@pytest.mark.parametrize("solver", ["eigh_full", "lanczos"])
+def test_planted_hierarchy_is_recovered_by_other_stage_a_solvers(planted_batch, solver):
+    config = dataclasses.replace(PLANTED_CONFIG, stage_a_solver=solver)
+    trees = jp.partition(planted_batch[0][:3], config, jax.random.key(0))
+    _assert_planted_recovered(planted_batch, trees)
 
 
 def test_tree_is_consistent(planted_trees):
