@@ -370,7 +370,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ref = [(s["n"], 1.0 / s["reference"]["total"]["cpu"]) for s in results["stages"]
            if s["reference"]]
     if ref:
-        axes[0].plot(*zip(*ref, strict=True), "k--", marker="s", label="NumPy reference, partitioner only (per CPU-s)")
+        axes[0].plot(*zip(*ref, strict=True), "k--", marker="s",
+                     label="NumPy reference, partitioner only (per CPU-s)")
     for n in sorted({r["n"] for r in results["runs"]}):
         runs = sorted((r for r in results["runs"] if r["n"] == n), key=lambda r: r["batch"])
         batches = [r["batch"] for r in runs]
