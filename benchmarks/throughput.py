@@ -408,6 +408,9 @@ def main() -> None:
     parser.add_argument("--solver", choices=("eigh", "lanczos"), default="eigh",
                         help="stage B eigensolver")
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--no-stages", action="store_true",
+                        help="end-to-end runs only: no per-stage split, no reference (for "
+                        "large batches, merged with a run that has them)")
     parser.add_argument("--output", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--plot-from", type=Path, nargs="+",
                         help="only plot saved JSONs (several: runs merged, e.g. a sweep run "
@@ -453,6 +456,8 @@ def main() -> None:
             print(f"N={n} batch={batch}: {batch / run['wall']:.3f} img/s, "
                   f"{run['cpu'] / batch:.1f} CPU s/img (compile {run['compile_s']:.0f} s)",
                   flush=True)
+        if args.no_stages:
+            continue
         batch = batches[0]
         images = preprocess(pictures[:batch], size, model.config)
         stages = time_stages(model, config, dtype, images, repeats)
