@@ -2,9 +2,9 @@
 
 Stage A needs only the top P = 200 of N = 1024..6400 eigenpairs of A. XLA's `eigh` computes
 all N of them on every backend (its `subset_by_index` is TPU-only). On CPU, LAPACK's subset
-driver (`syevr`, MRRR) finds just the top k after the same tridiagonal reduction, 1.7x faster
+driver (`syevr`, MRRR) finds just the top k after the same tridiagonal reduction, 1.6x faster
 than the full `eigh` at N = 3600, k = 200 (README, "Stage-A eigensolver"); it is reached
-through a host callback, which is free on CPU since the array already lives in host memory.
+through a host callback, which moves no data between devices on CPU.
 Elsewhere (GPU, TPU) the full device `eigh` runs and is sliced. Both are float32 LAPACK-class
 solvers with residuals ~1e-6; section 8 of ALGORITHM.md explains why neither is exact around
 index k, and the README's quality table shows that both meet the reference's covering.
