@@ -27,14 +27,14 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from hiseg_jax.api import patch_level_labels, upsample_labels
-from hiseg_jax.config import PartitionConfig
 from hiseg_jax.datasets.bsds500 import read_bsds_mat
+from hiseg_jax.engine.pipeline import Item, bsds_metric, make_step, stream
 from hiseg_jax.features import default_checkpoint_path
 from hiseg_jax.hierarchies.labelspace import flat_label_space
 from hiseg_jax.images import load_image
 from hiseg_jax.metrics import evaluate_batch
 from hiseg_jax.metrics.regions import TreePrediction
-from hiseg_jax.pipeline import Item, bsds_metric, make_step, stream
+from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.weights.checkpoint import load_backbone
 
 BSDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds500"

@@ -1,4 +1,4 @@
-"""Dense CRF per image, side by side in one process: hiseg_jax.crf vs pydensecrf2.
+"""Dense CRF per image, side by side in one process: hiseg_jax.crf.dense_crf vs pydensecrf2.
 
 Images (scikit-image samples, resized to S x S, default 840) get unaries as in the tree
 refinement: a SLIC over-segmentation into about K regions plays the leaves, read at the
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from skimage import data, segmentation
 
-from hiseg_jax.crf import CRFConfig, dense_crf, leaf_unaries, pydensecrf_marginals
+from hiseg_jax.crf.dense_crf import CRFConfig, dense_crf, leaf_unaries, pydensecrf_marginals
 
 PATCH = 14
 

@@ -1,7 +1,7 @@
 """Stage-A eigensolvers side by side: top-k eigenpairs of the normalised minmax adjacency.
 
 Compares scipy `eigh(subset_by_index, driver='evr')` (float32/float64), `dense_eigh` (stage
-A's default), `jnp.linalg.eigh` (float32) and `hiseg_jax.lanczos.lanczos_eigsh` (float32, dense
+A's default), `jnp.linalg.eigh` (float32) and `spectral.lanczos.lanczos_eigsh` (float32, dense
 matvec and low-rank matvec) at a few step counts, in one process, on unit features shaped
 like ViT patch features (`synthetic_features`) or on real ones (`--features`). Reports the
 best-of-R wall and process-CPU time of the solver alone (operator already built; build times
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 from scipy.ndimage import zoom  # noqa: E402
 
-from hiseg_jax import dense_eigh, graph, lanczos  # noqa: E402
+from hiseg_jax.spectral import dense_eigh, graph, lanczos  # noqa: E402
 
 
 def synthetic_features(side: int, dim: int = 384, n_regions: int = 20, seed: int = 0) -> np.ndarray:

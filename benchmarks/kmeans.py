@@ -21,8 +21,8 @@ import numpy as np
 import scipy.linalg
 from sklearn.cluster import KMeans
 
-from hiseg_jax import graph
-from hiseg_jax.kmeans import kmeans
+from hiseg_jax.spectral import graph
+from hiseg_jax.spectral.kmeans import kmeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eigensolvers import synthetic_features  # noqa: E402

@@ -29,8 +29,8 @@ import numpy as np
 
 from hiseg_jax.hierarchies import label_space, load_hierarchy
 from hiseg_jax.metrics import TreePrediction, evaluate_batch, evaluate_bsds_batch
-from hiseg_jax.metrics.evaluate import _score, _score_bsds
 from hiseg_jax.metrics.reference import reference_bsds_image, reference_image_scores
+from hiseg_jax.metrics.scores import _score, _score_bsds
 
 GRID, SCALE, LEVELS, NODES, PER_LEVEL = 60, 14, 10, 401, 60
 

@@ -28,9 +28,9 @@ import jax
 import numpy as np
 from partition_quality import parse_variant  # benchmarks/ is on sys.path when run as a script
 
-from hiseg_jax import partition as jp
-from hiseg_jax import reference, synthetic
-from hiseg_jax.config import PartitionConfig
+from hiseg_jax.spectral import partition as jp
+from hiseg_jax.spectral import reference, synthetic
+from hiseg_jax.spectral.config import PartitionConfig
 
 SHARED = Path(
     os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

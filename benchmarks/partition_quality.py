@@ -29,10 +29,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from hiseg_jax import eval_scoring, reference
-from hiseg_jax.config import PartitionConfig
+from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.metrics import TreePrediction
-from hiseg_jax.partition import partition
+from hiseg_jax.spectral import reference
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.partition import partition
 
 SHARED = Path(
     os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

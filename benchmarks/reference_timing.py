@@ -11,8 +11,8 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.reference import (
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.reference import (
     RefResult,
     flatten_features,
     part_graph,
@@ -21,7 +21,7 @@ from hiseg_jax.reference import (
     stage_a_embedding,
     stage_a_parts,
 )
-from hiseg_jax.synthetic import planted_hierarchy
+from hiseg_jax.spectral.synthetic import planted_hierarchy
 
 
 def time_stages(side: int, n_parts: int, seed: int) -> dict[str, float]:

@@ -2,7 +2,7 @@
 NumPy/SciPy reference on the same images side by side.
 
 For every image size (N = (size / 14)^2 patches) and batch size: the compiled end-to-end
-step of `hiseg_jax.pipeline` (backbone + partitioner in one program, over every local
+step of `hiseg_jax.engine.pipeline` (backbone + partitioner in one program, over every local
 device) gives images/s (median of `--repeats` timed calls after compilation and one call;
 host work excluded, measured separately as `host s/img`: decode + resize + normalise).
 Every time is taken twice: wall clock, and CPU seconds of this process (all its threads).
@@ -16,7 +16,7 @@ reported at the end (GPU: the device's peak bytes in use). Backbone FLOPs come f
 cost analysis; the peak they are compared with is a measured 2048^3 matmul (and, on CPU,
 the cores x SIMD width x FMA x clock figure from /proc/cpuinfo, a stated assumption).
 Time per image of the step and of each stage is fitted as c * N^a over the sizes
-(log-log least squares). The reference (`hiseg_jax.reference`, float64, one image at a
+(log-log least squares). The reference (`hiseg_jax.spectral.reference`, float64, one image at a
 time) runs on the same images' features.
 
     .venv/bin/python benchmarks/throughput.py                  # quick: a few minutes on CPU
@@ -46,14 +46,14 @@ import numpy as np
 from flax import nnx
 from partition_quality import parse_variant  # benchmarks/ is on sys.path when run as a script
 
-from hiseg_jax.config import PartitionConfig
+from hiseg_jax.engine.pipeline import backbone_features, cast_floating, make_step
 from hiseg_jax.features import default_checkpoint_path, preprocess
 from hiseg_jax.images import load_image, sample_images
 from hiseg_jax.models.vit import ViT, get_config, make_apply
-from hiseg_jax.partition import affinity, part_graph, parts_of, spectral_embedding, stage_b
-from hiseg_jax.pipeline import backbone_features, cast_floating, make_step
-from hiseg_jax.reference import part_graph as reference_part_graph
-from hiseg_jax.reference import (
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.partition import affinity, part_graph, parts_of, spectral_embedding, stage_b
+from hiseg_jax.spectral.reference import part_graph as reference_part_graph
+from hiseg_jax.spectral.reference import (
     reference_graph,
     reference_stage_b,
     stage_a_embedding,
@@ -239,7 +239,7 @@ def time_step(model: ViT, size: int, config: PartitionConfig, dtype: str, solver
 
 
 def time_reference(features: np.ndarray, config: PartitionConfig) -> dict[str, dict]:
-    """Wall / CPU seconds per stage of `hiseg_jax.reference` on one image's features."""
+    """Wall / CPU seconds per stage of `hiseg_jax.spectral.reference` on one image's features."""
     x = features.reshape(-1, features.shape[-1]).astype(np.float64)
     state: dict[str, Any] = {}
 

@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.crf import CRFConfig, refine_levels
+from hiseg_jax.crf.dense_crf import CRFConfig, refine_levels
 from hiseg_jax.features import DEFAULT_BACKBONE, FeatureKind, extract_features, preprocess
 from hiseg_jax.models.vit import ViT
-from hiseg_jax.partition import StageBSolver, partition
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.partition import StageBSolver, partition
 from hiseg_jax.tree import Tree
 from hiseg_jax.weights.checkpoint import load_backbone
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hiseg_jax.config import PartitionConfig
 from hiseg_jax.datasets.voc2012 import voc_palette
+from hiseg_jax.spectral.config import PartitionConfig
 
 SIZE = 112  # 8 x 8 patches of 14 px
 SMALL = PartitionConfig(n_parts=16, levels=3, max_kways=4, kmeans_restarts=2,

@@ -24,14 +24,14 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from hiseg_jax.api import patch_level_labels, upsample_labels  # noqa: E402
-from hiseg_jax.config import PartitionConfig  # noqa: E402
+from hiseg_jax.engine.pipeline import Item, bsds_metric, make_step, stream  # noqa: E402
+from hiseg_jax.engine.sharding import initialize_distributed  # noqa: E402
 from hiseg_jax.features import extract_features, preprocess  # noqa: E402
 from hiseg_jax.metrics import evaluate_bsds_batch  # noqa: E402
 from hiseg_jax.metrics.regions import TreePrediction  # noqa: E402
 from hiseg_jax.models.vit import ViT, ViTConfig  # noqa: E402
-from hiseg_jax.partition import partition  # noqa: E402
-from hiseg_jax.pipeline import Item, bsds_metric, make_step, stream  # noqa: E402
-from hiseg_jax.sharding import initialize_distributed  # noqa: E402
+from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
+from hiseg_jax.spectral.partition import partition  # noqa: E402
 
 TINY_VIT = ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8)
 CONFIG = PartitionConfig(n_parts=12, levels=3, kmeans_restarts=2, kmeans_max_iter=50)

@@ -18,8 +18,8 @@ from hiseg_jax.api import (
     segment,
     upsample_labels,
 )
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.crf import CRFConfig
+from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.tree import Tree
 
 

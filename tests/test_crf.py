@@ -1,4 +1,4 @@
-"""Dense CRF (hiseg_jax.crf) and its permutohedral lattice (hiseg_jax.lattice).
+"""Dense CRF (hiseg_jax.crf.dense_crf) and its permutohedral lattice (hiseg_jax.crf.lattice).
 
 References: Krähenbühl's C++ code (PyPI `pydensecrf2`, test-only; the tests that need it
 skip without it) for the filter and the whole mean field; exact O(N^2) Gaussian sums for
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hiseg_jax.crf import (
+from hiseg_jax.crf.dense_crf import (
     ABSENT,
     CRFConfig,
     bicubic_matrix,
@@ -27,7 +27,7 @@ from hiseg_jax.crf import (
     refine_leaves,
     refine_levels,
 )
-from hiseg_jax.lattice import build_lattice, lattice_filter
+from hiseg_jax.crf.lattice import build_lattice, lattice_filter
 
 SIZE = 96  # every CRF test image is SIZE x SIZE with K labels, so compilations are shared
 PATCH = 8

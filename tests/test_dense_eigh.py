@@ -1,4 +1,4 @@
-"""hiseg_jax.dense_eigh: the CPU subset driver and the full eigh give the same top-k subspace."""
+"""spectral.dense_eigh: the CPU subset driver and the full eigh give the same top-k subspace."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.dense_eigh import top_eigenvectors
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.dense_eigh import top_eigenvectors
 
 N, K = 60, 6
 

@@ -16,10 +16,13 @@ import pytest
 from evaluate_cases import BAD_LABELS, BROKEN, SIZE, SMALL, make_voc_pairs
 from segment_cases import check_hierarchy
 
-from hiseg_jax import eval_hungarian, eval_scoring, evaluation, results_log
 from hiseg_jax.api import segment, upsample_labels
-from hiseg_jax.crf import CRFConfig
+from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.datasets import load, read_example
+from hiseg_jax.evaluation import hungarian as eval_hungarian
+from hiseg_jax.evaluation import results_log
+from hiseg_jax.evaluation import runner as evaluation
+from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.hierarchies import index_label_space, label_space, load_hierarchy, parse_hierarchy
 from hiseg_jax.images import ImageLoadError
 from hiseg_jax.metrics import Accumulator, TreePrediction, evaluate_batch, evaluate_bsds_batch

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from evaluate_cases import SMALL, SMALL_FLAGS, make_voc_pairs
 
-from hiseg_jax import evaluation
 from hiseg_jax.cli import build_parser, main
 from hiseg_jax.commands.evaluate import command_line, settings_from_args
-from hiseg_jax.crf import CRFConfig
+from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.evaluation import runner as evaluation
 
 
 def evaluate(capsys, *args: str) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""hiseg_jax.graph against a direct NumPy transcription of ALGORITHM.md sections 1 and 4."""
+"""spectral.graph against a direct NumPy transcription of ALGORITHM.md sections 1 and 4."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hiseg_jax import graph
+from hiseg_jax.spectral import graph
 
 N, E = 48, 12
 

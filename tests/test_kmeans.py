@@ -1,4 +1,4 @@
-"""hiseg_jax.kmeans against scikit-learn's KMeans and the Lloyd fixed-point property."""
+"""hiseg_jax.spectral.kmeans against scikit-learn's KMeans and the Lloyd fixed-point property."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from hiseg_jax import kmeans as km
-from hiseg_jax.kmeans import kmeans
+from hiseg_jax.spectral import kmeans as km
+from hiseg_jax.spectral.kmeans import kmeans
 
 # One shape for every test (each new shape or static setting costs a compile).
 N, D, K_MAX = 240, 4, 8

@@ -1,4 +1,4 @@
-"""hiseg_jax.lanczos against numpy.linalg.eigh of the (masked sub-)matrix."""
+"""hiseg_jax.spectral.lanczos against numpy.linalg.eigh of the (masked sub-)matrix."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hiseg_jax import graph
-from hiseg_jax.lanczos import lanczos_eigsh
+from hiseg_jax.spectral import graph
+from hiseg_jax.spectral.lanczos import lanczos_eigsh
 
 KEY = jax.random.key(0)
 # One configuration (plus float64) for most tests: each new one costs a ~2 s compile.

@@ -1,4 +1,4 @@
-"""The JAX partitioner against the NumPy reference (`hiseg_jax.reference`).
+"""The JAX partitioner against the NumPy reference (`hiseg_jax.spectral.reference`).
 
 Stage-B decisions piece by piece (jit and non-jit), stage B on planted part graphs (the same
 tree as the reference: regions, order, stop reasons, k), the whole partitioner on planted
@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hiseg_jax import graph, reference, synthetic
-from hiseg_jax import partition as jp
 from hiseg_jax import tree as T
-from hiseg_jax.config import PartitionConfig
+from hiseg_jax.spectral import graph, reference, synthetic
+from hiseg_jax.spectral import partition as jp
+from hiseg_jax.spectral.config import PartitionConfig
 
 CONFIG = PartitionConfig()
 PLANTED_CONFIG = PartitionConfig(n_parts=24)
@@ -354,7 +354,7 @@ def test_config_rejects_non_positive_counts(field):
 
 def test_stage_a_restarts_drive_the_parts_k_means_only():
     """`stage_a_restarts` is stage A's n_init: parts_of == k-means with that many restarts."""
-    from hiseg_jax.kmeans import kmeans
+    from hiseg_jax.spectral.kmeans import kmeans
 
     emb = jax.random.normal(jax.random.key(3), (96, 8))
     config = PartitionConfig(n_parts=12, stage_a_restarts=1, kmeans_restarts=7)

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hiseg_jax import partition as jp
-from hiseg_jax import reference
-from hiseg_jax.config import PartitionConfig
+from hiseg_jax.spectral import partition as jp
+from hiseg_jax.spectral import reference
+from hiseg_jax.spectral.config import PartitionConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.weights]
 

@@ -11,10 +11,7 @@ import pytest
 from flax import nnx
 
 from hiseg_jax.api import upsample_labels
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.features import extract_features, preprocess
-from hiseg_jax.models.vit import ViT, ViTConfig, make_apply
-from hiseg_jax.pipeline import (
+from hiseg_jax.engine.pipeline import (
     Item,
     StepOutput,
     backbone_features,
@@ -27,6 +24,9 @@ from hiseg_jax.pipeline import (
     prefetch,
     upsample_to_canvas,
 )
+from hiseg_jax.features import extract_features, preprocess
+from hiseg_jax.models.vit import ViT, ViTConfig, make_apply
+from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.tree import Tree
 
 TINY_VIT = ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.reference import (
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.reference import (
     STOP_REASONS,
     RefResult,
     eigengap_k,
@@ -24,7 +24,7 @@ from hiseg_jax.reference import (
     split_node,
     threshold_sweep,
 )
-from hiseg_jax.synthetic import planted_hierarchy, planted_part_graph
+from hiseg_jax.spectral.synthetic import planted_hierarchy, planted_part_graph
 
 CFG = PartitionConfig()
 

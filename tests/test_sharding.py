@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from hiseg_jax.sharding import (
+from hiseg_jax.engine.sharding import (
     data_mesh,
     data_parallel,
     initialize_distributed,

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from hiseg_jax.synthetic import planted_hierarchy, planted_part_graph
+from hiseg_jax.spectral.synthetic import planted_hierarchy, planted_part_graph
 
 
 def _check_nested(groups, branching, n):

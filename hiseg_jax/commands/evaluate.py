@@ -32,12 +32,19 @@ from hiseg_jax.commands.options import (
     partition_config,
     partition_flags,
 )
-from hiseg_jax.crf import CRFConfig
+from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.datasets import BUILDERS
-from hiseg_jax.eval_report import results_table
-from hiseg_jax.evaluation import MATCHINGS, RESOLUTIONS, RESULTS, EvalSettings, RunOptions, evaluate
+from hiseg_jax.evaluation.report import results_table
+from hiseg_jax.evaluation.results_log import read
+from hiseg_jax.evaluation.runner import (
+    MATCHINGS,
+    RESOLUTIONS,
+    RESULTS,
+    EvalSettings,
+    RunOptions,
+    evaluate,
+)
 from hiseg_jax.features import DEFAULT_BACKBONE, FEATURE_KINDS
-from hiseg_jax.results_log import read
 
 HELP = "evaluate on a benchmark dataset: the paper's table rows, a report, resumable results"
 

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import typing
 
-from hiseg_jax.config import PartitionConfig
+from hiseg_jax.spectral.config import PartitionConfig
 
 
 def parse_size(text: str) -> int | tuple[int, int]:
@@ -30,7 +30,7 @@ def format_size(size: int | tuple[int, int]) -> str:
 
 def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--field-name` option per `PartitionConfig` field, defaulting to the field's."""
-    group = parser.add_argument_group("partition parameters (hiseg_jax.config.PartitionConfig)")
+    group = parser.add_argument_group("partition parameters (PartitionConfig)")
     hints = typing.get_type_hints(PartitionConfig)
     for field in dataclasses.fields(PartitionConfig):
         choices = typing.get_args(hints[field.name]) or None

@@ -31,11 +31,11 @@ from tqdm import tqdm
 from hiseg_jax import export
 from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE, patch_level_labels, segment
 from hiseg_jax.commands.options import add_partition_arguments, parse_size, partition_config
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.crf import CRFConfig
+from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.features import DEFAULT_BACKBONE, FEATURE_KINDS, image_size
 from hiseg_jax.images import ImageLoadError, iter_images, load_image, sample_images
 from hiseg_jax.models.vit import ViT
+from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.weights.checkpoint import load_backbone
 
 HELP = "segment images (default: the bundled sample images) into trees, label maps, pictures"

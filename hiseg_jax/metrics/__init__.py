@@ -18,14 +18,14 @@ scores, jit-compiled and batched, with a NumPy reference (`reference`) as their 
 """
 
 from hiseg_jax.metrics.accumulators import Accumulator
-from hiseg_jax.metrics.evaluate import (
+from hiseg_jax.metrics.regions import Matches, RegionStats, TreePrediction
+from hiseg_jax.metrics.scores import (
     BatchScores,
     BSDSScores,
     evaluate_batch,
     evaluate_bsds_batch,
     nf_covering_batch,
 )
-from hiseg_jax.metrics.regions import Matches, RegionStats, TreePrediction
 from hiseg_jax.metrics.semantic import (
     SemanticScores,
     confusion_counts,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hiseg_jax.hierarchies.labelspace import LabelSpace
-from hiseg_jax.metrics.evaluate import BatchScores, BSDSScores
+from hiseg_jax.metrics.scores import BatchScores, BSDSScores
 from hiseg_jax.metrics.semantic import semantic_scores
 
 _FORMAT = "hiseg-metrics-v1"

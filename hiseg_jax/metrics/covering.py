@@ -2,7 +2,7 @@
 
 - NMCovering: unweighted mean over the scored GT regions of IoU(R, m(R)).
 - NFCovering: the same over foreground instances (an instance map whose background id is
-  not scored; see `hiseg_jax.metrics.evaluate.nf_covering_batch`).
+  not scored; see `hiseg_jax.metrics.scores.nf_covering_batch`).
 - NHCovering: IoU(R, m(R)) weighted by the share of R's lineage (R and its GT ancestors that
   are scored) whose matches lie on the lineage of m(R) (m(R) and its ancestors in the tree).
 - BSDS segmentation covering: area-weighted, over a set of nodes (all candidates: "Best";

@@ -1,7 +1,7 @@
 """Frozen configuration of the spectral partitioner (ALGORITHM.md sections 1-5).
 
-One dataclass is shared by the NumPy reference (`hiseg_jax.reference`) and the JAX
-implementation (`hiseg_jax.partition`), so both run exactly the same settings. Defaults are
+One dataclass is shared by the NumPy reference (`hiseg_jax.spectral.reference`) and the JAX
+implementation (`hiseg_jax.spectral.partition`), so both run exactly the same settings. Defaults are
 the authors' published defaults unless a field's comment says otherwise.
 """
 

@@ -30,9 +30,9 @@ import numpy as np
 
 from hiseg_jax.api import leaf_descriptors
 from hiseg_jax.hierarchies import LabelSpace
-from hiseg_jax.kmeans import kmeans
 from hiseg_jax.metrics import TreePrediction, hungarian_scores
 from hiseg_jax.metrics.regions import joint_counts, leaf_nodes
+from hiseg_jax.spectral.kmeans import kmeans
 from hiseg_jax.tree import Tree
 
 LEAVES = "leaves"  # folder of the per-image leaf files

@@ -36,18 +36,22 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from hiseg_jax import __version__, eval_hungarian, eval_report, eval_scoring, results_log
+from hiseg_jax import __version__
 from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE, crf_level_labels
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.crf import CRFConfig
+from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.datasets import BUILDERS, load, read_example
+from hiseg_jax.engine.pipeline import prefetch
+from hiseg_jax.evaluation import hungarian as eval_hungarian
+from hiseg_jax.evaluation import report as eval_report
+from hiseg_jax.evaluation import results_log
+from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.features import DEFAULT_BACKBONE, FeatureKind, extract_features, image_size
 from hiseg_jax.features import preprocess as preprocess_images
 from hiseg_jax.hierarchies import Hierarchy, LabelSpace, label_space, parse_hierarchy
 from hiseg_jax.images import ImageLoadError
 from hiseg_jax.models.vit import ViT, get_config
-from hiseg_jax.partition import StageBSolver, partition
-from hiseg_jax.pipeline import prefetch
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.partition import StageBSolver, partition
 from hiseg_jax.weights.checkpoint import load_backbone, read_metadata, resolve_checkpoint
 
 Resolution = Literal["patch", "image"]

@@ -37,14 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.features import FEATURE_KINDS, FeatureKind, image_size, preprocess
-from hiseg_jax.metrics.checks import raise_for_violations
-from hiseg_jax.metrics.evaluate import BSDSScores, _score_bsds
-from hiseg_jax.metrics.regions import TreePrediction
-from hiseg_jax.models.vit import ViT, ViTConfig, make_apply
-from hiseg_jax.partition import StageBSolver, _partition_batch
-from hiseg_jax.sharding import (
+from hiseg_jax.engine.sharding import (
     data_mesh,
     data_parallel,
     local_device_count,
@@ -53,6 +46,13 @@ from hiseg_jax.sharding import (
     replicate,
     shard_batch,
 )
+from hiseg_jax.features import FEATURE_KINDS, FeatureKind, image_size, preprocess
+from hiseg_jax.metrics.checks import raise_for_violations
+from hiseg_jax.metrics.regions import TreePrediction
+from hiseg_jax.metrics.scores import BSDSScores, _score_bsds
+from hiseg_jax.models.vit import ViT, ViTConfig, make_apply
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.partition import StageBSolver, _partition_batch
 from hiseg_jax.tree import Tree
 from hiseg_jax.weights.checkpoint import load_backbone
 

@@ -22,7 +22,7 @@ from hiseg_jax import __version__
 
 REPORT_FILES = ("report.md", "report.json")
 _PACKAGES = ("jax", "jaxlib", "flax", "numpy", "scipy", "tensorflow-datasets", "array-record")
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def write_text(path: Path, text: str) -> None:

@@ -1,4 +1,4 @@
-"""Plain NumPy/SciPy/scikit-learn partitioner, float64: the oracle for `hiseg_jax.partition`.
+"""Plain NumPy/SciPy/scikit-learn partitioner, float64: the oracle for `spectral.partition`.
 
 Implements ALGORITHM.md sections 1-5 one small pure function per step, so the JAX tests can
 compare piece by piece. Read against the authors' code (deepplants/deep-recursive-spectral-
@@ -31,7 +31,7 @@ import numpy as np
 import scipy.linalg
 from sklearn.cluster import KMeans
 
-from hiseg_jax.config import PartitionConfig
+from hiseg_jax.spectral.config import PartitionConfig
 
 # RefNode.stop_reason vocabulary: "split" for inner nodes, else why the node is a leaf.
 STOP_REASONS = ("split", "min_points", "depth", "no_edges", "no_gap", "constant",

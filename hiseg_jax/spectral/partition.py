@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax import dense_eigh, graph, lanczos
-from hiseg_jax.config import PartitionConfig
-from hiseg_jax.kmeans import kmeans
+from hiseg_jax.spectral import dense_eigh, graph, lanczos
+from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.kmeans import kmeans
 from hiseg_jax.tree import Tree
 
 StageBSolver = Literal["eigh", "lanczos"]

@@ -20,7 +20,7 @@ pydensecrf's default), and both messages are computed from the same Q_t. Kernels
 spatial, features (x, y) / gauss_sxy, weight gauss_compat; bilateral, features
 (x / sxy, y / sxy, r / srgb, g / srgb, b / srgb), weight bilateral_compat.
 
-The bilateral K_k is evaluated with the permutohedral lattice (`hiseg_jax.lattice`), which
+The bilateral K_k is evaluated with the permutohedral lattice (`hiseg_jax.crf.lattice`), which
 reproduces pydensecrf's own filter to float32 rounding. That is the point of the choice:
 the CRF parameters (sxy 67 / srgb 3 / compat 4) were tuned against exactly that filter,
 whose response differs from the exact Gaussian sum by up to ~40% of its peak in 5-D
@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax.lattice import build_lattice, count_vertices, lattice_filter
+from hiseg_jax.crf.lattice import build_lattice, count_vertices, lattice_filter
 
 HIGHEST = jax.lax.Precision.HIGHEST
 ABSENT = -1e30  # logit of a label that does not exist (a padded or empty leaf slot)

@@ -1,0 +1,2 @@
+"""`hiseg evaluate`: the `runner`, per-image `scoring`, dataset-level `hungarian` matching,
+the `report`, and the kill-safe `results_log`."""
