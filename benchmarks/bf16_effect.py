@@ -2,7 +2,7 @@
 
 The same images go through the compiled pipeline with the backbone in float32 and in
 bfloat16 (params and activations; features cast back to float32 before the graph), with
-BSDS covering computed inside the step (`pipeline.bsds_metric`), and once more in float32
+BSDS covering computed inside the step (`engine.metric.bsds_metric`), and once more in float32
 with another PRNG key: the control, showing how much the trees move for reasons that
 have nothing to do with precision (k-means seeding). Reported per run: BSDS covering
 (Best: every tree node; ODS: best single level over the dataset; OIS: best level per
@@ -26,15 +26,18 @@ import jax
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from hiseg_jax.api import patch_level_labels, upsample_labels
 from hiseg_jax.datasets.bsds500 import read_bsds_mat
-from hiseg_jax.engine.pipeline import Item, bsds_metric, make_step, stream
-from hiseg_jax.features import default_checkpoint_path
+from hiseg_jax.engine.batches import Item
+from hiseg_jax.engine.metric import bsds_metric
+from hiseg_jax.engine.step import make_step
+from hiseg_jax.engine.stream import stream
 from hiseg_jax.hierarchies.labelspace import flat_label_space
 from hiseg_jax.images import load_image
 from hiseg_jax.metrics import evaluate_batch
 from hiseg_jax.metrics.regions import TreePrediction
+from hiseg_jax.paths import default_checkpoint_path
 from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.tree import patch_level_labels, upsample_labels
 from hiseg_jax.weights.checkpoint import load_backbone
 
 BSDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds500"
@@ -70,9 +73,10 @@ def run(dtype: str, seed: int, data: list[Item], size: int, batch: int,
     start = time.perf_counter()
     first = None
     key = jax.random.key(seed)
-    for names, result in stream(step, data, batch_size=batch, key=key, with_features=True):
+    for batch_result in stream(step, data, batch_size=batch, key=key, with_features=True):
         first = first or time.perf_counter()
-        for b, name in enumerate(names):
+        result = batch_result.output
+        for b, name in enumerate(batch_result.names):
             out[name] = {
                 "best": float(result.scores.best[b]),
                 "levels": np.asarray(result.scores.levels[b]).tolist(),

@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 from skimage import data, segmentation
 
-from hiseg_jax.crf.dense_crf import CRFConfig, dense_crf, leaf_unaries, pydensecrf_marginals
+from hiseg_jax.crf.dense_crf import CRFConfig, dense_crf, leaf_unaries
+from hiseg_jax.crf.reference import pydensecrf_marginals
 
 PATCH = 14
 

@@ -47,7 +47,7 @@ from hiseg_jax.spectral import dense_eigh, graph, lanczos  # noqa: E402
 def synthetic_features(side: int, dim: int = 384, n_regions: int = 20, seed: int = 0) -> np.ndarray:
     """Unit features [side*side, dim] of a side x side patch grid: a shared direction, one
     prototype per Voronoi region, a smooth low-frequency field and a little iid noise. Its
-    spectrum looks like section 8 of ALGORITHM.md: ~30-50 positive eigenvalues of A, the rest
+    spectrum looks like docs/method.md section 8: ~30-50 positive eigenvalues of A, the rest
     in a bulk near -1/deg, gaps of 1e-8..1e-6 around index 200 at N = 3600."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:side, 0:side] / side
@@ -100,7 +100,7 @@ def structured_ritz(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Rayleigh-Ritz for A = B diag(w) B^T - D^-1 on a subspace built from its structure
     (float64 NumPy; an accuracy probe, not a fast solver): the coordinate vectors of the
-    `n_local` highest-degree patches (the bulk eigenvectors localise there, ALGORITHM.md
+    `n_local` highest-degree patches (the bulk eigenvectors localise there, docs/method.md
     section 8) plus B and, on the other rows, (lambda_j + D^-1)^-1 B at `shifts` values
     lambda_j spread over [lambda_k, 0] (one shift: 0), lambda_k the exact k-th largest
     eigenvalue. Returns (top-k values, vectors, subspace size)."""

@@ -30,7 +30,7 @@ import numpy as np
 from hiseg_jax.hierarchies import label_space, load_hierarchy
 from hiseg_jax.metrics import TreePrediction, evaluate_batch, evaluate_bsds_batch
 from hiseg_jax.metrics.reference import reference_bsds_image, reference_image_scores
-from hiseg_jax.metrics.scores import _score, _score_bsds
+from hiseg_jax.metrics.scores import bsds_scores, region_scores
 
 GRID, SCALE, LEVELS, NODES, PER_LEVEL = 60, 14, 10, 401, 60
 
@@ -122,8 +122,8 @@ def main() -> None:
             lambda: evaluate_batch(pred, raw_gt, space, check_levels=False),
             args.repeats) / args.batch,
         "semantic+covering: jax jitted core": timed(
-            lambda: _score(device_pred, device_gt, anc, sets, thr, num_labels=space.num_nodes,
-                           steps=LEVELS),
+            lambda: region_scores(device_pred, device_gt, anc, sets, thr,
+                                  num_labels=space.num_nodes, steps=LEVELS),
             args.repeats) / args.batch,
         "semantic+covering: numpy reference": timed(
             lambda: [reference_image_scores(*t, gt[b], space.parent, space.region_sets)
@@ -132,7 +132,7 @@ def main() -> None:
         "bsds (5 annotators): jax evaluate_bsds_batch (level check on)": timed(
             lambda: evaluate_bsds_batch(pred, segs, 31), args.repeats) / args.batch,
         "bsds (5 annotators): jax jitted core": timed(
-            lambda: _score_bsds(device_pred, device_segs, num_regions=31, steps=LEVELS),
+            lambda: bsds_scores(device_pred, device_segs, num_regions=31, steps=LEVELS),
             args.repeats) / args.batch,
         "bsds (5 annotators): numpy reference": timed(
             lambda: [reference_bsds_image(*t, segs[b], 31)

@@ -19,6 +19,7 @@ core.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -28,9 +29,11 @@ import jax
 import numpy as np
 from partition_quality import parse_variant  # benchmarks/ is on sys.path when run as a script
 
+from hiseg_jax.paths import DEFAULT_BACKBONE, default_checkpoint_path
 from hiseg_jax.spectral import partition as jp
 from hiseg_jax.spectral import reference, synthetic
 from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.weights.checkpoint import load_backbone
 
 SHARED = Path(
     os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -42,14 +45,14 @@ def load_features(size: int, count: int) -> tuple[np.ndarray, str]:
     from hiseg_jax import features, images
 
     files = sorted((SHARED / "bsds500" / "images" / "val").glob("*.jpg"))[:count]
-    if files and features.default_checkpoint_path().is_file():
-        model = features.load_default_backbone()
+    if files and default_checkpoint_path().is_file():
+        model = load_backbone(default_checkpoint_path())
         batch = features.preprocess([images.load_image(f) for f in files], size, model.config)
         out = [
             np.asarray(features.extract_features(model, batch[i : i + 1]))
             for i in range(len(batch))
         ]
-        return np.concatenate(out), f"BSDS500 val, {features.DEFAULT_BACKBONE}"
+        return np.concatenate(out), f"BSDS500 val, {DEFAULT_BACKBONE}"
     grid = (size // 14, size // 14)
     feats = [synthetic.planted_hierarchy(s, grid=grid, dim=384)[0] for s in range(count)]
     return np.stack(feats), "synthetic planted hierarchy (no checkpoint or data)"
@@ -78,13 +81,13 @@ def reference_times(x: np.ndarray, config: PartitionConfig) -> tuple[dict[str, f
     return t, len(nodes)
 
 
-def jax_functions(config: PartitionConfig, solver: str, chunk: int) -> dict[str, Callable]:
+def jax_functions(config: PartitionConfig) -> dict[str, Callable]:
     """The JAX stages, each jitted on its own (config bound)."""
 
     def stage_b(x: jax.Array, parts: jax.Array, key: jax.Array) -> jp.StageB:
         sizes = jax.ops.segment_sum(np.ones(parts.shape, np.int32), parts, config.n_parts)
         w_p = jp.part_graph(x, parts, config)
-        return jp.stage_b(w_p, config, key, sizes > 0, solver=solver, chunk=chunk)
+        return jp.stage_b(w_p, config, key, sizes > 0)
 
     return {
         "graph": jax.jit(lambda x: jp.affinity(x, config)),
@@ -119,10 +122,10 @@ def jax_profile(
     """Mean stage times, 'total' (single-jit `partition`, B = 1) and nodes; batch s/image."""
     count, h, w, e = feats.shape
     flat = feats.reshape(count, h * w, e)
-    fns = jax_functions(config, args.stage_b_solver, args.chunk)
+    fns = jax_functions(config)
 
     def whole(f: np.ndarray) -> jax.Array:
-        return jp.partition(f, config, solver=args.stage_b_solver, chunk=args.chunk).labels
+        return jp.partition(f, config).labels
 
     batch = np.resize(feats, (args.batch, h, w, e))
     jax.block_until_ready((jax_times(fns, flat[0]), whole(feats[:1]), whole(batch)))  # compile
@@ -184,10 +187,14 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="append", help=f"JAX config name:field=value,... (default {PROFILES})"
     )
-    parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), default="eigh")
-    parser.add_argument("--chunk", type=int, default=2)
+    parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), default="eigh",
+                        help="PartitionConfig.stage_b_solver of every profile")
+    parser.add_argument("--chunk", type=int, default=PartitionConfig.node_chunk,
+                        help="PartitionConfig.node_chunk of every profile")
     args = parser.parse_args()
-    profiles = dict(parse_variant(p) for p in (args.profile or PROFILES))
+    stage_b = {"stage_b_solver": args.stage_b_solver, "node_chunk": args.chunk}
+    profiles = {name: dataclasses.replace(config, **stage_b)
+                for name, config in (parse_variant(p) for p in (args.profile or PROFILES))}
     print(f"devices: {jax.devices()}, CPU affinity: {sorted(os.sched_getaffinity(0))}")
     for size in args.sizes:
         feats, source = load_features(size, args.images)

@@ -61,8 +61,10 @@ def bsds_features(
         if list(data["ids"][: len(ids)]) == list(ids) and data["x"].shape[1] == size // 14:
             return data["x"][: len(ids)]
     from hiseg_jax import features, images
+    from hiseg_jax.paths import default_checkpoint_path
+    from hiseg_jax.weights.checkpoint import load_backbone
 
-    model = features.load_default_backbone()
+    model = load_backbone(default_checkpoint_path())
     folder = shared / "bsds500" / "images" / "val"
     out = []
     for start in range(0, len(ids), 4):

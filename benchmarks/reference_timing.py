@@ -27,7 +27,7 @@ from hiseg_jax.spectral.synthetic import planted_hierarchy
 def time_stages(side: int, n_parts: int, seed: int) -> dict[str, float]:
     """Seconds per stage of the reference pipeline on a side x side planted grid."""
     # 12 leaves x 16 private directions + 21 group directions >= n_parts informative
-    # eigenvectors, so stage A is not fed the degenerate bulk (ALGORITHM.md section 8).
+    # eigenvectors, so stage A is not fed the degenerate bulk (docs/method.md section 8).
     feats, groups = planted_hierarchy(seed, grid=(side, side), dim=256, leaf_dims=16)
     cfg = PartitionConfig(n_parts=n_parts)
     x, _ = flatten_features(feats)

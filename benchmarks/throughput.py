@@ -2,7 +2,7 @@
 NumPy/SciPy reference on the same images side by side.
 
 For every image size (N = (size / 14)^2 patches) and batch size: the compiled end-to-end
-step of `hiseg_jax.engine.pipeline` (backbone + partitioner in one program, over every local
+step of `hiseg_jax.engine.step` (backbone + partitioner in one program, over every local
 device) gives images/s (median of `--repeats` timed calls after compilation and one call;
 host work excluded, measured separately as `host s/img`: decode + resize + normalise).
 Every time is taken twice: wall clock, and CPU seconds of this process (all its threads).
@@ -46,10 +46,11 @@ import numpy as np
 from flax import nnx
 from partition_quality import parse_variant  # benchmarks/ is on sys.path when run as a script
 
-from hiseg_jax.engine.pipeline import backbone_features, cast_floating, make_step
-from hiseg_jax.features import default_checkpoint_path, preprocess
+from hiseg_jax.engine.step import make_step
+from hiseg_jax.features import backbone_features, cast_floating, preprocess
 from hiseg_jax.images import load_image, sample_images
 from hiseg_jax.models.vit import ViT, get_config, make_apply
+from hiseg_jax.paths import default_checkpoint_path
 from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.spectral.partition import affinity, part_graph, parts_of, spectral_embedding, stage_b
 from hiseg_jax.spectral.reference import part_graph as reference_part_graph
@@ -214,12 +215,12 @@ def time_stages(model: ViT, config: PartitionConfig, dtype: Any, images: np.ndar
 # The fused step.
 
 
-def time_step(model: ViT, size: int, config: PartitionConfig, dtype: str, solver: str,
+def time_step(model: ViT, size: int, config: PartitionConfig, dtype: str,
               images: np.ndarray, repeats: int) -> dict[str, Any]:
     """Median wall / CPU seconds of the end-to-end step on one batch (host -> device copy
     included), compile seconds, and memory (arguments + outputs + temporaries of the
     compiled program, XLA's memory analysis)."""
-    step = make_step(model, size, config, dtype=dtype, solver=solver)
+    step = make_step(model, size, config, dtype=dtype)
     args = step.arguments(images)
     start = time.perf_counter()
     compiled = step.run.lower(*args).compile()
@@ -403,10 +404,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--config", default="",
-                        help="PartitionConfig fields, e.g. stage_a_restarts=1,levels=6 "
-                        "(default: the authors' settings)")
-    parser.add_argument("--solver", choices=("eigh", "lanczos"), default="eigh",
-                        help="stage B eigensolver")
+                        help="PartitionConfig fields, e.g. stage_a_restarts=1,stage_b_solver="
+                        "lanczos (default: the authors' settings)")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--no-stages", action="store_true",
                         help="end-to-end runs only: no per-stage split, no reference (for "
@@ -441,7 +440,8 @@ def main() -> None:
     results: dict[str, Any] = {
         "device": f"{device.device_kind} x {jax.device_count()} ({cpu_model()}, "
                   f"{os.cpu_count()} cores; jax {jax.__version__})",
-        "model": model_name, "dtype": args.dtype, "images": source, "solver": args.solver,
+        "model": model_name, "dtype": args.dtype, "images": source,
+        "solver": config.stage_b_solver,
         "config": {f: getattr(config, f) for f in config.__dataclass_fields__},
         "peak": peak, "peak_note": note, "load_before": load_before, "runs": [],
         "stages": [],
@@ -451,7 +451,7 @@ def main() -> None:
         host = host_seconds(paths, pictures, size, model)
         for batch in batches:
             images = preprocess(pictures[:batch], size, model.config)
-            run = time_step(model, size, config, args.dtype, args.solver, images, repeats)
+            run = time_step(model, size, config, args.dtype, images, repeats)
             results["runs"].append({"size": size, "n": n, "batch": batch, **run})
             print(f"N={n} batch={batch}: {batch / run['wall']:.3f} img/s, "
                   f"{run['cpu'] / batch:.1f} CPU s/img (compile {run['compile_s']:.0f} s)",

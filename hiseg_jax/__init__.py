@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "segment": "hiseg_jax.api",
     "SegmentationResult": "hiseg_jax.api",
-    "upsample_labels": "hiseg_jax.api",
+    "upsample_labels": "hiseg_jax.tree",
     "load_image": "hiseg_jax.images",
 }
 

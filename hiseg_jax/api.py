@@ -1,20 +1,17 @@
 """`segment`: images in, hierarchical segmentations out (the Python face of `hiseg segment`).
 
-The pipeline is the composition of pieces that each work on their own, under jit and vmap:
-`features.preprocess` (host resize + normalise) -> `features.extract_features` (backbone,
-`[B, h, w, E]`) -> `partition.partition` (`Tree` over the patch grid) -> `patch_level_labels`
-(`[B, L + 1, h, w]`) -> `upsample_labels` (nearest, back to each image's own size), with
-`leaf_descriptors` giving each leaf's mean feature (ALGORITHM.md section 5).
+Both run the batching engine (`engine.stream`): `features.preprocess` (host resize +
+normalise, in a prefetch thread) -> one compiled step per batch (backbone, `[B, h, w, E]`
+features -> `spectral.partition.partition_arrays`, the `Tree` over the patch grid, and
+`tree.leaf_descriptors`) -> `tree.patch_level_labels` (`[B, L + 1, h, w]`) ->
+`tree.upsample_labels` (nearest, back to each image's own size) or, with a `CRFConfig`,
+`crf.dense_crf.crf_level_labels`. Every batch, the last one too, is padded to `batch_size`
+images, so an image's result does not depend on the images it shares a batch with.
 
     import hiseg_jax
     result = hiseg_jax.segment([hiseg_jax.load_image("cat.jpg")], levels=4)
     result.level_labels[0]      # int32 [5, H, W]: node id of every pixel at depths 0..4
     result.tree.parent[0]       # int32 [M]: parent node of every node (-1: root / unused)
-
-Default size 448: the default backbone is a ViT-S/14 trained at 518 px (37 x 37 grid); 448 px
-gives a 32 x 32 grid, N = 1024 patches, about 5 per stage-A part at P = 200, while stage A's
-dense eigensolver costs about 20x less than at the paper's 840 px (N = 3600, measured in
-ALGORITHM.md section 8) on a CPU; 224 px would leave 256 patches, barely more than P.
 """
 
 from __future__ import annotations
@@ -22,31 +19,31 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax.crf.dense_crf import CRFConfig, refine_levels
-from hiseg_jax.features import DEFAULT_BACKBONE, FeatureKind, extract_features, preprocess
+from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels
+from hiseg_jax.engine.batches import Failure, Item
+from hiseg_jax.engine.step import make_step
+from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, stream
+from hiseg_jax.features import DEFAULT_SIZE, FeatureKind
 from hiseg_jax.models.vit import ViT
+from hiseg_jax.paths import DEFAULT_BACKBONE
 from hiseg_jax.spectral.config import PartitionConfig
-from hiseg_jax.spectral.partition import StageBSolver, partition
-from hiseg_jax.tree import Tree
+from hiseg_jax.tree import Tree, patch_level_labels, upsample_labels
 from hiseg_jax.weights.checkpoint import load_backbone
-
-DEFAULT_SIZE = 448
-DEFAULT_BATCH_SIZE = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class SegmentationResult:
-    """The segmentations of a batch of B images.
+    """The segmentations of a batch of B images (host arrays).
 
     tree:             the batched `Tree` over the patch grid `tree.grid = (h, w)`.
     level_labels:     per image, int32 `[L + 1, H_b, W_b]` node id of every pixel at every
-                      depth, at the image's original size (nearest upsampling).
+                      depth, at the image's original size (nearest upsampling or CRF).
     leaf_descriptors: float32 `[B, M, E]` mean backbone feature of each leaf's patches
                       (zero rows for slots that are not leaves).
     """
@@ -59,6 +56,23 @@ class SegmentationResult:
         return len(self.level_labels)
 
 
+class ImageSegmentation(NamedTuple):
+    """One image's result from `segment_stream` (host arrays).
+
+    item:             the engine `Item` it came from (name, image, payload).
+    tree:             its `Tree` (batch axis of size 1).
+    patch_levels:     int32 [L + 1, h, w] node id of every patch at every depth.
+    level_labels:     int32 [L + 1, H, W] the same at the image's own size.
+    leaf_descriptors: float32 [M, E] mean feature of each leaf (zero for other slots).
+    """
+
+    item: Item
+    tree: Tree
+    patch_levels: np.ndarray
+    level_labels: np.ndarray
+    leaf_descriptors: np.ndarray
+
+
 def segment(
     images: np.ndarray | jax.Array | Sequence[np.ndarray | jax.Array],
     backbone: str | os.PathLike[str] | ViT = DEFAULT_BACKBONE,
@@ -67,7 +81,6 @@ def segment(
     batch_size: int = DEFAULT_BATCH_SIZE,
     features: FeatureKind = "tokens",
     key: jax.Array | None = None,
-    solver: StageBSolver = "eigh",
     config: PartitionConfig | None = None,
     crf: CRFConfig | None = None,
     **partition_params: object,
@@ -76,37 +89,61 @@ def segment(
     batch, or a list of images of any sizes; uint8, or floats in [0, 1]).
 
     `backbone` is a checkpoint name or path (see `weights.checkpoint.load_backbone`) or a
-    loaded `ViT`. Every image is resized to `size` (aspect ratio not kept, ALGORITHM.md
-    section 0) and processed `batch_size` at a time; the last batch is padded with copies of
-    its last image so that every batch has one compiled shape. `partition_params` are
-    `PartitionConfig` fields (or pass `config`). Every image uses `key` (default
-    `jax.random.key(0)`), so results do not depend on the other images in the batch (nor,
-    up to float rounding of a different compiled batch shape, on `batch_size`).
-    With `crf` (e.g. `CRFConfig()`), pixel labels come from the dense CRF over the leaves
-    (`crf_level_labels`) instead of nearest upsampling.
+    loaded `ViT`. Every image is resized to `size` (aspect ratio not kept, docs/method.md
+    section 0) and processed `batch_size` at a time; every batch, the last one too, is padded
+    with copies of its last image to `batch_size`, so every batch has one compiled shape and
+    an image's result does not depend on how many images are segmented with it.
+    `partition_params` are `PartitionConfig` fields (or pass `config`), which hold every
+    solver choice. Every image uses `key` (default `jax.random.key(0)`), so results do not
+    depend on the other images in the batch. With `crf` (e.g. `CRFConfig()`), pixel labels
+    come from the dense CRF over the leaves instead of nearest upsampling.
     """
     pictures = as_image_list(images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     config = _partition_config(config, partition_params)
     model = backbone if isinstance(backbone, ViT) else _cached_backbone(os.fspath(backbone))
-    batch = min(batch_size, len(pictures))
-    trees, descriptors, level_labels = [], [], []
-    for start in range(0, len(pictures), batch):
-        chunk = pictures[start : start + batch]
-        padded = chunk + [chunk[-1]] * (batch - len(chunk))
-        x = extract_features(model, preprocess(padded, size, model.config), features)
-        tree = partition(x, config, key, solver=solver)
-        trees.append(tree[: len(chunk)])
-        descriptors.append(np.asarray(leaf_descriptors(x, tree))[: len(chunk)])
-        patch_levels = np.asarray(patch_level_labels(tree))
-        for b, picture in enumerate(chunk):
+    items = [Item(index, picture) for index, picture in enumerate(pictures)]
+    done = list(segment_stream(items, model, size, batch_size=batch_size, features=features,
+                               key=key, config=config, crf=crf))
+    tree = jax.tree.map(lambda *rows: np.concatenate(rows), *(r.tree for r in done))
+    return SegmentationResult(tree, tuple(r.level_labels for r in done),
+                              np.stack([r.leaf_descriptors for r in done]))
+
+
+def segment_stream(
+    items: Iterable[Item | Failure],
+    model: ViT,
+    size: int | tuple[int, int] = DEFAULT_SIZE,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    features: FeatureKind = "tokens",
+    key: jax.Array | None = None,
+    config: PartitionConfig | None = None,
+    crf: CRFConfig | None = None,
+    notify: Callable[[str], Any] | None = None,
+) -> Iterator[ImageSegmentation | Failure]:
+    """`segment` over a lazy iterable of engine `Item`s (uint8 RGB images; decoded in the
+    engine's prefetch thread), yielding each image's result, or the `Failure`s the iterable
+    yields, as batches finish (in input order). `notify` as in `engine.stream`.
+    ValueError (on the host, before any work) for settings that fit no image."""
+    step = make_step(model, size, config, features=features)
+    key = jax.random.key(0) if key is None else key
+    results = stream(step, items, batch_size=batch_size, key=key,
+                     with_features=crf is not None, notify=notify)
+    for result in results:
+        yield from result.failures
+        if result.output is None:
+            continue
+        out = result.output
+        patch_levels = np.asarray(patch_level_labels(out.tree))
+        for b, item in enumerate(result.items):
             if crf is None:
-                level_labels.append(np.asarray(upsample_labels(patch_levels[b], picture.shape[:2])))
+                levels = np.asarray(upsample_labels(patch_levels[b], item.image.shape[:2]))
             else:
-                level_labels.append(crf_level_labels(picture, x[b], patch_levels[b], crf))
-    tree = jax.tree.map(lambda *parts: jnp.concatenate(parts), *trees)
-    return SegmentationResult(tree, tuple(level_labels), np.concatenate(descriptors))
+                levels = crf_level_labels(item.image, out.features[b], patch_levels[b], crf)
+            yield ImageSegmentation(item, out.tree[b], patch_levels[b], levels,
+                                    out.descriptors[b])
 
 
 def as_image_list(images: np.ndarray | jax.Array | Sequence) -> list[np.ndarray]:
@@ -170,60 +207,3 @@ def _cached_backbone(name_or_path: str) -> ViT:
     return load_backbone(name_or_path)
 
 
-def patch_level_labels(tree: Tree) -> jax.Array:
-    """int32 `[B, L + 1, h, w]`: the node id of every patch at every depth."""
-    return tree.labels.reshape(tree.labels.shape[:2] + tuple(tree.grid))
-
-
-def upsample_labels(level_labels: jax.Array | np.ndarray, out_hw: tuple[int, int]) -> jax.Array:
-    """Nearest-neighbour resize of label maps `[..., h, w]` to `[..., H, W]` (`out_hw` static).
-
-    Pixel (y, x) takes the label of patch (floor((y + 1/2) h / H), floor((x + 1/2) w / W)),
-    the patch under the pixel's centre once the image is stretched over the whole grid
-    (the resize in `preprocess` does not keep the aspect ratio). Pure indexing: exact for
-    integer labels, usable under jit and vmap.
-    """
-    height, width = (int(s) for s in out_hw)
-    if height < 1 or width < 1:
-        raise ValueError(f"out_hw must be positive, got {out_hw}")
-    h, w = level_labels.shape[-2:]
-    rows = ((2 * np.arange(height) + 1) * h) // (2 * height)
-    cols = ((2 * np.arange(width) + 1) * w) // (2 * width)
-    return jnp.asarray(level_labels)[..., rows[:, None], cols[None, :]]
-
-
-def leaf_descriptors(features: jax.Array, tree: Tree) -> jax.Array:
-    """float32 `[B, M, E]`: mean of `features: [B, h, w, E]` over each leaf's patches
-    (ALGORITHM.md section 5); rows of slots that are not leaves are zero."""
-    batch, slots = tree.valid.shape
-    x = jnp.asarray(features, jnp.float32).reshape(batch, -1, features.shape[-1])
-    return _leaf_means(x, tree.labels[:, -1], tree.is_leaf, slots)
-
-
-@functools.partial(jax.jit, static_argnames="slots")
-def _leaf_means(x: jax.Array, leaf: jax.Array, is_leaf: jax.Array, slots: int) -> jax.Array:
-    def one(x_b: jax.Array, leaf_b: jax.Array, is_leaf_b: jax.Array) -> jax.Array:
-        total = jax.ops.segment_sum(x_b, leaf_b, num_segments=slots)
-        count = jax.ops.segment_sum(jnp.ones_like(leaf_b, jnp.float32), leaf_b, slots)
-        mean = total / jnp.maximum(count, 1.0)[:, None]
-        return jnp.where(is_leaf_b[:, None], mean, 0.0)
-
-    return jax.vmap(one)(x, leaf, is_leaf)
-
-
-def crf_level_labels(
-    image: np.ndarray,
-    features: jax.Array | np.ndarray,
-    patch_levels: np.ndarray,
-    config: CRFConfig,
-) -> np.ndarray:
-    """int32 `[L + 1, H, W]`: one image's pixel labels with the leaves refined by a dense CRF
-    (ALGORITHM.md section 6); inner nodes follow from the tree.
-
-    image: uint8 `[H, W, 3]`; features: `[h, w, E]`; patch_levels: int `[L + 1, h, w]`.
-    `crf.refine_levels` for one image, with the leaf axis padded to a multiple of 8 (absent
-    labels) so that trees with similar leaf counts share compilations.
-    """
-    leaves = np.unique(np.asarray(patch_levels)[-1]).size
-    padded = -(-leaves // 8) * 8
-    return np.asarray(refine_levels(features, patch_levels, image, padded, config))

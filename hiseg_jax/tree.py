@@ -11,6 +11,7 @@ level, so `labels[:, -1]` is the leaf partition.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -109,3 +110,48 @@ def to_json(tree: Tree, b: int) -> dict[str, Any]:
         }
 
     return build(0)
+
+
+# ----------------------------------------------------------------------------------------
+# Label maps of a tree: per patch, per pixel, and the leaves' mean features.
+
+
+def patch_level_labels(tree: Tree) -> jax.Array:
+    """int32 `[B, L + 1, h, w]`: the node id of every patch at every depth."""
+    return tree.labels.reshape(tree.labels.shape[:2] + tuple(tree.grid))
+
+
+def upsample_labels(level_labels: jax.Array | np.ndarray, out_hw: tuple[int, int]) -> jax.Array:
+    """Nearest-neighbour resize of label maps `[..., h, w]` to `[..., H, W]` (`out_hw` static).
+
+    Pixel (y, x) takes the label of patch (floor((y + 1/2) h / H), floor((x + 1/2) w / W)),
+    the patch under the pixel's centre once the image is stretched over the whole grid
+    (the resize in `preprocess` does not keep the aspect ratio). Pure indexing: exact for
+    integer labels, usable under jit and vmap.
+    """
+    height, width = (int(s) for s in out_hw)
+    if height < 1 or width < 1:
+        raise ValueError(f"out_hw must be positive, got {out_hw}")
+    h, w = level_labels.shape[-2:]
+    rows = ((2 * np.arange(height) + 1) * h) // (2 * height)
+    cols = ((2 * np.arange(width) + 1) * w) // (2 * width)
+    return jnp.asarray(level_labels)[..., rows[:, None], cols[None, :]]
+
+
+def leaf_descriptors(features: jax.Array, tree: Tree) -> jax.Array:
+    """float32 `[B, M, E]`: mean of `features: [B, h, w, E]` over each leaf's patches
+    (docs/method.md section 5); rows of slots that are not leaves are zero."""
+    batch, slots = tree.valid.shape
+    x = jnp.asarray(features, jnp.float32).reshape(batch, -1, features.shape[-1])
+    return _leaf_means(x, tree.labels[:, -1], tree.is_leaf, slots)
+
+
+@functools.partial(jax.jit, static_argnames="slots")
+def _leaf_means(x: jax.Array, leaf: jax.Array, is_leaf: jax.Array, slots: int) -> jax.Array:
+    def one(x_b: jax.Array, leaf_b: jax.Array, is_leaf_b: jax.Array) -> jax.Array:
+        total = jax.ops.segment_sum(x_b, leaf_b, num_segments=slots)
+        count = jax.ops.segment_sum(jnp.ones_like(leaf_b, jnp.float32), leaf_b, slots)
+        mean = total / jnp.maximum(count, 1.0)[:, None]
+        return jnp.where(is_leaf_b[:, None], mean, 0.0)
+
+    return jax.vmap(one)(x, leaf, is_leaf)

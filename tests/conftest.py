@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from hiseg_jax.paths import default_checkpoint_path
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HISEG_SHARED_DATA", REPO.parent / "shared" / "data"))
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "dinov2_vits14_imgfocus.safetensors"
+DEFAULT_CHECKPOINT = default_checkpoint_path()  # $HISEG_CHECKPOINTS (`make test`: checkpoints/)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Shared by the segment API and CLI tests: one small, fast partition setting (so that the
-whole pipeline compiles once per test session) and the checks every result must pass."""
+"""Shared by the segment API, CLI, tree and CRF tests: one small, fast partition setting (so
+that the whole pipeline compiles once per test session), the checks every result must
+pass, and a small hand-built tree."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from hiseg_jax.tree import Tree
 
 # Small on purpose: 224 px -> a 16 x 16 grid; few parts, levels and k-means restarts.
 SIZE = 224
@@ -68,3 +71,21 @@ def write_bad_files(folder: Path) -> dict[str, str]:
         "empty.png": "empty",
         "zero_size.png": "not an image",
     }
+
+
+def small_tree() -> tuple[Tree, np.ndarray]:
+    """Two images on a 2 x 3 grid, M = 5 slots; returns the tree and features [2, 2, 3, 4]."""
+    labels = np.array(
+        [
+            [[0] * 6, [1, 1, 2, 2, 2, 2], [1, 1, 3, 3, 4, 4]],
+            [[0] * 6, [1, 2, 1, 2, 1, 2], [1, 2, 1, 2, 1, 2]],
+        ],
+        np.int32,
+    )
+    parent = np.array([[-1, 0, 0, 2, 2], [-1, 0, 0, -1, -1]], np.int32)
+    depth = np.array([[0, 1, 1, 2, 2], [0, 1, 1, 0, 0]], np.int32)
+    valid = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+    is_leaf = np.array([[0, 1, 0, 1, 1], [0, 1, 1, 0, 0]], bool)
+    tree = Tree(labels, parent, depth, is_leaf, valid, np.zeros((2, 6), np.int32), grid=(2, 3))
+    features = np.random.default_rng(2).normal(size=(2, 2, 3, 4)).astype(np.float32)
+    return tree, features

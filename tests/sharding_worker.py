@@ -23,15 +23,18 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from hiseg_jax.api import patch_level_labels, upsample_labels  # noqa: E402
-from hiseg_jax.engine.pipeline import Item, bsds_metric, make_step, stream  # noqa: E402
+from hiseg_jax.engine.batches import Item  # noqa: E402
+from hiseg_jax.engine.metric import bsds_metric  # noqa: E402
 from hiseg_jax.engine.sharding import initialize_distributed  # noqa: E402
+from hiseg_jax.engine.step import make_step  # noqa: E402
+from hiseg_jax.engine.stream import stream  # noqa: E402
 from hiseg_jax.features import extract_features, preprocess  # noqa: E402
 from hiseg_jax.metrics import evaluate_bsds_batch  # noqa: E402
 from hiseg_jax.metrics.regions import TreePrediction  # noqa: E402
 from hiseg_jax.models.vit import ViT, ViTConfig  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 from hiseg_jax.spectral.partition import partition  # noqa: E402
+from hiseg_jax.tree import patch_level_labels, upsample_labels  # noqa: E402
 
 TINY_VIT = ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8)
 CONFIG = PartitionConfig(n_parts=12, levels=3, kmeans_restarts=2, kmeans_max_iter=50)
@@ -60,7 +63,7 @@ def main() -> None:
     step = make_step(model, SIZE, CONFIG, metric=metric)
     mine = items(seed=jax.process_index())  # each process feeds its own images
     # One image per device: several per CPU device can deadlock in jaxlib's batched eigh
-    # (see pipeline._warn_cpu_mesh).
+    # (see the warning of engine.step.make_step).
     batch = jax.local_device_count()
     results = list(stream(step, iter(mine), batch_size=batch, with_features=True))
 
@@ -83,7 +86,8 @@ def main() -> None:
             reference[item.name] = jax.tree.map(lambda a, b=b: np.asarray(a)[b], scores)
 
     checked, max_feature_diff = 0, 0.0
-    for names, out in results:
+    for result in results:
+        names, out = result.names, result.output
         index = np.asarray([row[name] for name in names])
         diff = np.abs(np.asarray(x)[index] - out.features).max()
         max_feature_diff = max(max_feature_diff, float(diff))
@@ -102,7 +106,7 @@ def main() -> None:
         "local_devices": jax.local_device_count(),
         "processes": jax.process_count(),
         "mesh_devices": step.mesh.devices.size,
-        "batches": [len(names) for names, _ in results],
+        "batches": [len(result.names) for result in results],
         "checked": checked,
         "compiled": step.run._cache_size(),
         "max_feature_diff": max_feature_diff,

@@ -3,112 +3,16 @@
 from __future__ import annotations
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl.testing import parameterized
+from flax import nnx
 from segment_cases import SIZE, SMALL, check_hierarchy
 
-from hiseg_jax.api import (
-    as_image_list,
-    crf_level_labels,
-    leaf_descriptors,
-    patch_level_labels,
-    segment,
-    upsample_labels,
-)
-from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.api import as_image_list, segment
+from hiseg_jax.models.vit import ViT, ViTConfig
 from hiseg_jax.spectral.config import PartitionConfig
-from hiseg_jax.tree import Tree
-
-
-def nearest_reference(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixel centre (y + 1/2, x + 1/2) mapped onto the stretched patch grid, by loops."""
-    h, w = labels.shape[-2:]
-    out = np.empty(labels.shape[:-2] + (height, width), labels.dtype)
-    for y in range(height):
-        for x in range(width):
-            out[..., y, x] = labels[..., int((y + 0.5) * h / height), int((x + 0.5) * w / width)]
-    return out
-
-
-class UpsampleTest(parameterized.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.parameters(((37, 50),), ((4, 6),), ((3, 2),), ((17, 29),))
-    def test_matches_reference(self, out_hw):
-        labels = np.random.default_rng(0).integers(0, 50, size=(3, 4, 6)).astype(np.int32)
-        upsample = self.variant(upsample_labels, static_argnums=1)
-        out = np.asarray(upsample(labels, out_hw))
-        chex.assert_shape(out, (3, *out_hw))
-        np.testing.assert_array_equal(out, nearest_reference(labels, *out_hw))
-
-    def test_vmap_over_images(self):
-        labels = np.random.default_rng(1).integers(0, 9, size=(2, 3, 4, 6)).astype(np.int32)
-        out = jax.vmap(lambda a: upsample_labels(a, (10, 7)))(labels)
-        np.testing.assert_array_equal(out, nearest_reference(labels, 10, 7))
-
-    def test_identity_and_bad_size(self):
-        labels = np.arange(12, dtype=np.int32).reshape(3, 4)
-        np.testing.assert_array_equal(upsample_labels(labels, (3, 4)), labels)
-        with pytest.raises(ValueError, match="positive"):
-            upsample_labels(labels, (0, 4))
-
-
-def small_tree() -> tuple[Tree, np.ndarray]:
-    """Two images on a 2 x 3 grid, M = 5 slots; returns the tree and features [2, 2, 3, 4]."""
-    labels = np.array(
-        [
-            [[0] * 6, [1, 1, 2, 2, 2, 2], [1, 1, 3, 3, 4, 4]],
-            [[0] * 6, [1, 2, 1, 2, 1, 2], [1, 2, 1, 2, 1, 2]],
-        ],
-        np.int32,
-    )
-    parent = np.array([[-1, 0, 0, 2, 2], [-1, 0, 0, -1, -1]], np.int32)
-    depth = np.array([[0, 1, 1, 2, 2], [0, 1, 1, 0, 0]], np.int32)
-    valid = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
-    is_leaf = np.array([[0, 1, 0, 1, 1], [0, 1, 1, 0, 0]], bool)
-    tree = Tree(labels, parent, depth, is_leaf, valid, np.zeros((2, 6), np.int32), grid=(2, 3))
-    features = np.random.default_rng(2).normal(size=(2, 2, 3, 4)).astype(np.float32)
-    return tree, features
-
-
-def test_leaf_descriptors_are_leaf_means():
-    tree, features = small_tree()
-    out = np.asarray(leaf_descriptors(features, tree))
-    chex.assert_shape(out, (2, 5, 4))
-    flat = features.reshape(2, 6, 4)
-    for b in range(2):
-        for m in range(5):
-            expected = (
-                flat[b][tree.labels[b, -1] == m].mean(0) if tree.is_leaf[b, m] else np.zeros(4)
-            )
-            np.testing.assert_allclose(out[b, m], expected, rtol=1e-6, atol=1e-6)
-
-
-def test_patch_level_labels_shape():
-    tree, _ = small_tree()
-    levels = np.asarray(patch_level_labels(tree))
-    chex.assert_shape(levels, (2, 3, 2, 3))
-    np.testing.assert_array_equal(levels[0, 2], [[1, 1, 3], [3, 4, 4]])
-
-
-@pytest.mark.slow
-def test_crf_level_labels_follow_the_tree():
-    """A tiny image whose colours and features agree with the patch labels: the CRF keeps
-    the labels (up to a pixel at borders) and every depth stays consistent with the tree."""
-    tree, _ = small_tree()
-    patch_levels = np.asarray(patch_level_labels(tree))[0]
-    leaf = patch_levels[-1]
-    directions = np.eye(8, dtype=np.float32)[[0, 1, 0, 2, 3]]
-    features = directions[leaf] * 5.0 + 0.1
-    palette = np.array([[0, 0, 0], [250, 0, 0], [0, 0, 0], [0, 250, 0], [0, 0, 250]], np.uint8)
-    image = np.kron(palette[leaf], np.ones((8, 8, 1), np.uint8))
-    levels = crf_level_labels(image, features, patch_levels, CRFConfig())
-    chex.assert_shape(levels, (3, 16, 24))
-    check_hierarchy(levels, *(np.asarray(a)[0] for a in (tree.parent, tree.depth, tree.valid)))
-    nearest = np.asarray(upsample_labels(patch_levels, (16, 24)))
-    assert (levels == nearest).mean() > 0.95
+from hiseg_jax.tree import patch_level_labels, upsample_labels
 
 
 def test_as_image_list_accepts_and_rejects():
@@ -184,3 +88,25 @@ def test_package_exports_the_api_lazily():
     assert hiseg_jax.segment is api.segment and hiseg_jax.load_image is images.load_image
     with pytest.raises(AttributeError):
         hiseg_jax.no_such_name  # noqa: B018
+
+
+def test_an_image_result_does_not_depend_on_its_batch():
+    """Every batch, the last one too, is padded to `batch_size` (one compiled shape): the
+    same image alone (a padded batch of 4), last of five (the padded second batch) and in a
+    full batch of 4 gets bit-identical trees, label maps and leaf descriptors."""
+    tiny = ViT(ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8),
+               rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(3)
+    pictures = [rng.integers(0, 256, (20 + 3 * i, 28, 3), dtype=np.uint8) for i in range(5)]
+    for picture in pictures:
+        picture[: picture.shape[0] // 2] //= 4  # a dark half: structure to split on
+    config = PartitionConfig(n_parts=12, levels=3, kmeans_restarts=2, kmeans_max_iter=50)
+    image = pictures[4]
+    alone = segment([image], tiny, 32, batch_size=4, config=config)
+    last = segment(pictures, tiny, 32, batch_size=4, config=config)
+    full = segment([pictures[0], image, *pictures[1:3]], tiny, 32, batch_size=4, config=config)
+    assert int(alone.tree.valid.sum()) > 1
+    for result, b in ((last, 4), (full, 1)):
+        chex.assert_trees_all_equal(result.tree[b], alone.tree[0])
+        np.testing.assert_array_equal(result.level_labels[b], alone.level_labels[0])
+        np.testing.assert_array_equal(result.leaf_descriptors[b], alone.leaf_descriptors[0])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hiseg_jax import cli
 from hiseg_jax.commands import benchmark
+from hiseg_jax.commands.options import PARTITION_HELP
+from hiseg_jax.spectral.config import PartitionConfig
 
 
 def test_every_command_is_registered(capsys):
@@ -26,3 +30,22 @@ def test_benchmark_unknown_name_names_the_valid_ones(capsys):
     assert cli.main(["benchmark", "no_such_bench"]) == 2
     err = capsys.readouterr().err
     assert "no_such_bench" in err and "metrics" in err
+
+
+def test_benchmark_outside_a_source_checkout_says_it_needs_one(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HISEG_BENCHMARKS", str(tmp_path / "absent"))
+    assert cli.main(["benchmark", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "source" in err and "HISEG_BENCHMARKS" in err
+
+
+@pytest.mark.parametrize("command", ["segment", "evaluate"])
+def test_every_partition_option_says_what_it_changes(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert set(PARTITION_HELP) == {f.name for f in dataclasses.fields(PartitionConfig)}
+    for name, meaning in PARTITION_HELP.items():
+        assert "--" + name.replace("_", "-") in out
+        assert " ".join(meaning.split()) in out
+    assert "--solver" not in out and "hiseg_jax/" not in out and "hiseg_jax." not in out

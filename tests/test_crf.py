@@ -13,21 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from segment_cases import check_hierarchy, small_tree
 
 from hiseg_jax.crf.dense_crf import (
     ABSENT,
     CRFConfig,
     bicubic_matrix,
+    crf_level_labels,
     dense_crf,
     gaussian_blur,
     lattice_capacities,
     leaf_unaries,
     mean_field,
-    pydensecrf_marginals,
     refine_leaves,
     refine_levels,
 )
 from hiseg_jax.crf.lattice import build_lattice, lattice_filter
+from hiseg_jax.crf.reference import pydensecrf_marginals
+from hiseg_jax.tree import patch_level_labels, upsample_labels
 
 SIZE = 96  # every CRF test image is SIZE x SIZE with K labels, so compilations are shared
 PATCH = 8
@@ -375,3 +378,21 @@ def test_refine_levels_keeps_the_tree_nested():
     np.testing.assert_array_equal(out[2] - 10, np.argmax(dense_crf(logits, image), -1))
     with pytest.raises(ValueError, match="n_leaves"):
         refine_levels(feats, levels, image, n_leaves=1)
+
+
+@pytest.mark.slow
+def test_crf_level_labels_follow_the_tree():
+    """A tiny image whose colours and features agree with the patch labels: the CRF keeps
+    the labels (up to a pixel at borders) and every depth stays consistent with the tree."""
+    tree, _ = small_tree()
+    patch_levels = np.asarray(patch_level_labels(tree))[0]
+    leaf = patch_levels[-1]
+    directions = np.eye(8, dtype=np.float32)[[0, 1, 0, 2, 3]]
+    features = directions[leaf] * 5.0 + 0.1
+    palette = np.array([[0, 0, 0], [250, 0, 0], [0, 0, 0], [0, 250, 0], [0, 0, 250]], np.uint8)
+    image = np.kron(palette[leaf], np.ones((8, 8, 1), np.uint8))
+    levels = crf_level_labels(image, features, patch_levels, CRFConfig())
+    chex.assert_shape(levels, (3, 16, 24))
+    check_hierarchy(levels, *(np.asarray(a)[0] for a in (tree.parent, tree.depth, tree.valid)))
+    nearest = np.asarray(upsample_labels(patch_levels, (16, 24)))
+    assert (levels == nearest).mean() > 0.95

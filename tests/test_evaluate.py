@@ -16,7 +16,7 @@ import pytest
 from evaluate_cases import BAD_LABELS, BROKEN, SIZE, SMALL, make_voc_pairs
 from segment_cases import check_hierarchy
 
-from hiseg_jax.api import segment, upsample_labels
+from hiseg_jax.api import segment
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.datasets import load, read_example
 from hiseg_jax.evaluation import hungarian as eval_hungarian
@@ -26,7 +26,7 @@ from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.hierarchies import index_label_space, label_space, load_hierarchy, parse_hierarchy
 from hiseg_jax.images import ImageLoadError
 from hiseg_jax.metrics import Accumulator, TreePrediction, evaluate_batch, evaluate_bsds_batch
-from hiseg_jax.tree import Tree
+from hiseg_jax.tree import Tree, upsample_labels
 
 # --------------------------------------------------------------------------------------
 # The results log.
@@ -238,13 +238,13 @@ def options_for(voc, out, **kw) -> evaluation.RunOptions:
 def scored_batches(monkeypatch) -> list[list[int]]:
     """The dataset indices of every batch the runner segments (appended as they run)."""
     calls: list[list[int]] = []
-    real = evaluation._score_batch
+    real = evaluation.score_batch
 
-    def counting(host, *args):
-        calls.append(list(host.indices))
-        return real(host, *args)
+    def counting(result, *args):
+        calls.append([item.payload.index for item in result.items])
+        return real(result, *args)
 
-    monkeypatch.setattr(evaluation, "_score_batch", counting)
+    monkeypatch.setattr(evaluation, "score_batch", counting)
     return calls
 
 

@@ -69,7 +69,7 @@ def test_size_not_fitting_the_patch(voc, tmp_path, capsys, default_checkpoint):
 def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_checkpoint):
     out = tmp_path / "run"
     flags = [*voc, *SMALL_FLAGS, "--batch-size", "2", "--out", str(out)]
-    real = evaluation._score_batch
+    real = evaluation.score_batch
     calls = []
 
     def interrupted_at_second_batch(*args):
@@ -78,11 +78,11 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(evaluation, "_score_batch", interrupted_at_second_batch)
+    monkeypatch.setattr(evaluation, "score_batch", interrupted_at_second_batch)
     code, _, err = evaluate(capsys, *flags)
     assert code == 130 and "interrupted; 2 images recorded" in err and "--resume" in err
     assert len(out.joinpath("results.jsonl").read_text().splitlines()) == 2
-    monkeypatch.setattr(evaluation, "_score_batch", real)
+    monkeypatch.setattr(evaluation, "score_batch", real)
 
     code, _, err = evaluate(capsys, *flags)
     assert code == 2 and "--resume" in err and "--overwrite" in err

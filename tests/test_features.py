@@ -83,18 +83,18 @@ def test_extract_features_equals_the_eager_model(tiny_model):
 
 
 def test_extract_features_compiles_once_per_shape_and_takes_params_as_arguments():
-    from hiseg_jax.features import _features
+    from hiseg_jax.features import compiled_features
 
     first, second = ViT(TINY, rngs=nnx.Rngs(1)), ViT(TINY, rngs=nnx.Rngs(2))
     images = np.ones((1, 16, 16, 3), np.float32)
-    before = _features._cache_size()
+    before = compiled_features._cache_size()
     a = extract_features(first, images)
     b = extract_features(second, images)  # same structure, other params: no recompilation
     extract_features(first, images + 1)
-    assert _features._cache_size() == before + 1
+    assert compiled_features._cache_size() == before + 1
     assert not np.allclose(a, b)
     extract_features(first, np.ones((1, 16, 8, 3), np.float32))
-    assert _features._cache_size() == before + 2
+    assert compiled_features._cache_size() == before + 2
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""spectral.graph against a direct NumPy transcription of ALGORITHM.md sections 1 and 4."""
+"""spectral.graph against a direct NumPy transcription of docs/method.md."""
 
 from __future__ import annotations
 

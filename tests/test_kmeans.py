@@ -136,7 +136,7 @@ def test_empty_cluster_relocated_to_farthest_point():
     dist = jnp.asarray([0.0, 0.01, 100.0, 9.0])
     centers = jnp.asarray([[0.0], [7.0], [8.0]])
     live = jnp.asarray([True, True, False])
-    new = jax.jit(km._update)(x, weight, labels, dist, centers, live)
+    new = jax.jit(km.update_centers)(x, weight, labels, dist, centers, live)
     # Cluster 1 was empty: it takes point 2 (farthest), which leaves cluster 0; dead cluster 2
     # keeps its center.
     np.testing.assert_allclose(new, [[(0.0 + 0.1 + 3.0) / 3], [10.0], [8.0]], rtol=1e-6)

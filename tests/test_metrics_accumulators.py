@@ -133,7 +133,7 @@ def quadtree(height: int, width: int, levels: int = 4) -> TreePrediction:
 
 @pytest.mark.data
 def test_bsds500_quadtree_covering_matches_metrics_md(shared_data):
-    # METRICS.md: on BSDS500 a content-blind quadtree of 340 blocks gets an area-weighted
+    # docs/metrics.md: on BSDS500 a content-blind quadtree of 340 blocks gets an area-weighted
     # covering of about .38 (a real ~25-node tree about .65).
     import scipy.io
 

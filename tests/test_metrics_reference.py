@@ -1,5 +1,5 @@
 """The JAX metrics equal the NumPy reference on random trees and label maps (ignored pixels,
-empty regions, padded node slots and pixels), and keep the properties METRICS.md implies."""
+empty regions, padded node slots and pixels), and keep the properties docs/metrics.md implies."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Hand-computed toy cases for every metric: expected numbers derived in the comments from
-the definitions of METRICS.md, not from the code."""
+the definitions of docs/metrics.md, not from the code."""
 
 from __future__ import annotations
 

@@ -151,8 +151,9 @@ def test_node_eigenpairs_of_a_masked_sub_graph(solver):
     wp, _ = synthetic.planted_part_graph(0, branching=(3, 2), leaf_size=5)  # 30 parts
     w, mask, idx = _embed(wp, 48, rng)
     lap = graph.normalized_laplacian(jnp.asarray(w), jnp.asarray(mask), CONFIG.eps)
-    evals, evecs = jax.jit(jp.node_eigenpairs, static_argnums=(4, 5, 6))(
-        lap, jnp.asarray(w), jnp.asarray(mask), jax.random.key(0), 10, solver, CONFIG.eps
+    config = dataclasses.replace(CONFIG, stage_b_solver=solver)
+    evals, evecs = jax.jit(jp.node_eigenpairs, static_argnums=(4, 5))(
+        lap, jnp.asarray(w), jnp.asarray(mask), jax.random.key(0), 10, config
     )
     ref_lap = reference.normalized_laplacian(wp, CONFIG.eps)
     ref_vals, ref_vecs = reference.smallest_eigenpairs(ref_lap, 10)
@@ -191,7 +192,7 @@ def _ref_nodes(nodes: list[reference.RefNode]) -> list[tuple]:
     return [(tuple(n.parts), n.parent, n.depth, n.k_chosen, n.stop_reason) for n in nodes]
 
 
-_stage_b = jax.jit(jp.stage_b, static_argnames=("config", "solver", "chunk"))
+_stage_b = jax.jit(jp.stage_b, static_argnames="config")
 ALL_PARTS = jnp.ones((200,), bool)
 
 
@@ -212,7 +213,8 @@ def test_stage_b_is_independent_of_chunk_and_stops_at_depth():
     wp, _ = synthetic.planted_part_graph(7, branching=(2, 5, 2), leaf_size=10)
     wp32 = jnp.asarray(wp, jnp.float32)
     shallow = PartitionConfig(levels=2)
-    nodes = _jax_nodes(_stage_b(wp32, shallow, jax.random.key(0), ALL_PARTS, chunk=3))
+    chunked = dataclasses.replace(shallow, node_chunk=3)
+    nodes = _jax_nodes(_stage_b(wp32, chunked, jax.random.key(0), ALL_PARTS))
     assert max(n[2] for n in nodes) == 2
     assert all(n[4] in ("depth", "min_points") for n in nodes if n[2] == 2)
     assert nodes == _ref_nodes(reference.reference_stage_b(wp, shallow, 0))
@@ -311,6 +313,16 @@ def test_deterministic_and_batch_independent(planted_batch, planted_trees):
     for b_new, b_old in ((1, 2), (2, 0), (3, 1)):
         chex.assert_trees_all_equal(shuffled[b_new], planted_trees[b_old])
     assert int(T.num_nodes(shuffled)[0]) == 1  # all-zero features: one node, no NaN
+
+
+def test_traced_entry_point_runs_under_jit_on_device_arrays(planted_batch, planted_trees):
+    """`partition_arrays` does no host checks: it traces inside the caller's jit (here with
+    the key and config closed over) and gives `partition`'s trees."""
+    key = jax.random.key(0)
+    feats = jnp.asarray(planted_batch[0][:2])
+    traced = jax.jit(lambda f: jp.partition_arrays(f, key, PLANTED_CONFIG))(feats)
+    chex.assert_trees_all_equal(traced, planted_trees[:2])
+    assert traced.grid == planted_trees.grid
 
 
 # ------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.weights]
 
 CONFIG = PartitionConfig()
 IMAGES = 4
-_stage_b = jax.jit(jp.stage_b, static_argnames=("config", "solver", "chunk"))
+_stage_b = jax.jit(jp.stage_b, static_argnames="config")
 
 
 def _quality_module() -> ModuleType:

@@ -149,7 +149,7 @@ def test_normalized_laplacian_and_adjacency():
 # --- graph and part graph -------------------------------------------------------------------
 
 def test_minmax_graph_low_rank_identity():
-    """ALGORITHM.md section 8: W = (1 - 1/dmax) 11^T + X X^T / dmax - I for unit features."""
+    """docs/method.md section 8: W = (1 - 1/dmax) 11^T + X X^T / dmax - I for unit features."""
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(50, 8)) * rng.uniform(0.5, 3.0, size=(50, 1))
     x = feats / np.linalg.norm(feats, axis=1, keepdims=True)

@@ -11,10 +11,10 @@ from PIL import Image
 from segment_cases import SMALL_FLAGS, check_hierarchy, write_bad_files
 
 from hiseg_jax import export
-from hiseg_jax.api import upsample_labels
 from hiseg_jax.cli import main
-from hiseg_jax.commands.segment import _jobs, output_names
+from hiseg_jax.commands.segment import find_jobs, output_names
 from hiseg_jax.images import SAMPLE_NAMES, load_image
+from hiseg_jax.tree import upsample_labels
 
 GOOD = {"chelsea": "chelsea.png", "nested/coffee": "nested/coffee.jpg", "gray": "gray.png"}
 
@@ -133,7 +133,7 @@ def test_output_names_are_distinct():
 
 
 def test_no_images_means_the_samples():
-    jobs = _jobs([])
+    jobs = find_jobs([])
     assert [job.name for job in jobs] == list(SAMPLE_NAMES)
     assert jobs[0].load().shape == (512, 512, 3)
 

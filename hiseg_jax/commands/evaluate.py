@@ -4,7 +4,7 @@
                    [--size S] [--resolution image|patch] [--matching max-overlap|hungarian]
                    [--limit N] [--batch-size B] [--out DIR] [--resume | --overwrite]
                    [--seed N] [--hierarchy FILE] [--crf]
-                   [--levels L --n-parts P ... (every PartitionConfig field)]
+                   [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 Prints the dataset's rows in the paper's format and writes `DIR/report.md`, `report.json`
 (settings, software, machine), `results.jsonl` (one line per image, appended as it is
@@ -24,16 +24,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE
 from hiseg_jax.commands.options import (
     add_partition_arguments,
+    add_run_arguments,
     format_size,
-    parse_size,
     partition_config,
     partition_flags,
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.datasets import BUILDERS
+from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.evaluation.report import results_table
 from hiseg_jax.evaluation.results_log import read
 from hiseg_jax.evaluation.runner import (
@@ -44,7 +44,8 @@ from hiseg_jax.evaluation.runner import (
     RunOptions,
     evaluate,
 )
-from hiseg_jax.features import DEFAULT_BACKBONE, FEATURE_KINDS
+from hiseg_jax.features import DEFAULT_SIZE
+from hiseg_jax.paths import DEFAULT_BACKBONE
 
 HELP = "evaluate on a benchmark dataset: the paper's table rows, a report, resumable results"
 
@@ -54,12 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS),
                         help="dataset builder name")
     parser.add_argument("--data-dir", required=True, type=Path,
-                        help="the dataset's folder (official layout; see the builder's LAYOUT)")
+                        help="the dataset's folder, as its official download unpacks (a folder "
+                        "that does not fit gets an error naming what is missing)")
     parser.add_argument("--split", default="val", help="split to score (default: %(default)s)")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help="checkpoint name or .safetensors path (default: %(default)s)")
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
-                        help="backbone input size, S or HxW (default: %(default)s)")
     parser.add_argument("--resolution", choices=RESOLUTIONS, default="image",
                         help="compare at every image's size (prediction upsampled) or at the "
                         "patch grid (GT sampled at patch centres) (default: %(default)s)")
@@ -68,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the peers' dataset-level Hungarian matching (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None,
                         help="score only the first N images of the split")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="images per compiled batch (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: runs/DATASET-SPLIT)")
     again = parser.add_mutually_exclusive_group()
@@ -77,17 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue the run in --out, scoring only images without a result")
     again.add_argument("--overwrite", action="store_true",
                        help="discard the results already in --out")
-    parser.add_argument("--seed", type=int, default=0, help="random key of k-means (default: 0)")
-    parser.add_argument("--features", choices=FEATURE_KINDS, default="tokens",
-                        help="patch tokens (the paper's) or last-block keys (default: tokens)")
-    parser.add_argument("--solver", choices=("eigh", "lanczos"), default="eigh",
-                        help="stage B eigensolver (default: %(default)s)")
+    add_run_arguments(parser)
     parser.add_argument("--hierarchy", type=Path, default=None,
-                        help="a label hierarchy file (hiseg_jax/hierarchies format) replacing "
-                        "the dataset's own, e.g. one built over the ADE20K images scored")
+                        help="a label hierarchy file replacing the dataset's own, one node a "
+                        "line as 'parent/child | pixel value | foreground|background|ignore' "
+                        "(docs/metrics.md), e.g. one built over the ADE20K images scored")
     parser.add_argument("--prepared-dir", type=Path, default=None,
                         help="where the dataset's ArrayRecord files are prepared (default: "
-                        "$HISEG_TFDS_DIR or ~/.cache/hiseg_jax/tfds)")
+                        "$HISEG_TFDS_DIR, else $HISEG_HOME/tfds)")
     parser.add_argument("--crf", action="store_true",
                         help="refine the leaves with the dense CRF at every image's size "
                         "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)")
@@ -100,7 +93,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         dataset=args.dataset, data_dir=str(args.data_dir), split=args.split,
         backbone=args.backbone, size=args.size, resolution=args.resolution,
-        matching=args.matching, features=args.features, solver=args.solver,
+        matching=args.matching, features=args.features,
         seed=args.seed, partition=partition_config(args),
         hierarchy=None if args.hierarchy is None else str(args.hierarchy),
         crf=CRFConfig() if args.crf else None)
@@ -119,7 +112,7 @@ def command_line(settings: EvalSettings, options: RunOptions) -> str:
                 ("--resolution", settings.resolution, "image"),
                 ("--matching", settings.matching, "max-overlap"),
                 ("--features", settings.features, "tokens"),
-                ("--solver", settings.solver, "eigh"), ("--seed", settings.seed, 0),
+                ("--seed", settings.seed, 0),
                 ("--hierarchy", settings.hierarchy, None), ("--limit", options.limit, None),
                 ("--batch-size", options.batch_size, DEFAULT_BATCH_SIZE))
     for flag, value, default in optional:

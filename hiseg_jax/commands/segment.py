@@ -1,9 +1,8 @@
 """`hiseg segment`: images and folders in, one folder of files per image out.
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
-                  [--batch-size B] [--features tokens|keys] [--seed N] [--solver eigh|lanczos]
-                  [--crf]
-                  [--levels L --n-parts P --max-kways K ... (every PartitionConfig field)]
+                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf]
+                  [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
 searched recursively for image files. Each image gets `DIR/<name>/` with the files listed in
@@ -11,6 +10,7 @@ searched recursively for image files. Each image gets `DIR/<name>/` with the fil
 name) without its extension. An image whose folder already holds a completion marker for
 the same source file and settings is skipped, so an interrupted run resumes. A file that
 cannot be read is reported and skipped; the run goes on and exits with status 1 at the end.
+Images are decoded in the engine's prefetch thread while the device runs (`engine.stream`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dataclasses
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,14 @@ import numpy as np
 from tqdm import tqdm
 
 from hiseg_jax import export
-from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE, patch_level_labels, segment
-from hiseg_jax.commands.options import add_partition_arguments, parse_size, partition_config
+from hiseg_jax.api import ImageSegmentation, segment_stream
+from hiseg_jax.commands.options import (
+    add_partition_arguments,
+    add_run_arguments,
+    partition_config,
+)
 from hiseg_jax.crf.dense_crf import CRFConfig
-from hiseg_jax.features import DEFAULT_BACKBONE, FEATURE_KINDS, image_size
+from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.images import ImageLoadError, iter_images, load_image, sample_images
 from hiseg_jax.models.vit import ViT
 from hiseg_jax.spectral.config import PartitionConfig
@@ -56,19 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGES_OR_FOLDERS",
                         help="image files and folders (recursive); none: the sample images")
     parser.add_argument("--out", type=Path, default=Path("out"),
-                        help="output folder (default: %(default)s)")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help="checkpoint name or .safetensors path (default: %(default)s)")
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
-                        help="backbone input size, S or HxW, multiples of the patch size "
-                        "(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="images per compiled batch (default: %(default)s)")
-    parser.add_argument("--features", choices=FEATURE_KINDS, default="tokens",
-                        help="patch tokens (the paper's) or last-block keys (default: tokens)")
-    parser.add_argument("--seed", type=int, default=0, help="random key of k-means (default: 0)")
-    parser.add_argument("--solver", choices=("eigh", "lanczos"), default="eigh",
-                        help="stage B eigensolver (default: %(default)s)")
+                        help="output folder, one sub-folder per image (default: %(default)s)")
+    add_run_arguments(parser)
     parser.add_argument("--crf", action="store_true",
                         help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
                         "on a CPU: it runs at every image's full size)")
@@ -85,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"hiseg segment: error: {err}", file=sys.stderr)
         return 2
     settings = _settings(args, config)
-    jobs = _jobs(args.images)
+    jobs = find_jobs(args.images)
     todo = [job for job in jobs if not export.is_done(args.out / job.name, job.source, settings)]
     failures: list[str] = []
     if todo:
@@ -110,55 +103,48 @@ def _segment_jobs(
     settings: dict[str, Any],
     args: argparse.Namespace,
 ) -> list[str]:
-    """Load, segment (in batches) and write every job; returns the failures' messages.
+    """Load (in the engine's prefetch thread), segment (in batches) and write every job;
+    returns the failures' messages.
 
     ValueError (not ImageLoadError) means the settings fit no image; it ends the run.
     """
-    image_size(args.size, model.config.patch_size)
-    batch = min(args.batch_size, len(todo))
     failures: list[str] = []
-    pending: list[tuple[Job, np.ndarray]] = []
     with tqdm(total=len(todo), unit="image", desc="hiseg segment") as bar:
-        for index, job in enumerate(todo):
-            try:
-                pending.append((job, job.load()))
-            except ImageLoadError as err:
-                failures.append(str(err))
-                bar.write(f"hiseg segment: skipping {err}")
-                bar.update()
-            if pending and (len(pending) == batch or index == len(todo) - 1):
-                _segment_batch(pending, model, config, settings, args, batch)
-                bar.update(len(pending))
-                pending = []
+        results = segment_stream(
+            _items(todo), model, args.size, batch_size=args.batch_size, features=args.features,
+            key=jax.random.key(args.seed), config=config,
+            crf=CRFConfig() if args.crf else None, notify=bar.set_postfix_str,
+        )
+        for result in results:
+            if isinstance(result, Failure):
+                failures.append(result.error)
+                bar.write(f"hiseg segment: skipping {result.error}")
+            else:
+                _write(result, settings, args.out)
+            bar.update()
     return failures
 
 
-def _segment_batch(
-    pending: list[tuple[Job, np.ndarray]],
-    model: ViT,
-    config: PartitionConfig,
-    settings: dict[str, Any],
-    args: argparse.Namespace,
-    batch: int,
-) -> None:
-    """Segment one batch of loaded images and write each image's folder, marker last."""
-    images = [image for _, image in pending]
-    result = segment(
-        images, model, args.size, batch_size=batch, features=args.features,
-        key=jax.random.key(args.seed), solver=args.solver, config=config,
-        crf=CRFConfig() if args.crf else None,
+def _items(todo: list[Job]) -> Iterator[Item | Failure]:
+    """The jobs' images, loaded lazily (the engine runs this in its prefetch thread)."""
+    for job in todo:
+        try:
+            yield Item(job.name, job.load(), payload=job)
+        except ImageLoadError as err:
+            yield Failure(job.name, str(err), job)
+
+
+def _write(result: ImageSegmentation, settings: dict[str, Any], out: Path) -> None:
+    """Write one image's folder, marker last."""
+    job = result.item.payload
+    folder = out / job.name
+    rows = {name: np.asarray(getattr(result.tree, name))[0] for name in _TREE_ROWS}
+    export.clear_marker(folder)
+    export.write_image_outputs(
+        folder, result.item.image, result.level_labels, result.patch_levels, rows,
+        result.leaf_descriptors, {"image": job.name, "source": job.source, "settings": settings},
     )
-    patch_levels = np.asarray(patch_level_labels(result.tree))
-    rows = {name: np.asarray(getattr(result.tree, name)) for name in _TREE_ROWS}
-    for b, (job, image) in enumerate(pending):
-        folder = args.out / job.name
-        export.clear_marker(folder)
-        export.write_image_outputs(
-            folder, image, result.level_labels[b], patch_levels[b],
-            {name: row[b] for name, row in rows.items()}, result.leaf_descriptors[b],
-            {"image": job.name, "source": job.source, "settings": settings},
-        )
-        export.mark_done(folder, job.source, settings)
+    export.mark_done(folder, job.source, settings)
 
 
 def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, Any]:
@@ -168,14 +154,13 @@ def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, An
         "size": args.size,
         "features": args.features,
         "seed": args.seed,
-        "solver": args.solver,
         "partition": dataclasses.asdict(config),
         "crf": dataclasses.asdict(CRFConfig()) if args.crf else None,
     }
     return json.loads(json.dumps(settings))
 
 
-def _jobs(paths: list[Path]) -> list[Job]:
+def find_jobs(paths: list[Path]) -> list[Job]:
     """The sample images when `paths` is empty, else every image file under `paths`."""
     if not paths:
         samples = sample_images()

@@ -1,4 +1,4 @@
-"""Dense CRF refinement of the tree's leaves (ALGORITHM.md section 6), in JAX.
+"""Dense CRF refinement of the tree's leaves (docs/method.md section 6), in JAX.
 
 Unaries, as in the authors' code: the patch features are upsampled bicubically to the image
 (PyTorch's antialiased bicubic, which torchvision's `resize` uses) and L2-normalised per
@@ -56,14 +56,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from hiseg_jax.crf.lattice import build_lattice, count_vertices, lattice_filter
+from hiseg_jax.precision import HIGHEST
 
-HIGHEST = jax.lax.Precision.HIGHEST
 ABSENT = -1e30  # logit of a label that does not exist (a padded or empty leaf slot)
 
 
 @dataclasses.dataclass(frozen=True)
 class CRFConfig:
-    """Dense CRF settings; defaults are the paper's (ALGORITHM.md section 6)."""
+    """Dense CRF settings; defaults are the paper's (docs/method.md section 6)."""
 
     n_iter: int = 10
     gauss_sxy: float = 1.0
@@ -402,29 +402,6 @@ def dense_crf(
     return q[0] if unbatched else q
 
 
-def pydensecrf_marginals(logits: np.ndarray, image: np.ndarray, config: CRFConfig) -> np.ndarray:
-    """The same CRF through pydensecrf2 (the authors' calls), for tests and benchmarks.
-
-    logits float [H, W, K], image uint8 [H, W, 3] -> marginals float32 [H, W, K]. Needs the
-    optional `pydensecrf2` package (not a dependency of this one).
-    """
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError as err:
-        raise ImportError("pydensecrf_marginals needs `pip install pydensecrf2`") from err
-    h, w, k = logits.shape
-    crf = dcrf.DenseCRF2D(w, h, k)
-    crf.setUnaryEnergy(np.ascontiguousarray(-logits.reshape(-1, k).T, np.float32))
-    crf.addPairwiseGaussian(sxy=config.gauss_sxy, compat=config.gauss_compat)
-    crf.addPairwiseBilateral(
-        sxy=config.bilateral_sxy,
-        srgb=config.bilateral_srgb,
-        rgbim=np.array(image, np.uint8, order="C"),
-        compat=config.bilateral_compat,
-    )
-    return np.array(crf.inference(config.n_iter)).reshape(k, h, w).transpose(1, 2, 0)
-
-
 # ---------------------------------------------------------------------------------------
 # Refinement of a tree's leaves, and of every level through them.
 
@@ -523,3 +500,21 @@ def _batched(array: jax.Array | np.ndarray, ndim: int, what: str) -> tuple[np.nd
             f"{what} must have {ndim} (or {ndim - 1} unbatched) dims, got {array.shape}"
         )
     return array, False
+
+
+def crf_level_labels(
+    image: np.ndarray,
+    features: jax.Array | np.ndarray,
+    patch_levels: np.ndarray,
+    config: CRFConfig,
+) -> np.ndarray:
+    """int32 `[L + 1, H, W]`: one image's pixel labels with the leaves refined by a dense CRF
+    (docs/method.md section 6); inner nodes follow from the tree.
+
+    image: uint8 `[H, W, 3]`; features: `[h, w, E]`; patch_levels: int `[L + 1, h, w]`.
+    `refine_levels` for one image, with the leaf axis padded to a multiple of 8 (absent
+    labels) so that trees with similar leaf counts share compilations.
+    """
+    leaves = np.unique(np.asarray(patch_levels)[-1]).size
+    padded = -(-leaves // 8) * 8
+    return np.asarray(refine_levels(features, patch_levels, image, padded, config))

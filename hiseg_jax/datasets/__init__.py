@@ -1,17 +1,16 @@
 """Segmentation datasets as tensorflow-datasets builders (ArrayRecord, no TensorFlow needed).
 
 `load(name, data_dir, split)` prepares that split of the dataset from the files in `data_dir`
-on first use (under `prepared_dir`, default `$HISEG_TFDS_DIR/<hash of data_dir>`, with
-`HISEG_TFDS_DIR` defaulting to `~/.cache/hiseg_jax/tfds`) and returns a random-access data
-source whose items are dicts with `image` (encoded bytes), `labels` (int32 [A, H, W], see
-`base.py` for what A holds) and `name`; `read_example(item)` decodes one. The label values are
-those of the builder's hierarchy: `BUILDERS[name].HIERARCHY`.
+on first use (under `prepared_dir`, default `$HISEG_TFDS_DIR/<hash of data_dir>`, see
+`hiseg_jax.paths`) and returns a random-access data source whose items are dicts with
+`image` (encoded bytes), `labels` (int32 [A, H, W], see `base.py` for what A holds) and
+`name`; `read_example(item)` decodes one. The label values are those of the builder's
+hierarchy: `BUILDERS[name].HIERARCHY`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from hiseg_jax.datasets.pascal_part import PascalPart
 from hiseg_jax.datasets.potsdam import Potsdam
 from hiseg_jax.datasets.reader import level_maps, read_example
 from hiseg_jax.datasets.voc2012 import Voc2012
+from hiseg_jax.paths import prepared_datasets_dir
 
 BUILDERS: dict[str, type[SegmentationBuilder]] = {
     b.name: b
@@ -52,7 +52,7 @@ def builder(name: str, data_dir: str | Path, prepared_dir: str | Path | None = N
         raise ValueError(f"{name} has no split {split!r}; valid: {', '.join(cls.SPLITS)}")
     data_dir = Path(data_dir)
     if prepared_dir is None:
-        cache = Path(os.environ.get("HISEG_TFDS_DIR", "~/.cache/hiseg_jax/tfds")).expanduser()
+        cache = prepared_datasets_dir()
         tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
         prepared_dir = cache / tag
     config = tfds.download.DownloadConfig(manual_dir=str(data_dir))

@@ -1,9 +1,10 @@
 """Dataset-level Hungarian matching for `hiseg evaluate --matching hungarian`: the protocol
-of the peers (STEGO, PiCIE, Leopart; METRICS.md), offered so that a user can compare.
+of the peers (STEGO, PiCIE, Leopart; docs/metrics.md, "Hungarian matching"), offered so
+that a user can compare.
 
 That protocol needs cluster ids that mean the same thing in every image, while a tree's
 node ids are per image. So the trees' LEAVES are clustered over the whole dataset: each
-leaf is its mean backbone feature (ALGORITHM.md section 5), L2-normalised; k-means puts
+leaf is its mean backbone feature (docs/method.md section 5), L2-normalised; k-means puts
 them into K clusters, K = the number of classes of the scored level seen in the dataset;
 every pixel takes its leaf's cluster; the class x cluster pixel confusion is then assigned
 one-to-one (`hiseg_jax.metrics.hungarian_scores`). Only the leaves are used: this scores the
@@ -19,7 +20,6 @@ that depth (an object's pixels outside its parts, at the parts' depth) are left 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax.api import leaf_descriptors
+from hiseg_jax.files import atomic_path
 from hiseg_jax.hierarchies import LabelSpace
 from hiseg_jax.metrics import TreePrediction, hungarian_scores
 from hiseg_jax.metrics.regions import joint_counts, leaf_nodes
 from hiseg_jax.spectral.kmeans import kmeans
-from hiseg_jax.tree import Tree
 
 LEAVES = "leaves"  # folder of the per-image leaf files
 KMEANS_RESTARTS = 10
@@ -46,17 +45,18 @@ def _joint_counts(leaf: jax.Array, gt: jax.Array, num_nodes: int, num_labels: in
     return jax.vmap(lambda lf, g: joint_counts(lf, g, num_nodes, num_labels))(leaf, gt)
 
 
-def leaf_data(features: jax.Array, tree: Tree, pred: TreePrediction, slot_ids: np.ndarray,
+def leaf_data(descriptors: np.ndarray, pred: TreePrediction, slot_ids: np.ndarray,
               gt: np.ndarray, num_labels: int, count: int
               ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image of the first `count`: (descriptors float32 [n, E], pixel counts int64
-    [n, G] per GT label) of its n leaves. features [B, h, w, E] and tree: the partition's
-    input and output; pred, slot_ids: `eval_scoring.compact_tree` of it at the evaluated
-    resolution; gt: encoded GT int32 [B, H, W] in [-1, G)."""
+    [n, G] per GT label) of its n leaves. descriptors: float32 [>= count, M, E] the leaves'
+    mean features (`tree.leaf_descriptors`) by tree slot; pred, slot_ids:
+    `scoring.compact_tree` of the tree at the evaluated resolution; gt: encoded GT int32
+    [B, H, W] in [-1, G)."""
     slots = pred.node_valid.shape[1]
     counts = np.asarray(_joint_counts(jnp.asarray(pred.level_labels[:, -1]), jnp.asarray(gt),
                                       slots, num_labels), np.int64)
-    descriptors = np.asarray(leaf_descriptors(features, tree))
+    descriptors = np.asarray(descriptors)
     out = []
     for b in range(count):
         leaves = np.flatnonzero(np.asarray(leaf_nodes(pred.node_parent[b], pred.node_valid[b])))
@@ -72,10 +72,8 @@ def save_leaf_data(out: Path, index: int, descriptors: np.ndarray, counts: np.nd
     """Write image `index`'s leaf data (atomically)."""
     path = _path(out, index)
     path.parent.mkdir(exist_ok=True)
-    partial = path.with_suffix(".part")
-    with open(partial, "wb") as f:
+    with atomic_path(path) as partial, open(partial, "wb") as f:
         np.savez_compressed(f, descriptors=descriptors, counts=counts)
-    os.replace(partial, path)
 
 
 def load_leaf_data(out: Path, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,15 @@
-"""The report of `hiseg evaluate`: result tables in the paper's format (METRICS.md), the
+"""The report of `hiseg evaluate`: result tables in the paper's format (docs/metrics.md), the
 software and machine that produced them, written as `report.md` and `report.json`.
 
 Scores are printed in percent with one decimal, as the paper's tables; `report.json` keeps
 the fractions. Every covering row carries the mean number of tree nodes (candidate regions):
-an unweighted covering rewards sheer node count (METRICS.md).
+an unweighted covering rewards sheer node count (docs/metrics.md, "Covering").
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.resources
 import json
 import os
 import platform
@@ -19,26 +20,20 @@ from typing import Any
 import jax
 
 from hiseg_jax import __version__
+from hiseg_jax.files import write_text
 
 REPORT_FILES = ("report.md", "report.json")
 _PACKAGES = ("jax", "jaxlib", "flax", "numpy", "scipy", "tensorflow-datasets", "array-record")
-_REPO = Path(__file__).resolve().parents[2]
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (a reader sees the old file or the new one)."""
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def _git() -> dict[str, Any] | None:
-    """Commit of the source tree and whether tracked files differ from it; None outside git."""
-    if not (_REPO / ".git").exists():
-        return None
+    """Commit of the git checkout the running package lives in, and whether tracked files
+    differ from it; None for an installed package (its files are tracked by no checkout)."""
+    package = Path(str(importlib.resources.files("hiseg_jax")))
     try:
-        run = lambda *a: subprocess.run(["git", "-C", str(_REPO), *a], capture_output=True,
+        run = lambda *a: subprocess.run(["git", "-C", str(package), *a], capture_output=True,
                                         text=True, timeout=10, check=True).stdout.strip()
+        run("ls-files", "--error-unmatch", "__init__.py")  # this very package is tracked
         return dict(commit=run("rev-parse", "HEAD"),
                     dirty=bool(run("status", "--porcelain", "--untracked-files=no")))
     except (OSError, subprocess.SubprocessError):
@@ -124,7 +119,7 @@ def _notes(report: dict[str, Any]) -> list[str]:
     settings, run = report["settings"], report["run"]
     if settings.get("crf"):
         resolution = ("image, w CRF: the leaves refined by the dense CRF on every image at "
-                      "its own size (ALGORITHM.md section 6), the inner nodes following them")
+                      "its own size (docs/method.md section 6), the inner nodes following them")
     elif settings["resolution"] == "image":
         resolution = "image: predictions nearest-upsampled to every image's own size"
     else:

@@ -3,20 +3,19 @@
     settings = EvalSettings(dataset="voc2012", data_dir="data/voc", split="val")
     report = evaluate(settings, RunOptions(out=Path("runs/voc2012-val")))
 
-Images are read from the dataset's prepared source (`hiseg_jax.datasets.load`), resized to
-one fixed size and segmented `batch_size` at a time (one compiled program for every batch:
-a short last batch is padded with copies). A background thread decodes, resizes and
-prepares the ground truth of the next batch while the current one runs. Every image's
+Images are read from the dataset's prepared source (`hiseg_jax.datasets.load`) and run
+through the batching engine (`engine.stream`): decoded, with their ground truth prepared,
+in its prefetch thread, resized to one fixed size and segmented `batch_size` at a time in
+one compiled program (every batch padded to `batch_size` with copies). Every image's
 scores are appended to `results.jsonl` as soon as its batch is scored (`results_log`); an
 image that cannot be decoded, or whose ground truth does not fit the dataset's hierarchy,
 gets a record saying why and is skipped. With `crf` (image resolution only), each image's
-leaves are refined by the dense CRF on the original image at its own size (ALGORITHM.md
-section 6; `api.crf_level_labels`) and its inner nodes follow from the refined leaves,
-instead of the nearest upsampling of the patch labels; the host batch then also carries
-the original uint8 images. A later run with `resume=True` scores only the
-images without a record, after checking that its settings are those of `settings.json`.
-The dataset totals are always rebuilt from the records (`eval_scoring`), then reported
-(`eval_report`).
+leaves are refined by the dense CRF on the original image at its own size (docs/method.md
+section 6; `crf.dense_crf.crf_level_labels`) and its inner nodes follow from the refined
+leaves, instead of the nearest upsampling of the patch labels. A later run with
+`resume=True` scores only the images without a record, after checking that its settings
+are those of `settings.json`. The dataset totals are always rebuilt from the records
+(`scoring`), then reported (`report`).
 """
 
 from __future__ import annotations
@@ -28,30 +27,32 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from hiseg_jax import __version__
-from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE, crf_level_labels
-from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels
 from hiseg_jax.datasets import BUILDERS, load, read_example
-from hiseg_jax.engine.pipeline import prefetch
+from hiseg_jax.engine.batches import Failure, Item
+from hiseg_jax.engine.sharding import pad_batch
+from hiseg_jax.engine.step import make_step
+from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, BatchResult, stream
 from hiseg_jax.evaluation import hungarian as eval_hungarian
 from hiseg_jax.evaluation import report as eval_report
 from hiseg_jax.evaluation import results_log
 from hiseg_jax.evaluation import scoring as eval_scoring
-from hiseg_jax.features import DEFAULT_BACKBONE, FeatureKind, extract_features, image_size
-from hiseg_jax.features import preprocess as preprocess_images
+from hiseg_jax.features import DEFAULT_SIZE, FeatureKind, image_size
+from hiseg_jax.files import write_text
 from hiseg_jax.hierarchies import Hierarchy, LabelSpace, label_space, parse_hierarchy
 from hiseg_jax.images import ImageLoadError
-from hiseg_jax.models.vit import ViT, get_config
-from hiseg_jax.spectral.config import PartitionConfig
-from hiseg_jax.spectral.partition import StageBSolver, partition
+from hiseg_jax.models.vit import get_config
+from hiseg_jax.paths import DEFAULT_BACKBONE
+from hiseg_jax.spectral.config import PartitionConfig, check_grid
 from hiseg_jax.weights.checkpoint import load_backbone, read_metadata, resolve_checkpoint
 
 Resolution = Literal["patch", "image"]
@@ -81,7 +82,6 @@ class EvalSettings:
     resolution: Resolution = "image"
     matching: Matching = "max-overlap"
     features: FeatureKind = "tokens"
-    solver: StageBSolver = "eigh"
     seed: int = 0
     partition: PartitionConfig = PartitionConfig()
     hierarchy: str | None = None  # a hierarchy file replacing the dataset's own
@@ -172,19 +172,34 @@ def evaluate(settings: EvalSettings, options: RunOptions) -> dict[str, Any]:
 def _score_all(source: Sequence[dict[str, Any]], todo: list[int], settings: EvalSettings,
                space: LabelSpace | None, options: RunOptions, records: list[dict[str, Any]]
                ) -> None:
-    """Segment and score the images `todo`, appending each record to the log as its batch
-    is done (and to `records`)."""
+    """Segment and score the images `todo` through the engine (decoding and GT preparation
+    in its prefetch thread), appending each record to the log as its batch is done (and to
+    `records`)."""
     model = load_backbone(settings.backbone)
-    batches = _host_batches(source, todo, settings, space, model, options.batch_size)
+    step = make_step(model, settings.size, settings.partition, features=settings.features)
+    patch = model.config.patch_size
+    grid = (tuple(s // patch for s in step.image_size) if settings.resolution == "patch"
+            else None)
+    items = (_read_item(source, index, space, grid) for index in todo)
     bar = tqdm(total=len(todo), unit="img", desc=f"{settings.dataset} {settings.split}",
                disable=not options.progress, dynamic_ncols=True)
-    with bar, contextlib.closing(prefetch(batches, _PREFETCH)) as hosts:
-        for host in hosts:
-            new = host.failures + _score_batch(host, settings, space, model, options.out)
+    results = stream(step, items, batch_size=options.batch_size,
+                     key=jax.random.key(settings.seed), with_features=settings.crf is not None,
+                     notify=bar.set_postfix_str)
+    last = time.perf_counter()
+    with bar, contextlib.closing(results):
+        for result in results:
+            failures = [failure.payload for failure in result.failures]
+            scored = score_batch(result, settings, space, options.out, options.batch_size)
+            now = time.perf_counter()
+            for record in scored:  # the wall time since the previous batch, shared out
+                record["seconds"] = (now - last) / len(scored)
+            last = now
+            new = failures + scored
             for record in sorted(new, key=lambda r: r["index"]):
                 results_log.append(options.out / RESULTS, record)
                 records.append(record)
-            for failure in host.failures:
+            for failure in failures:
                 bar.write(f"skipped {failure['name']}: {failure['error']}", file=sys.stderr)
             bar.update(len(new))
 
@@ -195,10 +210,7 @@ def _check_size(settings: EvalSettings) -> None:
     variant = read_metadata(resolve_checkpoint(settings.backbone))["variant"]
     patch = get_config(variant).patch_size
     height, width = image_size(settings.size, patch)
-    patches = (height // patch) * (width // patch)
-    if patches < settings.partition.n_parts:
-        raise ValueError(f"size {height}x{width} gives {patches} patches, fewer than n_parts = "
-                         f"{settings.partition.n_parts}")
+    check_grid((height // patch, width // patch), settings.partition.n_parts)
 
 
 def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -228,7 +240,7 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
                 + ". Use another --out, or --overwrite to discard it")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        eval_report.write_text(saved, json.dumps(settings, indent=2) + "\n")
+        write_text(saved, json.dumps(settings, indent=2) + "\n")
     dropped = results_log.repair(log)
     if dropped:
         print(f"hiseg evaluate: dropped a half-written last line ({dropped} bytes) of {log}",
@@ -236,29 +248,18 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
     return results_log.read(log)[0]
 
 
-@dataclasses.dataclass
-class HostBatch:
-    """One batch prepared on the host; lists and arrays but `images` are padded to the batch
-    size with copies of the last image (`count` real images). `failures`: records of
-    skipped images."""
+class Example(NamedTuple):
+    """The payload of an engine `Item`: the dataset index and the prepared GT
+    (`scoring.region_targets` / `bsds_targets`)."""
 
-    indices: list[int]
-    names: list[str]
-    sizes: list[tuple[int, int]]
-    pixels: np.ndarray | None  # float32 [B, H, W, 3] backbone input; None: nothing to run
-    images: list[np.ndarray]  # uint8 [H_b, W_b, 3] originals of the real images (CRF only)
-    targets: np.ndarray | None  # int32 [B, H', W'] or [B, A, H', W'] prepared GT
-    failures: list[dict[str, Any]]
-
-    @property
-    def count(self) -> int:
-        return len(self.indices)
+    index: int
+    target: np.ndarray
 
 
 def _read_item(source: Sequence[dict[str, Any]], index: int, space: LabelSpace | None,
-               grid: tuple[int, int] | None
-               ) -> tuple[str, np.ndarray, np.ndarray] | dict[str, Any]:
-    """(name, image, prepared GT) of item `index`, or the record of why it is skipped."""
+               grid: tuple[int, int] | None) -> Item | Failure:
+    """Item `index` (payload: its `Example`), or a Failure whose payload is the record of
+    why it is skipped."""
     item = source[index]
     try:
         name, image, labels = read_example(item)
@@ -268,71 +269,48 @@ def _read_item(source: Sequence[dict[str, Any]], index: int, space: LabelSpace |
         what = "unreadable image" if isinstance(err, ImageLoadError) else "ground truth"
         name = item.get("name", f"#{index}")
         name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-        return dict(index=index, name=name, error=f"{what}: {err}")
-    return name, image, target
+        error = f"{what}: {err}"
+        return Failure(name, error, dict(index=index, name=name, error=error))
+    return Item(name, image, payload=Example(index, target))
 
 
-def _host_batches(source: Sequence[dict[str, Any]], todo: list[int], settings: EvalSettings,
-                  space: LabelSpace | None, model: ViT, batch_size: int
-                  ) -> Iterator[HostBatch]:
-    """Decode, resize and prepare the GT of `todo`, `batch_size` images at a time."""
-    patch = model.config.patch_size
-    height, width = image_size(settings.size, patch)
-    grid = (height // patch, width // patch) if settings.resolution == "patch" else None
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        items = [_read_item(source, index, space, grid) for index in chunk]
-        failures = [item for item in items if isinstance(item, dict)]
-        good = [(i, item) for i, item in zip(chunk, items, strict=True)
-                if not isinstance(item, dict)]
-        if not good:
-            yield HostBatch([], [], [], None, [], None, failures)
-            continue
-        indices = [i for i, _ in good]
-        names, images, targets = (list(x) for x in zip(*(item for _, item in good),
-                                                        strict=True))
-        sizes = [image.shape[:2] for image in images]
-        originals = images if settings.crf is not None else []
-        fill = batch_size - len(good)
-        images, targets, sizes = (x + x[-1:] * fill for x in (images, targets, sizes))
-        hw = grid or eval_scoring.padded_shape(sizes)
-        depth = None
-        if space is None:
-            depth = max(eval_scoring.BSDS_ANNOTATORS, *(t.shape[0] for t in targets))
-        yield HostBatch(indices, names, sizes,
-                        preprocess_images(images, (height, width), model.config), originals,
-                        eval_scoring.pad_maps(targets, hw, depth), failures)
-
-
-def _score_batch(host: HostBatch, settings: EvalSettings, space: LabelSpace | None,
-                 model: ViT, out: Path) -> list[dict[str, Any]]:
-    """Segment and score one host batch; records of its real images (with Hungarian
-    matching, their leaf data are saved under `out` first). With `settings.crf` the real
-    images' maps are CRF-refined; the padding copies (never scored) are upsampled."""
-    if host.pixels is None:
+def score_batch(result: BatchResult, settings: EvalSettings, space: LabelSpace | None,
+                 out_dir: Path, batch_size: int) -> list[dict[str, Any]]:
+    """Score one batch of trees; records of its real images (with Hungarian matching, their
+    leaf data are saved under `out_dir` first). With `settings.crf` the real images'
+    maps are CRF-refined. The trees, sizes and GT are padded to a multiple of `batch_size`
+    with copies of the last image (as the device batch was), so that the scoring programs
+    keep one shape per bucket."""
+    if result.output is None:
         return []
-    start = time.perf_counter()
-    features = extract_features(model, host.pixels, settings.features)
-    tree = partition(features, settings.partition, jax.random.key(settings.seed),
-                     solver=settings.solver)
+    out, count = result.output, len(result.items)
+    rows = -(-count // batch_size) * batch_size
+    indices = [item.payload.index for item in result.items]
+    sizes = [item.image.shape[:2] for item in result.items]
+    padded = lambda x: x + x[-1:] * (rows - len(x))
+    targets = padded([item.payload.target for item in result.items])
+    tree = jax.tree.map(lambda a: pad_batch(np.asarray(a), rows), out.tree)
     pred, slot_ids = eval_scoring.compact_tree(tree)
-    refined = [crf_level_labels(image, features[b], pred.level_labels[b], settings.crf)
-               for b, image in enumerate(host.images)]  # compacted ids, as pred's
-    pred = eval_scoring.at_resolution(pred, host.sizes if settings.resolution == "image"
-                                      else None, refined)
+    refined = [crf_level_labels(item.image, out.features[b], pred.level_labels[b], settings.crf)
+               for b, item in enumerate(result.items) if settings.crf is not None]
+    at_image = settings.resolution == "image"
+    pred = eval_scoring.at_resolution(pred, padded(sizes) if at_image else None, refined)
+    hw = eval_scoring.padded_shape(padded(sizes)) if at_image else targets[0].shape[-2:]
+    depth = None
     if space is None:
-        scores = eval_scoring.score_bsds(pred, host.targets, host.count)
+        depth = max(eval_scoring.BSDS_ANNOTATORS, *(t.shape[0] for t in targets))
+    gt = eval_scoring.pad_maps(targets, hw, depth)
+    if space is None:
+        scores = eval_scoring.score_bsds(pred, gt, count)
     else:
-        scores = eval_scoring.score_regions(pred, slot_ids, host.targets, space, host.count)
+        scores = eval_scoring.score_regions(pred, slot_ids, gt, space, count)
     if settings.matching == "hungarian":
-        leaves = eval_hungarian.leaf_data(features, tree, pred, slot_ids, host.targets,
-                                          space.num_nodes, host.count)
-        for index, (descriptors, counts) in zip(host.indices, leaves, strict=True):
-            eval_hungarian.save_leaf_data(out, index, descriptors, counts)
-    seconds = (time.perf_counter() - start) / host.count
-    sizes = host.sizes[: host.count]
-    return [dict(index=i, name=n, height=s[0], width=s[1], seconds=seconds) | r
-            for i, n, s, r in zip(host.indices, host.names, sizes, scores, strict=True)]
+        leaves = eval_hungarian.leaf_data(out.descriptors, pred, slot_ids, gt, space.num_nodes,
+                                          count)
+        for index, (descriptors, counts) in zip(indices, leaves, strict=True):
+            eval_hungarian.save_leaf_data(out_dir, index, descriptors, counts)
+    return [dict(index=i, name=item.name, height=s[0], width=s[1], seconds=0.0) | r
+            for i, item, s, r in zip(indices, result.items, sizes, scores, strict=True)]
 
 
 def _finish(settings: EvalSettings, options: RunOptions, records: list[dict[str, Any]],

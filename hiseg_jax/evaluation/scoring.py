@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from hiseg_jax.api import upsample_labels
 from hiseg_jax.hierarchies import LabelSpace, flat_label_space, index_label_space
 from hiseg_jax.metrics import (
     Accumulator,
@@ -39,7 +38,7 @@ from hiseg_jax.metrics import (
     evaluate_bsds_batch,
 )
 from hiseg_jax.metrics.regions import leaf_nodes
-from hiseg_jax.tree import Tree
+from hiseg_jax.tree import Tree, upsample_labels
 
 PAD = 32  # pixel maps are padded to multiples of this
 MIN_BUCKET = 32  # smallest node bucket

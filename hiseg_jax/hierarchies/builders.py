@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hiseg_jax.hierarchies.hierarchy import Hierarchy, format_hierarchy, parse_hierarchy
+from hiseg_jax.hierarchies.hierarchy import Hierarchy, parse_hierarchy
 
 ADE_PART_STRIDE = 4096  # > 3,688 ADE20K class indices
 PARTIMAGENET_BACKGROUND = 40
@@ -134,8 +134,3 @@ def partimagenet158_pixel_values(parts: np.ndarray, wnid: str, hierarchy: Hierar
     rank = wnids.index(wnid)
     return np.where(parts == PARTIMAGENET_BACKGROUND, parts,
                     PARTIMAGENET158_STRIDE * (rank + 1) + parts)
-
-
-def write_hierarchy(h: Hierarchy, path: Path, header: str) -> None:
-    """Write a built hierarchy as a `*.txt` file with a comment header."""
-    Path(path).write_text(format_hierarchy(h, header), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Evaluation metrics (../shared/docs/METRICS.md): covering metrics and max-overlap semantic
+"""Evaluation metrics (docs/metrics.md): covering metrics and max-overlap semantic
 scores, jit-compiled and batched, with a NumPy reference (`reference`) as their oracle.
 
 - `evaluate_batch`: NMCovering per region set, NHCovering, and every GT node's best match

@@ -1,4 +1,5 @@
-"""Covering metrics of one image (METRICS.md), in JAX, from best matches and region stats.
+"""Covering metrics of one image (docs/metrics.md, "Covering"), in JAX, from best matches
+and region stats.
 
 - NMCovering: unweighted mean over the scored GT regions of IoU(R, m(R)).
 - NFCovering: the same over foreground instances (an instance map whose background id is

@@ -1,6 +1,6 @@
 """Plain NumPy / SciPy oracle of the metrics, float64, one image at a time.
 
-Written straight from METRICS.md and the Metrics contract, sharing no code with the JAX path:
+Written straight from docs/metrics.md and the Metrics contract, sharing no code with the JAX path:
 node m covers pixel p iff `level_labels[depth[m], p] == m` (every level is read); a GT node
 covers the pixels whose label is itself or a descendant (found by walking parent pointers);
 lineages are explicit Python sets. Slow by design; use it to check, not to evaluate.

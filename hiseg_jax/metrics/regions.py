@@ -2,7 +2,7 @@
 
 Per image, never materialising a per-node mask: one bincount of (leaf node, GT label) pairs
 over the pixels gives the joint counts of the tree's deepest level; every node is the union
-of its leaves (METRICS.md), so node counts are those counts summed over descendants, one
+of its leaves (docs/metrics.md), so node counts are those counts summed over descendants, one
 matmul with the tree's ancestor matrix. GT regions are unions of GT labels likewise (GT
 ancestor matrix). Counts are carried in float32 and are exact while an image has < 2**24
 pixels (checked on the host). Functions here work on ONE image; the entry points vmap them.
@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-_HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 / bf16 passes: counts must stay exact
+from hiseg_jax.precision import HIGHEST
 
 
 class TreePrediction(NamedTuple):
@@ -95,14 +95,14 @@ def region_stats(leaf: jax.Array, gt: jax.Array, node_anc: jax.Array,
     level's node ids); gt: int32 [H, W] GT labels in [0, K), -1 ignored; node_anc: bool
     [M, M]; gt_anc: bool [G, K] (GT region g holds label k), None for a flat GT (G = K)."""
     counts = joint_counts(leaf, gt, node_anc.shape[0], num_labels).astype(jnp.float32)
-    node_label = jnp.dot(node_anc.astype(jnp.float32), counts, precision=_HIGHEST)  # [M, K]
+    node_label = jnp.dot(node_anc.astype(jnp.float32), counts, precision=HIGHEST)  # [M, K]
     label_area = counts.sum(0)
     if gt_anc is None:
         inter, gt_area = node_label.T, label_area
     else:
         gt_f = gt_anc.astype(jnp.float32)
-        inter = jnp.dot(gt_f, node_label.T, precision=_HIGHEST)
-        gt_area = jnp.dot(gt_f, label_area, precision=_HIGHEST)
+        inter = jnp.dot(gt_f, node_label.T, precision=HIGHEST)
+        gt_area = jnp.dot(gt_f, label_area, precision=HIGHEST)
     return RegionStats(inter, gt_area, node_label.sum(1), label_area.sum())
 
 

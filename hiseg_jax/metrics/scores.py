@@ -60,9 +60,17 @@ def _levels_to_ship(pred: TreePrediction, check_levels: bool) -> TreePrediction:
 
 
 @functools.partial(jax.jit, static_argnames=("num_labels", "steps"))
-def _score(pred: TreePrediction, gt: jax.Array, gt_anc: jax.Array | None,
-           region_sets: jax.Array, threshold: jax.Array, num_labels: int, steps: int
-           ) -> tuple[BatchScores, jax.Array]:
+def region_scores(pred: TreePrediction, gt: jax.Array, gt_anc: jax.Array | None,
+                  region_sets: jax.Array, threshold: jax.Array, num_labels: int, steps: int
+                  ) -> tuple[BatchScores, jax.Array]:
+    """Traced core of `evaluate_batch` (no host checks; usable inside a jitted step).
+
+    pred: level_labels int32 [B, L' + 1, H, W] (only the deepest level is read) and node
+    arrays [B, M]; gt: encoded GT node indices int32 [B, H, W] in [0, num_labels) (-1
+    ignored); gt_anc: bool [G, G] GT ancestry (None: flat); region_sets: bool [S, G];
+    steps: the tree's depth L. Returns (scores, violations int32 [B, V]: bad input counts,
+    see `metrics.checks.raise_for_violations`).
+    """
     lineage_anc = jnp.eye(num_labels, dtype=bool) if gt_anc is None else gt_anc
 
     def one(labels: jax.Array, valid: jax.Array, depth: jax.Array, parent: jax.Array,
@@ -91,7 +99,7 @@ def evaluate_batch(pred: TreePrediction, gt: np.ndarray, space: LabelSpace, *,
     encoded = space.encode(gt)
     pred = check_prediction(pred, encoded, 3)
     flat = bool(np.all(space.parent < 0))
-    scores, violations = _score(
+    scores, violations = region_scores(
         _levels_to_ship(pred, check_levels), encoded, None if flat else space.ancestor,
         space.region_sets, jnp.float32(threshold), num_labels=space.num_nodes,
         steps=pred.level_labels.shape[1] - 1)
@@ -113,8 +121,13 @@ def nf_covering_batch(pred: TreePrediction, instances: np.ndarray, num_instances
 
 
 @functools.partial(jax.jit, static_argnames=("num_regions", "steps"))
-def _score_bsds(pred: TreePrediction, segmentations: jax.Array, num_regions: int, steps: int
+def bsds_scores(pred: TreePrediction, segmentations: jax.Array, num_regions: int, steps: int
                 ) -> tuple[BSDSScores, jax.Array]:
+    """Traced core of `evaluate_bsds_batch` (no host checks; usable inside a jitted step).
+
+    segmentations: int32 [B, A, H, W] annotators' segment ids in [0, num_regions), -1
+    ignored; steps: the tree's depth L. Returns (scores, violations int32 [B, V]).
+    """
     num_levels = steps + 1
 
     def one(labels: jax.Array, valid: jax.Array, depth: jax.Array, parent: jax.Array,
@@ -144,7 +157,7 @@ def evaluate_bsds_batch(pred: TreePrediction, segmentations: np.ndarray, num_reg
     segment ids in [0, num_regions), -1 ignored; pad images with fewer annotators with an
     all -1 annotator (not counted)."""
     pred = check_prediction(pred, segmentations, 4)
-    scores, violations = _score_bsds(_levels_to_ship(pred, check_levels), segmentations,
+    scores, violations = bsds_scores(_levels_to_ship(pred, check_levels), segmentations,
                                      num_regions=num_regions,
                                      steps=pred.level_labels.shape[1] - 1)
     raise_for_violations(violations)

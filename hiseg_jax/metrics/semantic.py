@@ -1,4 +1,4 @@
-"""Semantic scores (METRICS.md): per-class TP/FP/FN summed over a dataset -> IoU per class,
+"""Semantic scores (docs/metrics.md): per-class TP/FP/FN summed over a dataset -> IoU per class,
 mIoU, pAcc, mAcc, fIoU.
 
 Max-overlap heuristic (the paper's protocol): per image, each GT class region R present is

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hiseg_jax.precision import HIGHEST
+
 PosembInterp = Literal["bicubic", "bicubic_antialias"]
 INTERP_MODES: tuple[str, ...] = ("bicubic", "bicubic_antialias")
 
@@ -96,5 +98,5 @@ def resample_grid(
     rows = jnp.asarray(resample_matrix(gh, size[0], mode, offset))
     cols = jnp.asarray(resample_matrix(gw, size[1], mode, offset))
     return jnp.einsum(
-        "hi,wj,ijd->hwd", rows, cols, grid, precision=jax.lax.Precision.HIGHEST
+        "hi,wj,ijd->hwd", rows, cols, grid, precision=HIGHEST
     )

@@ -1,4 +1,5 @@
-"""Frozen configuration of the spectral partitioner (ALGORITHM.md sections 1-5).
+"""Frozen configuration of the spectral partitioner (docs/method.md sections 1-4;
+the comments' section numbers are that file's).
 
 One dataclass is shared by the NumPy reference (`hiseg_jax.spectral.reference`) and the JAX
 implementation (`hiseg_jax.spectral.partition`), so both run exactly the same settings. Defaults are
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Literal
+
+StageASolver = Literal["eigh", "eigh_full", "lanczos"]
+StageBSolver = Literal["eigh", "lanczos"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +28,7 @@ class PartitionConfig:
     n_parts: int = 200  # P; Cityscapes uses 300
     # "eigh": dense, top P only where the platform can (CPU); "eigh_full": dense, all N pairs
     # on every platform; "lanczos": Krylov on the low-rank operator (see partition.py).
-    stage_a_solver: Literal["eigh", "eigh_full", "lanczos"] = "eigh"
+    stage_a_solver: StageASolver = "eigh"
     lanczos_iters: int = 300  # Krylov steps when stage_a_solver == "lanczos"
     stage_a_restarts: int = 10  # k-means restarts of stage A (the authors': 10)
     kmeans_restarts: int = 10  # k-means restarts of stage B's k-way cuts
@@ -36,13 +40,19 @@ class PartitionConfig:
     min_points: int = 1
     mncut_th: float = 0.8
     max_perturb: float = 50.0  # published configs say 80 but it is never passed through
+    # "eigh": dense eigh of each node's [P, P] Laplacian; "lanczos": masked Lanczos on it.
+    stage_b_solver: StageBSolver = "eigh"
+    stage_b_lanczos_steps: int = 64  # Krylov steps when stage_b_solver == "lanczos" (<= P)
+    node_chunk: int = 2  # stage-B nodes split at once (vmapped); results do not depend on it
 
     def __post_init__(self) -> None:
         if self.n_parts < 2:
             raise ValueError(f"n_parts must be >= 2, got {self.n_parts}")
         if self.max_kways < 2:
             raise ValueError(f"max_kways must be >= 2, got {self.max_kways}")
-        for name in ("stage_a_restarts", "kmeans_restarts", "kmeans_max_iter", "lanczos_iters"):
+        positive = ("stage_a_restarts", "kmeans_restarts", "kmeans_max_iter", "lanczos_iters",
+                    "stage_b_lanczos_steps", "node_chunk")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.levels < 1:
@@ -52,5 +62,17 @@ class PartitionConfig:
                 "stage_a_solver must be 'eigh', 'eigh_full' or 'lanczos', "
                 f"got {self.stage_a_solver!r}"
             )
+        if self.stage_b_solver not in ("eigh", "lanczos"):
+            raise ValueError(
+                f"stage_b_solver must be 'eigh' or 'lanczos', got {self.stage_b_solver!r}"
+            )
         if self.adjacency not in ("minmax", "exp"):
             raise ValueError(f"adjacency must be 'minmax' or 'exp', got {self.adjacency!r}")
+
+
+def check_grid(grid: tuple[int, int], n_parts: int) -> None:
+    """ValueError unless a patch grid (h, w) holds at least `n_parts` patches: stage A
+    clusters the patches into n_parts parts."""
+    h, w = (int(s) for s in grid)
+    if h * w < n_parts:
+        raise ValueError(f"{h}x{w} = {h * w} patches are fewer than n_parts = {n_parts}")

