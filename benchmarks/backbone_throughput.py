@@ -83,8 +83,13 @@ def load_models() -> tuple[nnx.Module, Dinov2Model]:
         flax_model = vit_from_flat(
             get_config(DEFAULT_BACKBONE), convert_state_dict(state, DEFAULT_BACKBONE, "hf")
         )
-        config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                              patch_size=14, image_size=518)
+        config = Dinov2Config(
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            patch_size=14,
+            image_size=518,
+        )
         config.save_pretrained(folder)
         save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         torch_model = Dinov2Model.from_pretrained(folder).eval()
@@ -155,6 +160,7 @@ def layer_profile(size: int, batch: int, repeats: int, flax_model, torch_model) 
         def run() -> np.ndarray:
             with torch.inference_mode():
                 return fn().numpy()
+
         return run
 
     tiled, materialised = jax.jit(dot_product_attention), jax.jit(jax.nn.dot_product_attention)
@@ -163,21 +169,27 @@ def layer_profile(size: int, batch: int, repeats: int, flax_model, torch_model) 
     parts = {  # name: (Flax, PyTorch), both giving [B, T, ...]
         "attention core, tiled": (lambda: np.asarray(tiled(*qkv)), torch_attention),
         "attention core, materialised (jax.nn)": (
-            lambda: np.asarray(materialised(*qkv)), torch_attention
+            lambda: np.asarray(materialised(*qkv)),
+            torch_attention,
         ),
         "MLP": (jitted(block.mlp), torch_call(lambda: torch_block.mlp(torch_x))),
         "whole block": (jitted(block), torch_call(lambda: torch_block(torch_x))),
     }
     group, chunk = tile_shape(batch * heads, tokens, default_max_logits())
-    print(f"\n{size} px, T = {tokens}, batch {batch}: tiles of {group} (batch, head) pairs x "
-          f"{chunk} queries x {tokens} keys")
+    print(
+        f"\n{size} px, T = {tokens}, batch {batch}: tiles of {group} (batch, head) pairs x "
+        f"{chunk} queries x {tokens} keys"
+    )
     print("| part | Flax ms | PyTorch ms | Flax / PyTorch time | max abs diff |")
     print("| --- | --- | --- | --- | --- |")
     for name, (flax_fn, torch_fn) in parts.items():
         difference = float(np.abs(flax_fn() - torch_fn()).max())  # warm-up (and compile)
         seconds = interleaved({"flax": flax_fn, "torch": torch_fn}, repeats)
-        print(f"| {name} | {1e3 * seconds['flax']:.1f} | {1e3 * seconds['torch']:.1f} | "
-              f"{seconds['flax'] / seconds['torch']:.2f} | {difference:.1e} |", flush=True)
+        print(
+            f"| {name} | {1e3 * seconds['flax']:.1f} | {1e3 * seconds['torch']:.1f} | "
+            f"{seconds['flax'] / seconds['torch']:.2f} | {difference:.1e} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -185,21 +197,28 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 840])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--layer-profile", action="store_true",
-                        help="time one block's parts (attention core, MLP) instead")
+    parser.add_argument(
+        "--layer-profile",
+        action="store_true",
+        help="time one block's parts (attention core, MLP) instead",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     flax_model, torch_model = load_models()
     print(f"machine: {machine()}")
-    print(f"model: {DEFAULT_BACKBONE} (DINOv2 ViT-S/14), batch {args.batch}, "
-          f"median of {args.repeats} interleaved repeats; "
-          f"torch attention: {torch_model.config._attn_implementation}")
+    print(
+        f"model: {DEFAULT_BACKBONE} (DINOv2 ViT-S/14), batch {args.batch}, "
+        f"median of {args.repeats} interleaved repeats; "
+        f"torch attention: {torch_model.config._attn_implementation}"
+    )
     if args.layer_profile:
         for size in args.sizes:
             layer_profile(size, args.batch, args.repeats, flax_model, torch_model)
         return
-    print("\n| size | tokens | GFLOP/img analytic | GFLOP/img XLA | Flax img/s | PyTorch img/s "
-          "| Flax / PyTorch | Flax GFLOP/s | PyTorch GFLOP/s | max abs diff |")
+    print(
+        "\n| size | tokens | GFLOP/img analytic | GFLOP/img XLA | Flax img/s | PyTorch img/s "
+        "| Flax / PyTorch | Flax GFLOP/s | PyTorch GFLOP/s | max abs diff |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         r = bench(size, args.batch, args.repeats, flax_model, torch_model)

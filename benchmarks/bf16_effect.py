@@ -49,22 +49,31 @@ def items(count: int) -> list[Item]:
     paths = sorted((BSDS / "images" / "val").glob("*.jpg"))[:count]
     if not paths:
         raise SystemExit(f"no BSDS500 val images under {BSDS}")
-    return [Item(p.stem, load_image(p), read_bsds_mat(BSDS / "groundTruth" / "val" /
-                                                    f"{p.stem}.mat")) for p in paths]
+    return [
+        Item(p.stem, load_image(p), read_bsds_mat(BSDS / "groundTruth" / "val" / f"{p.stem}.mat"))
+        for p in paths
+    ]
 
 
 def nm_covering(tree: Any, index: int, segs: np.ndarray, space: Any) -> float:
     """NMCovering of one tree against each annotator (flat GT), mean over annotators."""
     pixels = np.asarray(upsample_labels(patch_level_labels(tree[index]), segs.shape[1:]))
-    pred = TreePrediction(pixels, tree.valid[index : index + 1], tree.depth[index : index + 1],
-                          tree.parent[index : index + 1])
-    values = [float(evaluate_batch(pred, seg[None] - 1, space, check_levels=False)
-                    .nm_covering[0, 0]) for seg in segs]
+    pred = TreePrediction(
+        pixels,
+        tree.valid[index : index + 1],
+        tree.depth[index : index + 1],
+        tree.parent[index : index + 1],
+    )
+    values = [
+        float(evaluate_batch(pred, seg[None] - 1, space, check_levels=False).nm_covering[0, 0])
+        for seg in segs
+    ]
     return float(np.mean(values))
 
 
-def run(dtype: str, seed: int, data: list[Item], size: int, batch: int,
-        config: PartitionConfig) -> dict:
+def run(
+    dtype: str, seed: int, data: list[Item], size: int, batch: int, config: PartitionConfig
+) -> dict:
     model = load_backbone(default_checkpoint_path())
     step = make_step(model, size, config, dtype=dtype, metric=bsds_metric(NUM_REGIONS))
     space = flat_label_space(NUM_REGIONS)
@@ -109,20 +118,34 @@ def compare(base: dict[str, dict], other: dict[str, dict]) -> dict[str, float]:
         diff = np.asarray([other[n][metric] - base[n][metric] for n in names])
         out[f"{metric}_diff"] = float(diff.mean())
         out[f"{metric}_diff_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
-    out["feature_rel_error"] = float(np.mean([
-        np.linalg.norm(other[n]["features"] - base[n]["features"])
-        / np.linalg.norm(base[n]["features"]) for n in names]))
+    out["feature_rel_error"] = float(
+        np.mean(
+            [
+                np.linalg.norm(other[n]["features"] - base[n]["features"])
+                / np.linalg.norm(base[n]["features"])
+                for n in names
+            ]
+        )
+    )
     for field in ("parts", "leaves"):
-        out[f"{field}_ari"] = float(np.mean([
-            adjusted_rand_score(base[n][field], other[n][field]) for n in names]))
-    out["identical_trees"] = int(sum(
-        np.array_equal(base[n]["leaves"], other[n]["leaves"])
-        and np.array_equal(base[n]["parts"], other[n]["parts"]) for n in names))
+        out[f"{field}_ari"] = float(
+            np.mean([adjusted_rand_score(base[n][field], other[n][field]) for n in names])
+        )
+    out["identical_trees"] = int(
+        sum(
+            np.array_equal(base[n]["leaves"], other[n]["leaves"])
+            and np.array_equal(base[n]["parts"], other[n]["parts"])
+            for n in names
+        )
+    )
     return out
 
 
-RUNS = {"float32": ("float32", 0), "bfloat16": ("bfloat16", 0),
-        "float32, key 1 (control)": ("float32", 1)}
+RUNS = {
+    "float32": ("float32", 0),
+    "bfloat16": ("bfloat16", 0),
+    "float32, key 1 (control)": ("float32", 1),
+}
 
 
 def main() -> None:
@@ -133,36 +156,63 @@ def main() -> None:
     args = parser.parse_args()
     data = items(args.images)
     config = PartitionConfig()
-    runs = {name: run(dtype, seed, data, args.size, args.batch, config)
-            for name, (dtype, seed) in RUNS.items()}
+    runs = {
+        name: run(dtype, seed, data, args.size, args.batch, config)
+        for name, (dtype, seed) in RUNS.items()
+    }
     base = runs["float32"]["images"]
     table = {name: summary(r["images"]) for name, r in runs.items()}
     diffs = {name: compare(base, r["images"]) for name, r in runs.items() if name != "float32"}
-    print(f"BSDS500 val, first {len(base)} images, {args.size} px, batch {args.batch}, "
-          f"P = {config.n_parts}, levels = {config.levels}\n")
-    print("| run | BSDS Best | ODS | OIS | NMCovering | nodes/img | stream s (total, "
-          "after 1st batch) |")
+    print(
+        f"BSDS500 val, first {len(base)} images, {args.size} px, batch {args.batch}, "
+        f"P = {config.n_parts}, levels = {config.levels}\n"
+    )
+    print(
+        "| run | BSDS Best | ODS | OIS | NMCovering | nodes/img | stream s (total, "
+        "after 1st batch) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, row in table.items():
         r = runs[name]
-        print(f"| {name} | {row['best']:.4f} | {row['ods']:.4f} | {row['ois']:.4f} | "
-              f"{row['nm_covering']:.4f} | {row['nodes']:.1f} | {r['seconds']:.0f}, "
-              f"{r['seconds_after_first']:.0f} |")
-    print("\n| vs float32 | Best diff | NMCovering diff | feature rel. error | ARI parts | "
-          "ARI leaves | identical trees |")
+        print(
+            f"| {name} | {row['best']:.4f} | {row['ods']:.4f} | {row['ois']:.4f} | "
+            f"{row['nm_covering']:.4f} | {row['nodes']:.1f} | {r['seconds']:.0f}, "
+            f"{r['seconds_after_first']:.0f} |"
+        )
+    print(
+        "\n| vs float32 | Best diff | NMCovering diff | feature rel. error | ARI parts | "
+        "ARI leaves | identical trees |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, d in diffs.items():
-        print(f"| {name} | {d['best_diff']:+.4f} +- {d['best_diff_se']:.4f} | "
-              f"{d['nm_covering_diff']:+.4f} +- {d['nm_covering_diff_se']:.4f} | "
-              f"{d['feature_rel_error']:.4f} | {d['parts_ari']:.3f} | {d['leaves_ari']:.3f} | "
-              f"{d['identical_trees']}/{len(base)} |")
+        print(
+            f"| {name} | {d['best_diff']:+.4f} +- {d['best_diff_se']:.4f} | "
+            f"{d['nm_covering_diff']:+.4f} +- {d['nm_covering_diff_se']:.4f} | "
+            f"{d['feature_rel_error']:.4f} | {d['parts_ari']:.3f} | {d['leaves_ari']:.3f} | "
+            f"{d['identical_trees']}/{len(base)} |"
+        )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bf16_effect.json").write_text(json.dumps({
-        "args": vars(args), "summary": table, "compare": diffs,
-        "per_image": {name: {n: {k: v for k, v in r["images"][n].items()
-                                 if k in ("best", "levels", "nodes", "nm_covering")}
-                             for n in base} for name, r in runs.items()},
-    }, indent=1))
+    (RESULTS / "bf16_effect.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "summary": table,
+                "compare": diffs,
+                "per_image": {
+                    name: {
+                        n: {
+                            k: v
+                            for k, v in r["images"][n].items()
+                            if k in ("best", "levels", "nodes", "nm_covering")
+                        }
+                        for n in base
+                    }
+                    for name, r in runs.items()
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -207,7 +207,10 @@ def main() -> None:
         "--features", help="features .npz (x [B, h, w, E]): its first image instead of --sizes"
     )
     parser.add_argument(
-        "--ritz", nargs="*", default=[], metavar="LOCAL:SHIFTS",
+        "--ritz",
+        nargs="*",
+        default=[],
+        metavar="LOCAL:SHIFTS",
         help="structured Rayleigh-Ritz probes, e.g. 400:2 (float64, accuracy only)",
     )
     args = parser.parse_args()

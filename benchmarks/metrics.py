@@ -72,8 +72,9 @@ def synthetic_tree(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     return pixels, valid, depth, parent
 
 
-def synthetic_gt(rng: np.random.Generator, values: np.ndarray, regions: int,
-                 ignore_value: int) -> np.ndarray:
+def synthetic_gt(
+    rng: np.random.Generator, values: np.ndarray, regions: int, ignore_value: int
+) -> np.ndarray:
     """Voronoi regions of random raw values at pixel resolution, ~2% ignored pixels."""
     cells = voronoi(rng, np.ones((GRID, GRID), bool), regions)
     raw = rng.choice(values, size=regions)[cells].repeat(SCALE, 0).repeat(SCALE, 1)
@@ -101,43 +102,68 @@ def main() -> None:
     space = label_space(load_hierarchy("cocostuff"))
     trees = [synthetic_tree(rng) for _ in range(args.batch)]
     pred = TreePrediction(*(np.stack(x) for x in zip(*trees, strict=True)))
-    raw_gt = np.stack([synthetic_gt(rng, space.keys[space.targets >= 0], 15, 255)
-                       for _ in range(args.batch)])
-    segs = np.stack([[synthetic_gt(rng, np.arange(1, 31), 30, -1) for _ in range(5)]
-                     for _ in range(args.batch)]).astype(np.int32)
+    raw_gt = np.stack(
+        [synthetic_gt(rng, space.keys[space.targets >= 0], 15, 255) for _ in range(args.batch)]
+    )
+    segs = np.stack(
+        [[synthetic_gt(rng, np.arange(1, 31), 30, -1) for _ in range(5)] for _ in range(args.batch)]
+    ).astype(np.int32)
     gt = space.encode(raw_gt)
     nodes = pred.node_valid.sum(1)
-    print(f"{jax.devices()[0].platform} ({os.cpu_count()} cores), batch {args.batch} of "
-          f"{GRID * SCALE}x{GRID * SCALE}, trees of {nodes.min()}-{nodes.max()} nodes over "
-          f"{LEVELS} levels; COCO-Stuff space of {space.num_nodes} GT nodes")
+    print(
+        f"{jax.devices()[0].platform} ({os.cpu_count()} cores), batch {args.batch} of "
+        f"{GRID * SCALE}x{GRID * SCALE}, trees of {nodes.min()}-{nodes.max()} nodes over "
+        f"{LEVELS} levels; COCO-Stuff space of {space.num_nodes} GT nodes"
+    )
 
-    device_pred = TreePrediction(jnp.asarray(pred.level_labels[:, -1:]),
-                                 *(jnp.asarray(x) for x in pred[1:]))
+    device_pred = TreePrediction(
+        jnp.asarray(pred.level_labels[:, -1:]), *(jnp.asarray(x) for x in pred[1:])
+    )
     anc, sets, thr = jnp.asarray(space.ancestor), jnp.asarray(space.region_sets), jnp.float32(0)
     device_gt, device_segs = jnp.asarray(gt), jnp.asarray(segs)
     rows = {
         "semantic+covering: jax evaluate_batch (level check on)": timed(
-            lambda: evaluate_batch(pred, raw_gt, space), args.repeats) / args.batch,
+            lambda: evaluate_batch(pred, raw_gt, space), args.repeats
+        )
+        / args.batch,
         "semantic+covering: jax evaluate_batch (level check off)": timed(
-            lambda: evaluate_batch(pred, raw_gt, space, check_levels=False),
-            args.repeats) / args.batch,
+            lambda: evaluate_batch(pred, raw_gt, space, check_levels=False), args.repeats
+        )
+        / args.batch,
         "semantic+covering: jax jitted core": timed(
-            lambda: region_scores(device_pred, device_gt, anc, sets, thr,
-                                  num_labels=space.num_nodes, steps=LEVELS),
-            args.repeats) / args.batch,
+            lambda: region_scores(
+                device_pred, device_gt, anc, sets, thr, num_labels=space.num_nodes, steps=LEVELS
+            ),
+            args.repeats,
+        )
+        / args.batch,
         "semantic+covering: numpy reference": timed(
-            lambda: [reference_image_scores(*t, gt[b], space.parent, space.region_sets)
-                     for b, t in enumerate(trees[: args.ref_images])],
-            1, warm_up=False) / args.ref_images,
+            lambda: [
+                reference_image_scores(*t, gt[b], space.parent, space.region_sets)
+                for b, t in enumerate(trees[: args.ref_images])
+            ],
+            1,
+            warm_up=False,
+        )
+        / args.ref_images,
         "bsds (5 annotators): jax evaluate_bsds_batch (level check on)": timed(
-            lambda: evaluate_bsds_batch(pred, segs, 31), args.repeats) / args.batch,
+            lambda: evaluate_bsds_batch(pred, segs, 31), args.repeats
+        )
+        / args.batch,
         "bsds (5 annotators): jax jitted core": timed(
             lambda: bsds_scores(device_pred, device_segs, num_regions=31, steps=LEVELS),
-            args.repeats) / args.batch,
+            args.repeats,
+        )
+        / args.batch,
         "bsds (5 annotators): numpy reference": timed(
-            lambda: [reference_bsds_image(*t, segs[b], 31)
-                     for b, t in enumerate(trees[: args.ref_images])],
-            1, warm_up=False) / args.ref_images,
+            lambda: [
+                reference_bsds_image(*t, segs[b], 31)
+                for b, t in enumerate(trees[: args.ref_images])
+            ],
+            1,
+            warm_up=False,
+        )
+        / args.ref_images,
     }
     width = max(map(len, rows))
     print(f"{'path':<{width}} | {'ms/image':>9} | {'images/s':>8}")

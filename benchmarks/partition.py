@@ -187,14 +187,24 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="append", help=f"JAX config name:field=value,... (default {PROFILES})"
     )
-    parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), default="eigh",
-                        help="PartitionConfig.stage_b_solver of every profile")
-    parser.add_argument("--chunk", type=int, default=PartitionConfig.node_chunk,
-                        help="PartitionConfig.node_chunk of every profile")
+    parser.add_argument(
+        "--stage-b-solver",
+        choices=("eigh", "lanczos"),
+        default="eigh",
+        help="PartitionConfig.stage_b_solver of every profile",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=PartitionConfig.node_chunk,
+        help="PartitionConfig.node_chunk of every profile",
+    )
     args = parser.parse_args()
     stage_b = {"stage_b_solver": args.stage_b_solver, "node_chunk": args.chunk}
-    profiles = {name: dataclasses.replace(config, **stage_b)
-                for name, config in (parse_variant(p) for p in (args.profile or PROFILES))}
+    profiles = {
+        name: dataclasses.replace(config, **stage_b)
+        for name, config in (parse_variant(p) for p in (args.profile or PROFILES))
+    }
     print(f"devices: {jax.devices()}, CPU affinity: {sorted(os.sched_getaffinity(0))}")
     for size in args.sizes:
         feats, source = load_features(size, args.images)

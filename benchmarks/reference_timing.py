@@ -60,11 +60,14 @@ def main() -> None:
         for side in args.grids:
             runs = [time_stages(side, args.parts, seed) for seed in range(args.repeats)]
             best = {k: float(np.min([r[k] for r in runs])) for k in runs[0]}
-            times = ", ".join(f"{k} {best[k]:.2f}s"
-                              for k in ("graph", "eigh", "kmeans", "stage_b", "total"))
-            print(f"{side}x{side} N={side * side} P={args.parts}: {times} (best of "
-                  f"{args.repeats}); nodes {[r['nodes'] for r in runs]}, planted groups' "
-                  f"min IoU {[round(float(r['min_iou']), 3) for r in runs]}")
+            times = ", ".join(
+                f"{k} {best[k]:.2f}s" for k in ("graph", "eigh", "kmeans", "stage_b", "total")
+            )
+            print(
+                f"{side}x{side} N={side * side} P={args.parts}: {times} (best of "
+                f"{args.repeats}); nodes {[r['nodes'] for r in runs]}, planted groups' "
+                f"min IoU {[round(float(r['min_iou']), 3) for r in runs]}"
+            )
 
 
 if __name__ == "__main__":

@@ -66,8 +66,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BSDS_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds500" / "images"
 STAGES = ("backbone", "graph_eig", "kmeans", "stage_b")
 QUICK = dict(sizes=[448, 672], batches=[1, 2], reference_sizes=[448, 672], repeats=2)
-FULL = dict(sizes=[448, 672, 840, 1120], batches=[1, 2, 4, 8, 16, 32],
-            reference_sizes=[448, 672, 840, 1120], repeats=3)
+FULL = dict(
+    sizes=[448, 672, 840, 1120],
+    batches=[1, 2, 4, 8, 16, 32],
+    reference_sizes=[448, 672, 840, 1120],
+    repeats=3,
+)
 
 
 # ----------------------------------------------------------------------------------------
@@ -100,8 +104,10 @@ def cpu_theoretical_peak() -> tuple[float, str]:
     cores = os.cpu_count() or 1
     clock = statistics.mean(mhz) * 1e6 if mhz else float("nan")
     peak = cores * lanes * 2 * 2 * clock
-    note = (f"{cores} cores x {lanes} f32 lanes x 2 (FMA) x 2 FMA units x "
-            f"{clock / 1e9:.2f} GHz (assumed, /proc/cpuinfo)")
+    note = (
+        f"{cores} cores x {lanes} f32 lanes x 2 (FMA) x 2 FMA units x "
+        f"{clock / 1e9:.2f} GHz (assumed, /proc/cpuinfo)"
+    )
     return peak, note
 
 
@@ -187,8 +193,9 @@ def stage_programs(model: ViT, config: PartitionConfig, dtype: Any) -> dict[str,
     }
 
 
-def time_stages(model: ViT, config: PartitionConfig, dtype: Any, images: np.ndarray,
-                repeats: int) -> dict[str, Any]:
+def time_stages(
+    model: ViT, config: PartitionConfig, dtype: Any, images: np.ndarray, repeats: int
+) -> dict[str, Any]:
     """Seconds per batch of each stage, and the backbone's FLOPs per image (XLA)."""
     programs = stage_programs(model, config, dtype)
     params = cast_floating(nnx.state(model, nnx.Param), dtype)
@@ -215,8 +222,9 @@ def time_stages(model: ViT, config: PartitionConfig, dtype: Any, images: np.ndar
 # The fused step.
 
 
-def time_step(model: ViT, size: int, config: PartitionConfig, dtype: str,
-              images: np.ndarray, repeats: int) -> dict[str, Any]:
+def time_step(
+    model: ViT, size: int, config: PartitionConfig, dtype: str, images: np.ndarray, repeats: int
+) -> dict[str, Any]:
     """Median wall / CPU seconds of the end-to-end step on one batch (host -> device copy
     included), compile seconds, and memory (arguments + outputs + temporaries of the
     compiled program, XLA's memory analysis)."""
@@ -227,10 +235,16 @@ def time_step(model: ViT, size: int, config: PartitionConfig, dtype: str,
     compile_s = time.perf_counter() - start
     out = jax.block_until_ready(compiled(*args))
     seconds = _median_time(
-        lambda: jax.block_until_ready(compiled(*step.arguments(images))), repeats, False)
+        lambda: jax.block_until_ready(compiled(*step.arguments(images))), repeats, False
+    )
     memory = compiled.memory_analysis()
-    program = float("nan") if memory is None else float(
-        memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes)
+    program = (
+        float("nan")
+        if memory is None
+        else float(
+            memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+        )
+    )
     nodes = float(np.asarray(out.tree.valid).sum(axis=1).mean())
     return {**seconds, "compile_s": compile_s, "program_bytes": program, "mean_nodes": nodes}
 
@@ -253,11 +267,9 @@ def time_reference(features: np.ndarray, config: PartitionConfig) -> dict[str, d
 
     def tree() -> None:
         parts = state["parts"]
-        reference_stage_b(reference_part_graph(state["w"], parts, int(parts.max()) + 1),
-                          config, 0)
+        reference_stage_b(reference_part_graph(state["w"], parts, int(parts.max()) + 1), config, 0)
 
-    out = {name: _timed(fn) for name, fn in zip(STAGES[1:], (graph_eig, kmeans, tree),
-                                                 strict=True)}
+    out = {name: _timed(fn) for name, fn in zip(STAGES[1:], (graph_eig, kmeans, tree), strict=True)}
     out["total"] = {clock: sum(out[k][clock] for k in STAGES[1:]) for clock in ("wall", "cpu")}
     return out
 
@@ -294,40 +306,52 @@ def report(results: dict[str, Any]) -> str:
             f"{r['cpu'] / r['batch']:.2f} | {r['compile_s']:.0f} | "
             f"{r['program_bytes'] / 2**20:.0f} | {r['mean_nodes']:.0f} |"
         )
-    lines += ["", "Per stage, CPU s/img; backbone GFLOP per CPU-s (% of the matmul's); the "
-              "NumPy/SciPy reference on the same image's features (float64, CPU s):", "",
-              "| N | batch | backbone | graph+eig | k-means | stage B | sum | step | "
-              "backbone GFLOP/CPU-s | host s/img | ref graph+eig | ref k-means | "
-              "ref stage B | ref total |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | "
-              "--- |"]
+    lines += [
+        "",
+        "Per stage, CPU s/img; backbone GFLOP per CPU-s (% of the matmul's); the "
+        "NumPy/SciPy reference on the same image's features (float64, CPU s):",
+        "",
+        "| N | batch | backbone | graph+eig | k-means | stage B | sum | step | "
+        "backbone GFLOP/CPU-s | host s/img | ref graph+eig | ref k-means | "
+        "ref stage B | ref total |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in results["stages"]:
         b = s["batch"]
         rate = s["backbone_flops_per_image"] * b / s["backbone"]["cpu"]
         ref = s.get("reference") or {}
-        ref_cells = " | ".join(f"{ref[k]['cpu']:.2f}" if k in ref else "-"
-                               for k in ("graph_eig", "kmeans", "stage_b", "total"))
+        ref_cells = " | ".join(
+            f"{ref[k]['cpu']:.2f}" if k in ref else "-"
+            for k in ("graph_eig", "kmeans", "stage_b", "total")
+        )
         total = sum(s[k]["cpu"] for k in STAGES)
         lines.append(
-            f"| {s['n']} | {b} | " + " | ".join(f"{s[k]['cpu'] / b:.2f}" for k in STAGES)
+            f"| {s['n']} | {b} | "
+            + " | ".join(f"{s[k]['cpu'] / b:.2f}" for k in STAGES)
             + f" | {total / b:.2f} | {s['step']['cpu'] / b:.2f} | "
             f"{rate / 1e9:.1f} ({100 * rate / peak['cpu']:.0f}%) | "
             f"{s['host_seconds_per_image']:.3f} | {ref_cells} |"
         )
-    lines += ["", "CPU time per image ~ N^a (fit over the sizes): "
-              + ", ".join(f"{k} a = {v:.2f}" for k, v in results["exponents"].items()),
-              f"peak RSS of the process: {results['peak_rss_mib']:.0f} MiB"]
+    lines += [
+        "",
+        "CPU time per image ~ N^a (fit over the sizes): "
+        + ", ".join(f"{k} a = {v:.2f}" for k, v in results["exponents"].items()),
+        f"peak RSS of the process: {results['peak_rss_mib']:.0f} MiB",
+    ]
     return "\n".join(lines)
 
 
 def exponents(stage_rows: list[dict[str, Any]]) -> dict[str, float]:
     """a of CPU s/img ~ N^a per stage, for the step and for the reference partitioner."""
     ns = [s["n"] for s in stage_rows]
-    fits = {k: fit_exponent(ns, [s[k]["cpu"] / s["batch"] for s in stage_rows])
-            for k in (*STAGES, "step")}
+    fits = {
+        k: fit_exponent(ns, [s[k]["cpu"] / s["batch"] for s in stage_rows])
+        for k in (*STAGES, "step")
+    }
     with_ref = [s for s in stage_rows if s["reference"]]
-    fits["reference"] = fit_exponent([s["n"] for s in with_ref],
-                                     [s["reference"]["total"]["cpu"] for s in with_ref])
+    fits["reference"] = fit_exponent(
+        [s["n"] for s in with_ref], [s["reference"]["total"]["cpu"] for s in with_ref]
+    )
     return fits
 
 
@@ -366,24 +390,39 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for batch in sorted({r["batch"] for r in results["runs"]}):
         runs = sorted((r for r in results["runs"] if r["batch"] == batch), key=lambda r: r["n"])
         ns = [r["n"] for r in runs]
-        line, = axes[0].plot(ns, [batch / r["wall"] for r in runs], "o-", label=f"batch {batch}")
+        (line,) = axes[0].plot(ns, [batch / r["wall"] for r in runs], "o-", label=f"batch {batch}")
         axes[0].plot(ns, [batch / r["cpu"] for r in runs], ":", color=line.get_color())
-    ref = [(s["n"], 1.0 / s["reference"]["total"]["cpu"]) for s in results["stages"]
-           if s["reference"]]
+    ref = [
+        (s["n"], 1.0 / s["reference"]["total"]["cpu"]) for s in results["stages"] if s["reference"]
+    ]
     if ref:
-        axes[0].plot(*zip(*ref, strict=True), "k--", marker="s",
-                     label="NumPy reference, partitioner only (per CPU-s)")
+        axes[0].plot(
+            *zip(*ref, strict=True),
+            "k--",
+            marker="s",
+            label="NumPy reference, partitioner only (per CPU-s)",
+        )
     for n in sorted({r["n"] for r in results["runs"]}):
         runs = sorted((r for r in results["runs"] if r["n"] == n), key=lambda r: r["batch"])
         batches = [r["batch"] for r in runs]
-        line, = axes[1].plot(batches, [r["batch"] / r["wall"] for r in runs], "o-",
-                             label=f"N = {n}")
-        axes[1].plot(batches, [r["batch"] / r["cpu"] for r in runs], ":",
-                     color=line.get_color())
-    axes[0].set(xscale="log", yscale="log", xlabel="patches N", ylabel="images / s",
-                title="end-to-end vs N (solid: wall, dotted: CPU-s)")
-    axes[1].set(xscale="log", yscale="log", xlabel="batch size", ylabel="images / s",
-                title="vs batch size (solid: wall, dotted: CPU-s)")
+        (line,) = axes[1].plot(
+            batches, [r["batch"] / r["wall"] for r in runs], "o-", label=f"N = {n}"
+        )
+        axes[1].plot(batches, [r["batch"] / r["cpu"] for r in runs], ":", color=line.get_color())
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="patches N",
+        ylabel="images / s",
+        title="end-to-end vs N (solid: wall, dotted: CPU-s)",
+    )
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="images / s",
+        title="vs batch size (solid: wall, dotted: CPU-s)",
+    )
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
@@ -403,17 +442,27 @@ def main() -> None:
     parser.add_argument("--reference-sizes", type=int, nargs="*")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--config", default="",
-                        help="PartitionConfig fields, e.g. stage_a_restarts=1,stage_b_solver="
-                        "lanczos (default: the authors' settings)")
+    parser.add_argument(
+        "--config",
+        default="",
+        help="PartitionConfig fields, e.g. stage_a_restarts=1,stage_b_solver="
+        "lanczos (default: the authors' settings)",
+    )
     parser.add_argument("--random-weights", action="store_true")
-    parser.add_argument("--no-stages", action="store_true",
-                        help="end-to-end runs only: no per-stage split, no reference (for "
-                        "large batches, merged with a run that has them)")
+    parser.add_argument(
+        "--no-stages",
+        action="store_true",
+        help="end-to-end runs only: no per-stage split, no reference (for "
+        "large batches, merged with a run that has them)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "throughput.json")
-    parser.add_argument("--plot-from", type=Path, nargs="+",
-                        help="only plot saved JSONs (several: runs merged, e.g. a sweep run "
-                        "in parts); the plot goes next to --output")
+    parser.add_argument(
+        "--plot-from",
+        type=Path,
+        nargs="+",
+        help="only plot saved JSONs (several: runs merged, e.g. a sweep run "
+        "in parts); the plot goes next to --output",
+    )
     args = parser.parse_args()
     if args.plot_from:
         results = merge_results([json.loads(p.read_text()) for p in args.plot_from])
@@ -423,8 +472,9 @@ def main() -> None:
         return
     preset = FULL if args.full else QUICK
     sizes, batches = args.sizes or preset["sizes"], args.batches or preset["batches"]
-    reference_sizes = (preset["reference_sizes"] if args.reference_sizes is None
-                       else args.reference_sizes)
+    reference_sizes = (
+        preset["reference_sizes"] if args.reference_sizes is None else args.reference_sizes
+    )
     repeats = args.repeats or preset["repeats"]
     config = parse_variant(f"cli:{args.config}")[1]
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
@@ -439,11 +489,16 @@ def main() -> None:
         note = f"theoretical {theory / 1e9:.0f} GFLOP/s = {formula}"
     results: dict[str, Any] = {
         "device": f"{device.device_kind} x {jax.device_count()} ({cpu_model()}, "
-                  f"{os.cpu_count()} cores; jax {jax.__version__})",
-        "model": model_name, "dtype": args.dtype, "images": source,
+        f"{os.cpu_count()} cores; jax {jax.__version__})",
+        "model": model_name,
+        "dtype": args.dtype,
+        "images": source,
         "solver": config.stage_b_solver,
         "config": {f: getattr(config, f) for f in config.__dataclass_fields__},
-        "peak": peak, "peak_note": note, "load_before": load_before, "runs": [],
+        "peak": peak,
+        "peak_note": note,
+        "load_before": load_before,
+        "runs": [],
         "stages": [],
     }
     for size in sizes:
@@ -453,24 +508,40 @@ def main() -> None:
             images = preprocess(pictures[:batch], size, model.config)
             run = time_step(model, size, config, args.dtype, images, repeats)
             results["runs"].append({"size": size, "n": n, "batch": batch, **run})
-            print(f"N={n} batch={batch}: {batch / run['wall']:.3f} img/s, "
-                  f"{run['cpu'] / batch:.1f} CPU s/img (compile {run['compile_s']:.0f} s)",
-                  flush=True)
+            print(
+                f"N={n} batch={batch}: {batch / run['wall']:.3f} img/s, "
+                f"{run['cpu'] / batch:.1f} CPU s/img (compile {run['compile_s']:.0f} s)",
+                flush=True,
+            )
         if args.no_stages:
             continue
         batch = batches[0]
         images = preprocess(pictures[:batch], size, model.config)
         stages = time_stages(model, config, dtype, images, repeats)
-        step = next({"wall": r["wall"], "cpu": r["cpu"]} for r in results["runs"]
-                    if r["n"] == n and r["batch"] == batch)
+        step = next(
+            {"wall": r["wall"], "cpu": r["cpu"]}
+            for r in results["runs"]
+            if r["n"] == n and r["batch"] == batch
+        )
         reference = None
         if size in reference_sizes:
-            feats = np.asarray(stage_programs(model, config, dtype)["backbone"](
-                cast_floating(nnx.state(model, nnx.Param), dtype), images[:1]))[0]
+            feats = np.asarray(
+                stage_programs(model, config, dtype)["backbone"](
+                    cast_floating(nnx.state(model, nnx.Param), dtype), images[:1]
+                )
+            )[0]
             reference = time_reference(feats, config)
-        results["stages"].append({"size": size, "n": n, "batch": batch, **stages,
-                                  "step": step, "reference": reference,
-                                  "host_seconds_per_image": host})
+        results["stages"].append(
+            {
+                "size": size,
+                "n": n,
+                "batch": batch,
+                **stages,
+                "step": step,
+                "reference": reference,
+                "host_seconds_per_image": host,
+            }
+        )
         print(f"N={n} stages done", flush=True)
     results["exponents"] = exponents(results["stages"])
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -104,11 +104,22 @@ def segment(
     config = _partition_config(config, partition_params)
     model = backbone if isinstance(backbone, ViT) else _cached_backbone(os.fspath(backbone))
     items = [Item(index, picture) for index, picture in enumerate(pictures)]
-    done = list(segment_stream(items, model, size, batch_size=batch_size, features=features,
-                               key=key, config=config, crf=crf))
+    done = list(
+        segment_stream(
+            items,
+            model,
+            size,
+            batch_size=batch_size,
+            features=features,
+            key=key,
+            config=config,
+            crf=crf,
+        )
+    )
     tree = jax.tree.map(lambda *rows: np.concatenate(rows), *(r.tree for r in done))
-    return SegmentationResult(tree, tuple(r.level_labels for r in done),
-                              np.stack([r.leaf_descriptors for r in done]))
+    return SegmentationResult(
+        tree, tuple(r.level_labels for r in done), np.stack([r.leaf_descriptors for r in done])
+    )
 
 
 def segment_stream(
@@ -129,8 +140,9 @@ def segment_stream(
     ValueError (on the host, before any work) for settings that fit no image."""
     step = make_step(model, size, config, features=features)
     key = jax.random.key(0) if key is None else key
-    results = stream(step, items, batch_size=batch_size, key=key,
-                     with_features=crf is not None, notify=notify)
+    results = stream(
+        step, items, batch_size=batch_size, key=key, with_features=crf is not None, notify=notify
+    )
     for result in results:
         yield from result.failures
         if result.output is None:
@@ -142,8 +154,7 @@ def segment_stream(
                 levels = np.asarray(upsample_labels(patch_levels[b], item.image.shape[:2]))
             else:
                 levels = crf_level_labels(item.image, out.features[b], patch_levels[b], crf)
-            yield ImageSegmentation(item, out.tree[b], patch_levels[b], levels,
-                                    out.descriptors[b])
+            yield ImageSegmentation(item, out.tree[b], patch_levels[b], levels, out.descriptors[b])
 
 
 def as_image_list(images: np.ndarray | jax.Array | Sequence) -> list[np.ndarray]:
@@ -186,9 +197,7 @@ def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
     raise ValueError(f"image {index}: expected uint8 or float in [0, 1], got {image.dtype}")
 
 
-def _partition_config(
-    config: PartitionConfig | None, params: dict[str, object]
-) -> PartitionConfig:
+def _partition_config(config: PartitionConfig | None, params: dict[str, object]) -> PartitionConfig:
     """`config`, or a `PartitionConfig` built from keyword arguments (not both)."""
     if config is not None and params:
         raise ValueError(f"pass either config or partition parameters, not both: {sorted(params)}")
@@ -205,5 +214,3 @@ def _partition_config(
 def _cached_backbone(name_or_path: str) -> ViT:
     """Loaded backbones are kept, so repeated `segment` calls do not re-read the checkpoint."""
     return load_backbone(name_or_path)
-
-

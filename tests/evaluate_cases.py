@@ -13,10 +13,21 @@ from hiseg_jax.datasets.voc2012 import voc_palette
 from hiseg_jax.spectral.config import PartitionConfig
 
 SIZE = 112  # 8 x 8 patches of 14 px
-SMALL = PartitionConfig(n_parts=16, levels=3, max_kways=4, kmeans_restarts=2,
-                        kmeans_max_iter=100)
-SMALL_FLAGS = ["--size", str(SIZE), "--n-parts", "16", "--levels", "3", "--max-kways", "4",
-               "--kmeans-restarts", "2", "--kmeans-max-iter", "100"]
+SMALL = PartitionConfig(n_parts=16, levels=3, max_kways=4, kmeans_restarts=2, kmeans_max_iter=100)
+SMALL_FLAGS = [
+    "--size",
+    str(SIZE),
+    "--n-parts",
+    "16",
+    "--levels",
+    "3",
+    "--max-kways",
+    "4",
+    "--kmeans-restarts",
+    "2",
+    "--kmeans-max-iter",
+    "100",
+]
 SHAPES = ((60, 80), (80, 60), (60, 80), (60, 80), (80, 60), (60, 80))  # (H, W) of 0..5
 BROKEN = 2  # index (and name) of the unreadable image
 BAD_LABELS = 5  # index (and name) of the image labelled with a value outside VOC (30)

@@ -7,9 +7,15 @@ import numpy as np
 from hiseg_jax.metrics import TreePrediction
 
 
-def random_tree(rng: np.random.Generator, height: int, width: int, levels: int, slots: int,
-                allow_empty: bool = True, pad: int = 0
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def random_tree(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    levels: int,
+    slots: int,
+    allow_empty: bool = True,
+    pad: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A random tree over an image: each node of the previous level splits into 2-3 children
     (random pixels each) or stops. Non-root ids are a random permutation of the slots, unused
     slots stay invalid. `allow_empty` lets a child get no pixel; `pad` > 0 marks the last
@@ -40,7 +46,7 @@ def random_tree(rng: np.random.Generator, height: int, width: int, levels: int, 
             grown += children
         frontier = grown
     if pad:
-        labels[:, :, width - pad:] = -1
+        labels[:, :, width - pad :] = -1
     return labels, valid, depth, parent
 
 
@@ -49,8 +55,9 @@ def random_forest(rng: np.random.Generator, count: int) -> np.ndarray:
     return np.asarray([int(rng.integers(-1, g)) if g else -1 for g in range(count)], np.int32)
 
 
-def random_labels(rng: np.random.Generator, shape: tuple[int, ...], count: int,
-                  ignore: float) -> np.ndarray:
+def random_labels(
+    rng: np.random.Generator, shape: tuple[int, ...], count: int, ignore: float
+) -> np.ndarray:
     """Blocky random labels in [0, count) with a share `ignore` of -1 pixels."""
     coarse = rng.integers(0, count, (*shape[:-2], shape[-2] // 2 + 1, shape[-1] // 2 + 1))
     labels = coarse.repeat(2, -2).repeat(2, -1)[..., : shape[-2], : shape[-1]]

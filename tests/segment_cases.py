@@ -17,13 +17,24 @@ from hiseg_jax.tree import Tree
 SIZE = 224
 SMALL = {"n_parts": 32, "levels": 3, "max_kways": 4, "kmeans_restarts": 2, "kmeans_max_iter": 100}
 SMALL_FLAGS = [
-    "--size", str(SIZE), "--n-parts", "32", "--levels", "3", "--max-kways", "4",
-    "--kmeans-restarts", "2", "--kmeans-max-iter", "100",
+    "--size",
+    str(SIZE),
+    "--n-parts",
+    "32",
+    "--levels",
+    "3",
+    "--max-kways",
+    "4",
+    "--kmeans-restarts",
+    "2",
+    "--kmeans-max-iter",
+    "100",
 ]
 
 
-def check_hierarchy(levels: np.ndarray, parent: np.ndarray, depth: np.ndarray,
-                    valid: np.ndarray) -> None:
+def check_hierarchy(
+    levels: np.ndarray, parent: np.ndarray, depth: np.ndarray, valid: np.ndarray
+) -> None:
     """Pixel label maps `levels [L + 1, H, W]` agree with the tree rows `[M]`: the root covers
     the image, every valid node is non-empty at its depth and keeps its pixels at every
     deeper level, each inner node is exactly the union of its children, every pixel at every
@@ -45,13 +56,18 @@ def check_hierarchy(levels: np.ndarray, parent: np.ndarray, depth: np.ndarray,
 
 def _zero_by_zero_png() -> bytes:
     """A PNG whose header declares a 0 x 0 image."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + crc
 
     header = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def write_bad_files(folder: Path) -> dict[str, str]:

@@ -98,19 +98,27 @@ def main() -> None:
         for b, name in enumerate(names):
             got = jax.tree.map(lambda a, b=b: a[b], out.scores)
             for field in got._fields:
-                np.testing.assert_allclose(getattr(got, field), getattr(reference[name], field),
-                                           rtol=1e-6, err_msg=f"{name} {field}")
+                np.testing.assert_allclose(
+                    getattr(got, field),
+                    getattr(reference[name], field),
+                    rtol=1e-6,
+                    err_msg=f"{name} {field}",
+                )
         checked += len(names)
-    print(json.dumps({
-        "devices": jax.device_count(),
-        "local_devices": jax.local_device_count(),
-        "processes": jax.process_count(),
-        "mesh_devices": step.mesh.devices.size,
-        "batches": [len(result.names) for result in results],
-        "checked": checked,
-        "compiled": step.run._cache_size(),
-        "max_feature_diff": max_feature_diff,
-    }))
+    print(
+        json.dumps(
+            {
+                "devices": jax.device_count(),
+                "local_devices": jax.local_device_count(),
+                "processes": jax.process_count(),
+                "mesh_devices": step.mesh.devices.size,
+                "batches": [len(result.names) for result in results],
+                "checked": checked,
+                "compiled": step.run._cache_size(),
+                "max_feature_diff": max_feature_diff,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -94,8 +94,9 @@ def test_an_image_result_does_not_depend_on_its_batch():
     """Every batch, the last one too, is padded to `batch_size` (one compiled shape): the
     same image alone (a padded batch of 4), last of five (the padded second batch) and in a
     full batch of 4 gets bit-identical trees, label maps and leaf descriptors."""
-    tiny = ViT(ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8),
-               rngs=nnx.Rngs(0))
+    tiny = ViT(
+        ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8), rngs=nnx.Rngs(0)
+    )
     rng = np.random.default_rng(3)
     pictures = [rng.integers(0, 256, (20 + 3 * i, 28, 3), dtype=np.uint8) for i in range(5)]
     for picture in pictures:

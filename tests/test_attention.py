@@ -66,8 +66,9 @@ class TiledAttentionTest(chex.TestCase):
         query, key, value = _qkv()
         want = _oracle(query, key, value)
         for max_logits in (4 * 49, 21, 5):  # grouped pairs, ragged chunks, single queries
-            attend = self.variant(lambda q, k, v, m=max_logits: dot_product_attention(
-                q, k, v, max_logits=m))
+            attend = self.variant(
+                lambda q, k, v, m=max_logits: dot_product_attention(q, k, v, max_logits=m)
+            )
             got = attend(query, key, value)
             chex.assert_shape(got, (B, T, N, H))
             np.testing.assert_allclose(got, want, rtol=0, atol=2e-6, err_msg=f"{max_logits}")
@@ -83,8 +84,9 @@ class TiledAttentionTest(chex.TestCase):
 def test_large_logits_stay_finite_and_exact():
     """Logits of order 1e3 (exp would overflow without the max shift) in chunked tiles."""
     query, key, value = _qkv(scale=30.0, seed=2)
-    got = np.asarray(jax.jit(lambda q, k, v: dot_product_attention(q, k, v, max_logits=21))(
-        query, key, value))
+    got = np.asarray(
+        jax.jit(lambda q, k, v: dot_product_attention(q, k, v, max_logits=21))(query, key, value)
+    )
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, _oracle(query, key, value), rtol=0, atol=1e-4)
 

@@ -196,10 +196,20 @@ def test_a_whole_clip_model_dict_converts_its_vision_tower():
 @pytest.mark.parametrize(
     ("variant", "hf_model"),
     [
-        ("dinov2_vits14", lambda t: t.Dinov2Model(t.Dinov2Config(
-            hidden_size=384, num_attention_heads=6, image_size=518, patch_size=14))),
-        ("dinov2_vitb14_reg", lambda t: t.Dinov2WithRegistersModel(t.Dinov2WithRegistersConfig(
-            image_size=518, patch_size=14))),
+        (
+            "dinov2_vits14",
+            lambda t: t.Dinov2Model(
+                t.Dinov2Config(
+                    hidden_size=384, num_attention_heads=6, image_size=518, patch_size=14
+                )
+            ),
+        ),
+        (
+            "dinov2_vitb14_reg",
+            lambda t: t.Dinov2WithRegistersModel(
+                t.Dinov2WithRegistersConfig(image_size=518, patch_size=14)
+            ),
+        ),
         ("clip_vitb32", lambda t: t.CLIPVisionModel(t.CLIPVisionConfig())),  # defaults: B/32
     ],
 )

@@ -60,6 +60,7 @@ def fake(name: str) -> Callable:
     def register(make: Callable[[Path], Fake]) -> Callable[[Path], Fake]:
         FAKES[name] = make
         return make
+
     return register
 
 
@@ -117,11 +118,27 @@ def _cityscapes(root: Path) -> Fake:
     return Fake(root, "val", expected, root / "gtFine" / "val")
 
 
-TRAIN_ID_NAMES = ["flat/road", "flat/sidewalk", "construction/building", "construction/wall",
-                  "construction/fence", "object/pole", "object/traffic light",
-                  "object/traffic sign", "nature/vegetation", "nature/terrain", "sky/sky",
-                  "human/person", "human/rider", "vehicle/car", "vehicle/truck", "vehicle/bus",
-                  "vehicle/train", "vehicle/motorcycle", "vehicle/bicycle"]  # Cityscapes trainIds
+TRAIN_ID_NAMES = [
+    "flat/road",
+    "flat/sidewalk",
+    "construction/building",
+    "construction/wall",
+    "construction/fence",
+    "object/pole",
+    "object/traffic light",
+    "object/traffic sign",
+    "nature/vegetation",
+    "nature/terrain",
+    "sky/sky",
+    "human/person",
+    "human/rider",
+    "vehicle/car",
+    "vehicle/truck",
+    "vehicle/bus",
+    "vehicle/train",
+    "vehicle/motorcycle",
+    "vehicle/bicycle",
+]  # Cityscapes trainIds
 
 
 @fake("kitti_step")
@@ -170,8 +187,15 @@ def _mapillary_v20(root: Path) -> Fake:
     return dataclasses.replace(f, removable=root / "validation" / "v2.0" / "labels")
 
 
-POTSDAM_COLOURS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0),
-                   (255, 0, 0), (0, 0, 0)]  # classes 0..5, then the ignored boundary
+POTSDAM_COLOURS = [
+    (255, 255, 255),
+    (0, 0, 255),
+    (0, 255, 255),
+    (0, 255, 0),
+    (255, 255, 0),
+    (255, 0, 0),
+    (0, 0, 0),
+]  # classes 0..5, then the ignored boundary
 
 
 @fake("potsdam")
@@ -187,13 +211,14 @@ def _potsdam(root: Path) -> Fake:
             values = np.where(classes == 6, IGNORE, classes)
             for row in range(2):
                 for col in range(3):
-                    crop = values[row * 400:(row + 1) * 400, col * 400:(col + 1) * 400]
+                    crop = values[row * 400 : (row + 1) * 400, col * 400 : (col + 1) * 400]
                     expected[f"{tile}_{row}_{col}"] = crop[::2, ::2][None]
     return Fake(root, "val", expected, root / "5_Labels_all", image_shape=(200, 200))
 
 
-def _pascal_part_object(cls: str, index: int, mask: np.ndarray,
-                        parts: list[tuple[str, np.ndarray]]) -> tuple:
+def _pascal_part_object(
+    cls: str, index: int, mask: np.ndarray, parts: list[tuple[str, np.ndarray]]
+) -> tuple:
     table = np.zeros((1, len(parts)), dtype=[("part_name", "O"), ("mask", "O")])
     for j, (name, part_mask) in enumerate(parts):
         table[0, j]["part_name"], table[0, j]["mask"] = name, part_mask.astype(np.uint8)
@@ -224,9 +249,11 @@ def _pascal_part(root: Path) -> Fake:
     person, car, boat = _box(0, 16, 0, 10), _box(2, 12, 12, 24), _box(12, 16, 8, 20)
     head, hand = _box(0, 4, 2, 8), _box(8, 10, 0, 3)
     wheel1, wheel2 = _box(9, 12, 12, 15), _box(9, 12, 20, 24)
-    objects = [_pascal_part_object("person", 15, person, [("head", head), ("lhand", hand)]),
-               _pascal_part_object("car", 7, car, [("wheel_1", wheel1), ("wheel_2", wheel2)]),
-               _pascal_part_object("boat", 4, boat, [])]
+    objects = [
+        _pascal_part_object("person", 15, person, [("head", head), ("lhand", hand)]),
+        _pascal_part_object("car", 7, car, [("wheel_1", wheel1), ("wheel_2", wheel2)]),
+        _pascal_part_object("boat", 4, boat, []),
+    ]
     _save_pascal_part(root / "Annotations_Part" / "2008_000001.mat", "2008_000001", objects)
     _save_pascal_part(root / "Annotations_Part" / "2008_000002.mat", "2008_000002", [])
     for seed, key in enumerate(["2008_000001", "2008_000002"]):
@@ -234,20 +261,33 @@ def _pascal_part(root: Path) -> Fake:
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     (voc / "ImageSets" / "Main" / "val.txt").write_text("2008_000001\n2008_000002\n")
     labels = np.full((H, W), value_of("pascalpart", "background"), np.int32)
-    for mask, path in [(person, "person"), (head, "person/head"), (hand, "person/lhand"),
-                       (car, "car"), (wheel1, "car/wheel"), (wheel2, "car/wheel"),
-                       (boat, "boat")]:
+    for mask, path in [
+        (person, "person"),
+        (head, "person/head"),
+        (hand, "person/lhand"),
+        (car, "car"),
+        (wheel1, "car/wheel"),
+        (wheel2, "car/wheel"),
+        (boat, "boat"),
+    ]:
         labels[mask] = value_of("pascalpart", path)
     # 2008_000002 lists no object: skipped.
     return Fake(root, "val", {"2008_000001": labels[None]}, root / "Annotations_Part")
 
 
-PARTIMAGENET_CATEGORIES = [(0, "Quadruped Head", "Quadruped"), (1, "Quadruped Body", "Quadruped"),
-                           (33, "Aeroplane Head", "Aeroplane"), (34, "Aeroplane Body", "Aeroplane")]
+PARTIMAGENET_CATEGORIES = [
+    (0, "Quadruped Head", "Quadruped"),
+    (1, "Quadruped Body", "Quadruped"),
+    (33, "Aeroplane Head", "Aeroplane"),
+    (34, "Aeroplane Body", "Aeroplane"),
+]
 # split -> (WordNet id, part ids drawn); the sorted WordNet ids rank n01440764 0, n01443537 1,
 # n02000000 2, n02690373 3.
-PARTIMAGENET_IMAGES = {"train": [("n01443537", [1])], "test": [("n02000000", [33])],
-                       "val": [("n01440764", [0, 1, 40]), ("n02690373", [33, 34, 40])]}
+PARTIMAGENET_IMAGES = {
+    "train": [("n01443537", [1])],
+    "test": [("n02000000", [33])],
+    "val": [("n01440764", [0, 1, 40]), ("n02690373", [33, 34, 40])],
+}
 
 
 def _partimagenet_folder(root: Path) -> dict[str, np.ndarray]:
@@ -264,29 +304,38 @@ def _partimagenet_folder(root: Path) -> dict[str, np.ndarray]:
             save_image(image_dir / f"{key}.JPEG", n)
             save(data / "annotations" / split / f"{key}.png", mask)
             entries.append({"id": n, "file_name": f"{key}.JPEG", "height": H, "width": W})
-            annotations += [{"id": 10 * n + p, "image_id": n, "category_id": p}
-                            for p in parts if p != 40]
+            annotations += [
+                {"id": 10 * n + p, "image_id": n, "category_id": p} for p in parts if p != 40
+            ]
             masks[key] = mask
-        categories = [{"id": i, "name": name, "supercategory": sup}
-                      for i, name, sup in PARTIMAGENET_CATEGORIES]
-        (data / "annotations" / f"{split}.json").write_text(json.dumps(
-            {"images": entries, "annotations": annotations, "categories": categories}))
+        categories = [
+            {"id": i, "name": name, "supercategory": sup}
+            for i, name, sup in PARTIMAGENET_CATEGORIES
+        ]
+        (data / "annotations" / f"{split}.json").write_text(
+            json.dumps({"images": entries, "annotations": annotations, "categories": categories})
+        )
     return {k: m for k, m in masks.items() if k.startswith(("n01440764", "n02690373"))}
 
 
 @fake("partimagenet")
 def _partimagenet(root: Path) -> Fake:
     masks = _partimagenet_folder(root)
-    return Fake(root, "val", {k: m[None] for k, m in masks.items()},
-                root / "PartImageNet" / "annotations" / "val")
+    return Fake(
+        root,
+        "val",
+        {k: m[None] for k, m in masks.items()},
+        root / "PartImageNet" / "annotations" / "val",
+    )
 
 
 @fake("partimagenet158")
 def _partimagenet158(root: Path) -> Fake:
     masks = _partimagenet_folder(root)
     rank = {"n01440764": 0, "n02690373": 3}
-    expected = {k: np.where(m == 40, 40, 100 * (rank[k[:9]] + 1) + m)[None]
-                for k, m in masks.items()}
+    expected = {
+        k: np.where(m == 40, 40, 100 * (rank[k[:9]] + 1) + m)[None] for k, m in masks.items()
+    }
     return Fake(root, "val", expected, root / "PartImageNet" / "annotations" / "test.json")
 
 
@@ -333,8 +382,13 @@ def _bsds500(root: Path) -> Fake:
         save_image(data / "images" / "val" / f"{key}.jpg", seed)
         _bsds_mat(data / "groundTruth" / "val" / f"{key}.mat", segs)
         expected[key] = np.stack(segs)
-    return Fake(root, "val", dict(sorted(expected.items())), data / "groundTruth" / "val",
-                in_hierarchy=False)  # annotator segmentations: no classes
+    return Fake(
+        root,
+        "val",
+        dict(sorted(expected.items())),
+        data / "groundTruth" / "val",
+        in_hierarchy=False,
+    )  # annotator segmentations: no classes
 
 
 @fake("voc2012")
@@ -445,8 +499,7 @@ def test_read_example_decodes_and_reports_unreadable_images():
     buffer = io.BytesIO()
     Image.fromarray(np.full((2, 3, 3), 7, np.uint8)).save(buffer, format="PNG")
     labels = np.ones((1, 2, 3), np.int32)
-    name, image, got = read_example({"name": b"x1", "image": buffer.getvalue(),
-                                     "labels": labels})
+    name, image, got = read_example({"name": b"x1", "image": buffer.getvalue(), "labels": labels})
     assert name == "x1" and image.shape == (2, 3, 3) and np.all(image == 7)
     np.testing.assert_array_equal(got, labels)
     with pytest.raises(ImageLoadError, match="broken"):
@@ -460,12 +513,14 @@ def test_level_maps_follow_the_hierarchy():
     assert levels.shape == (2, 2, 2)
     names = np.array(h.paths)[levels]
     np.testing.assert_array_equal(names[0], [["flat", "vehicle"], ["void", "sky"]])
-    np.testing.assert_array_equal(names[1], [["flat/road", "vehicle/car"],
-                                             ["void/unlabeled", "sky/sky"]])
+    np.testing.assert_array_equal(
+        names[1], [["flat/road", "vehicle/car"], ["void/unlabeled", "sky/sky"]]
+    )
     shallow = level_maps(np.array([0, 1500, 1501]), load_hierarchy("pascalpart"))
     names = np.array(load_hierarchy("pascalpart").paths)[shallow]
-    np.testing.assert_array_equal(names, [["background", "person", "person"],
-                                          ["background", "person", "person/head"]])
+    np.testing.assert_array_equal(
+        names, [["background", "person", "person"], ["background", "person", "person/head"]]
+    )
     with pytest.raises(ValueError, match=r"not in hierarchy 'cityscapes': \[34\]"):
         level_maps(np.array([7, 34]), h)
 
@@ -483,10 +538,18 @@ def test_potsdam_colours_tolerate_noise():
 def test_mapillary_hierarchy_from_class_names(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"labels": VISTAS_LABELS}))
     h = mapillary_hierarchy(tmp_path / "config.json", "vistas")
-    assert h.paths == ("animal", "animal/bird", "construction", "construction/barrier",
-                       "construction/barrier/fence", "construction/flat",
-                       "construction/flat/road", "void", "void/ego-vehicle",
-                       "void/unlabeled")
+    assert h.paths == (
+        "animal",
+        "animal/bird",
+        "construction",
+        "construction/barrier",
+        "construction/barrier/fence",
+        "construction/flat",
+        "construction/flat/road",
+        "void",
+        "void/ego-vehicle",
+        "void/unlabeled",
+    )
     assert h.values == (None, 0, None, None, 1, None, 2, None, 3, 4)
     assert h.types[-1] == "ignore" and h.types[h.index("void")] == "foreground"
 

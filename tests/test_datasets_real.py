@@ -45,7 +45,8 @@ def test_voc2012_samples(shared_data, prepared):
     root = shared_data / "voc2012_samples"
     items = read_all(load("voc2012", root, "val", prepared_dir=prepared))
     assert sorted(n for n, _, _ in items) == sorted(
-        p.name.removesuffix("_image.png") for p in root.glob("*_image.png"))
+        p.name.removesuffix("_image.png") for p in root.glob("*_image.png")
+    )
     assert len(items) == 14
     space = label_space(load_hierarchy("voc2012"))
     for name, image, labels in items:
@@ -60,8 +61,11 @@ def test_voc2012_samples(shared_data, prepared):
 def test_ade20k_samples_objects_and_parts(shared_data, prepared):
     root = shared_data / "ade20k_samples"
     items = read_all(load("ade20k", root, "train", prepared_dir=prepared))
-    assert [n for n, _, _ in items] == ["ADE_train_00016869", "ADE_train_00016900",
-                                        "ADE_train_00016964"]
+    assert [n for n, _, _ in items] == [
+        "ADE_train_00016869",
+        "ADE_train_00016900",
+        "ADE_train_00016964",
+    ]
     hierarchy = load_hierarchy("ade20k_samples")
     depths = np.asarray(hierarchy.depths)
     parents = np.asarray(hierarchy.parents)

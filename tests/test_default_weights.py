@@ -93,9 +93,11 @@ def test_object_patches_resemble_each_other_more_than_the_background(backbone, s
     initialised ViT-S/14 max 0.16, median 0.05."""
     samples = list(_voc_samples(shared_data))
     assert samples, "no VOC samples found"
-    tokens = np.asarray(extract_features(
-        backbone, preprocess([image for image, _, _ in samples], 336, backbone.config)
-    ))
+    tokens = np.asarray(
+        extract_features(
+            backbone, preprocess([image for image, _, _ in samples], 336, backbone.config)
+        )
+    )
     margins = []
     for (_, objects, ignore), feats in zip(samples, tokens, strict=True):
         unit = feats.reshape(-1, feats.shape[-1])
@@ -106,7 +108,8 @@ def test_object_patches_resemble_each_other_more_than_the_background(backbone, s
         )
         assert inside.sum() >= 30 and outside.sum() >= 30
         similarity = unit @ unit.T
-        margins.append(similarity[np.ix_(inside, inside)].mean()
-                       - similarity[np.ix_(inside, outside)].mean())
+        margins.append(
+            similarity[np.ix_(inside, inside)].mean() - similarity[np.ix_(inside, outside)].mean()
+        )
     assert min(margins) > 0.25, margins
     assert np.median(margins) > 0.4, margins

@@ -107,7 +107,9 @@ def test_host_batches_pad_each_bucket_to_one_shape():
     batches = list(host_batches(iter(items), 2, (32, 32), TINY_VIT, metric))
     # canvases: 20x28 and 28x20 -> 32x32; 40x12 -> 48x48.
     assert [(b.names, b.count) for b in batches] == [
-        (("i0", "i1"), 2), (("i2", "i4"), 2), (("i3",), 1)
+        (("i0", "i1"), 2),
+        (("i2", "i4"), 2),
+        (("i3",), 1),
     ]
     for batch in batches:
         segs, sizes = batch.targets
@@ -184,9 +186,13 @@ def test_step_checks_its_inputs_on_the_host(model):
 def test_fetch_unpads_and_names_non_finite_images():
     m, n = 5, 4
     tree = Tree(
-        labels=jnp.zeros((3, 2, n), jnp.int32), parent=jnp.full((3, m), -1, jnp.int32),
-        depth=jnp.zeros((3, m), jnp.int32), is_leaf=jnp.zeros((3, m), bool),
-        valid=jnp.zeros((3, m), bool), parts=jnp.zeros((3, n), jnp.int32), grid=(2, 2),
+        labels=jnp.zeros((3, 2, n), jnp.int32),
+        parent=jnp.full((3, m), -1, jnp.int32),
+        depth=jnp.zeros((3, m), jnp.int32),
+        is_leaf=jnp.zeros((3, m), bool),
+        valid=jnp.zeros((3, m), bool),
+        parts=jnp.zeros((3, n), jnp.int32),
+        grid=(2, 2),
     )
     out = StepOutput(tree, jnp.zeros((3, 2, 2, 8)), jnp.asarray([True, True, False]))
     host = fetch(out, 2, with_features=False)

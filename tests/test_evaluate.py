@@ -122,15 +122,16 @@ def test_padded_compact_scores_equal_direct_scores():
     pred = eval_scoring.at_resolution(pred, sizes)
     assert pred.level_labels.shape[-2:] == (32, 32)
     hw = eval_scoring.padded_shape(sizes)
-    records = eval_scoring.score_regions(pred, slot_ids, eval_scoring.pad_maps(gts, hw),
-                                         space, 2)
+    records = eval_scoring.score_regions(pred, slot_ids, eval_scoring.pad_maps(gts, hw), space, 2)
     direct = Accumulator.for_regions(space)
     for b, (size, gt) in enumerate(zip(sizes, gts, strict=True)):
-        full = np.asarray(upsample_labels(
-            np.asarray(tree.labels[b]).reshape(3, 4, 5), size))
-        one = TreePrediction(full[None], np.asarray(tree.valid[b : b + 1]),
-                             np.asarray(tree.depth[b : b + 1]),
-                             np.asarray(tree.parent[b : b + 1]))
+        full = np.asarray(upsample_labels(np.asarray(tree.labels[b]).reshape(3, 4, 5), size))
+        one = TreePrediction(
+            full[None],
+            np.asarray(tree.valid[b : b + 1]),
+            np.asarray(tree.depth[b : b + 1]),
+            np.asarray(tree.parent[b : b + 1]),
+        )
         scores = evaluate_batch(one, gt[None], space)
         direct.add(scores, [f"img{b}"])
         present = np.flatnonzero(np.asarray(scores.matches.node[0]) >= 0)
@@ -159,23 +160,24 @@ def test_bsds_scores_and_nm_covering():
     assert [len(r["nm_covering"]) for r in records] == [3, 2]
     space = index_label_space(np.full(eval_scoring.BSDS_REGIONS, -1), ignore_values=(-1,))
     for b, r in enumerate(records):  # NMCovering of each annotator, scored alone
-        full = np.asarray(upsample_labels(
-            np.asarray(tree.labels[b]).reshape(3, 4, 5), sizes[b]))
-        one = TreePrediction(full[None], np.asarray(tree.valid[b : b + 1]),
-                             np.asarray(tree.depth[b : b + 1]),
-                             np.asarray(tree.parent[b : b + 1]))
-        alone = [float(evaluate_batch(one, t[None], space).nm_covering[0, 0])
-                 for t in targets[b]]
+        full = np.asarray(upsample_labels(np.asarray(tree.labels[b]).reshape(3, 4, 5), sizes[b]))
+        one = TreePrediction(
+            full[None],
+            np.asarray(tree.valid[b : b + 1]),
+            np.asarray(tree.depth[b : b + 1]),
+            np.asarray(tree.parent[b : b + 1]),
+        )
+        alone = [float(evaluate_batch(one, t[None], space).nm_covering[0, 0]) for t in targets[b]]
         assert r["nm_covering"] == alone
         # the same annotator padding (a float32 mean over that axis), no spatial padding
         own = eval_scoring.pad_maps([targets[b]], sizes[b], eval_scoring.BSDS_ANNOTATORS)
         direct = evaluate_bsds_batch(one, own, eval_scoring.BSDS_REGIONS)
         assert r["best"] == float(direct.best[0])
         assert r["levels"] == np.asarray(direct.levels[0]).tolist()
-    summary = eval_scoring.bsds_nm_covering([r | {"name": str(i)}
-                                             for i, r in enumerate(records)])
+    summary = eval_scoring.bsds_nm_covering([r | {"name": str(i)} for i, r in enumerate(records)])
     assert summary["nm_covering"] == pytest.approx(
-        np.mean([np.mean(r["nm_covering"]) for r in records]), abs=1e-12)
+        np.mean([np.mean(r["nm_covering"]) for r in records]), abs=1e-12
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -183,14 +185,18 @@ def test_bsds_scores_and_nm_covering():
 
 TWO_LEVELS = parse_hierarchy(
     "bg | 0 | background\ncar | - | foreground\ncar/wheel | 2 | foreground\n"
-    "car/body | 5 | foreground\nperson | 3 | foreground\n", "toy")
+    "car/body | 5 | foreground\nperson | 3 | foreground\n",
+    "toy",
+)
 
 
 def test_exclusive_sets():
     assert eval_hungarian.exclusive_sets(label_space(load_hierarchy("voc2012"))) == [0]
     space = label_space(TWO_LEVELS)
     assert [space.set_names[s] for s in eval_hungarian.exclusive_sets(space)] == [
-        "depth1", "depth2"]
+        "depth1",
+        "depth2",
+    ]
 
 
 def test_hungarian_recovers_separable_leaves():
@@ -203,8 +209,9 @@ def test_hungarian_recovers_separable_leaves():
     counts = np.zeros((20, space.num_nodes), np.int64)
     counts[np.arange(20), label_of_leaf] = 100
     results = eval_hungarian.hungarian_results(descriptors, counts, space, seed=0)
-    assert results == {"all": dict(classes=4, clusters=4, leaves=20, miou=1.0, pacc=1.0,
-                                   macc=1.0, fiou=1.0)}
+    assert results == {
+        "all": dict(classes=4, clusters=4, leaves=20, miou=1.0, pacc=1.0, macc=1.0, fiou=1.0)
+    }
     counts[0, 16] = 50  # a background leaf with 50 person pixels
     results = eval_hungarian.hungarian_results(descriptors, counts, space, seed=0)["all"]
     iou = 500 / 550  # background: 50 FP; person: 50 FN
@@ -225,13 +232,13 @@ def voc(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def settings_for(voc, **kw) -> evaluation.EvalSettings:
-    return evaluation.EvalSettings(dataset="voc2012", data_dir=str(voc[0]), split="val",
-                                   size=SIZE, partition=SMALL, **kw)
+    return evaluation.EvalSettings(
+        dataset="voc2012", data_dir=str(voc[0]), split="val", size=SIZE, partition=SMALL, **kw
+    )
 
 
 def options_for(voc, out, **kw) -> evaluation.RunOptions:
-    return evaluation.RunOptions(out=out, batch_size=2, prepared_dir=voc[1], progress=False,
-                                 **kw)
+    return evaluation.RunOptions(out=out, batch_size=2, prepared_dir=voc[1], progress=False, **kw)
 
 
 @pytest.fixture
@@ -261,8 +268,10 @@ def test_full_run_lines_report_and_skipped_image(full_run):
     records = [json.loads(line) for line in lines]
     assert sorted(r["index"] for r in records) == [0, 1, 2, 3, 4, 5]
     broken = [r for r in records if "error" in r]
-    assert [(r["index"], r["name"]) for r in broken] == [(BROKEN, str(BROKEN)),
-                                                         (BAD_LABELS, str(BAD_LABELS))]
+    assert [(r["index"], r["name"]) for r in broken] == [
+        (BROKEN, str(BROKEN)),
+        (BAD_LABELS, str(BAD_LABELS)),
+    ]
     assert broken[0]["error"].startswith("unreadable image: ")
     assert broken[1]["error"].startswith("ground truth: label values not in hierarchy")
     assert "[30]" in broken[1]["error"]
@@ -292,13 +301,23 @@ def test_totals_equal_direct_metrics(full_run, voc, default_checkpoint):
     space = label_space(load_hierarchy("voc2012"))
     acc = Accumulator.for_regions(space)
     for batch in ([0, 1], [3, 3], [4, 4]):  # the runner's batches, 2 and 5 skipped
-        result = segment([examples[i][1] for i in batch], default_checkpoint, SIZE,
-                         batch_size=2, key=jax.random.key(0), config=SMALL)
+        result = segment(
+            [examples[i][1] for i in batch],
+            default_checkpoint,
+            SIZE,
+            batch_size=2,
+            key=jax.random.key(0),
+            config=SMALL,
+        )
         for b, i in enumerate(dict.fromkeys(batch)):
             name, _, labels = examples[i]
-            pred = TreePrediction(np.asarray(result.level_labels[b])[None],
-                                  *(np.asarray(getattr(result.tree, k)[b : b + 1])
-                                    for k in ("valid", "depth", "parent")))
+            pred = TreePrediction(
+                np.asarray(result.level_labels[b])[None],
+                *(
+                    np.asarray(getattr(result.tree, k)[b : b + 1])
+                    for k in ("valid", "depth", "parent")
+                ),
+            )
             acc.add(evaluate_batch(pred, labels, space), [name])
     assert acc.summary() == report["results"]
 
@@ -338,8 +357,7 @@ def test_settings_errors(voc):
     with pytest.raises(ValueError, match="unknown dataset"):
         evaluation.EvalSettings(dataset="nope", data_dir=".", split="val")
     with pytest.raises(ValueError, match="no classes"):
-        evaluation.EvalSettings(dataset="bsds500", data_dir=".", split="val",
-                                matching="hungarian")
+        evaluation.EvalSettings(dataset="bsds500", data_dir=".", split="val", matching="hungarian")
     with pytest.raises(ValueError, match="resolution"):
         settings_for(voc, resolution="pixel")
     with pytest.raises(ValueError, match="CRF refines the leaves at pixel level"):
@@ -373,8 +391,9 @@ def crf_run(voc, default_checkpoint, tmp_path_factory) -> tuple[Path, dict, list
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(eval_scoring, "at_resolution", at_resolution)
         patch.setattr(eval_scoring, "score_regions", score_regions)
-        report = evaluation.evaluate(settings_for(voc, crf=FAST_CRF),
-                                     options_for(voc, out, limit=2))
+        report = evaluation.evaluate(
+            settings_for(voc, crf=FAST_CRF), options_for(voc, out, limit=2)
+        )
     return out, report, resolved, scored
 
 
@@ -402,14 +421,22 @@ def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
         assert all(0.0 <= v <= 1.0 for v in [*r["iou"], *r["nm_covering"], r["nh_covering"]])
     source = load("voc2012", voc[0], "val", prepared_dir=voc[1])
     examples = [read_example(source[i]) for i in (0, 1)]
-    result = segment([image for _, image, _ in examples], default_checkpoint, SIZE,
-                     batch_size=2, key=jax.random.key(0), config=SMALL, crf=FAST_CRF)
+    result = segment(
+        [image for _, image, _ in examples],
+        default_checkpoint,
+        SIZE,
+        batch_size=2,
+        key=jax.random.key(0),
+        config=SMALL,
+        crf=FAST_CRF,
+    )
     space = label_space(load_hierarchy("voc2012"))
     direct = Accumulator.for_regions(space)
     for b, (name, _, labels) in enumerate(examples):
-        one = TreePrediction(result.level_labels[b][None],
-                             *(np.asarray(getattr(result.tree, k)[b : b + 1])
-                               for k in ("valid", "depth", "parent")))
+        one = TreePrediction(
+            result.level_labels[b][None],
+            *(np.asarray(getattr(result.tree, k)[b : b + 1]) for k in ("valid", "depth", "parent")),
+        )
         direct.add(evaluate_batch(one, labels, space), [name])
     assert direct.summary() == report["results"]
 

@@ -25,8 +25,17 @@ def evaluate(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_missing_dataset_folder(tmp_path, capsys):
     absent = tmp_path / "absent"
-    code, out, err = evaluate(capsys, "--dataset", "voc2012", "--data-dir", str(absent),
-                              "--prepared-dir", str(tmp_path / "p"), "--out", str(tmp_path / "o"))
+    code, out, err = evaluate(
+        capsys,
+        "--dataset",
+        "voc2012",
+        "--data-dir",
+        str(absent),
+        "--prepared-dir",
+        str(tmp_path / "p"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and f"data folder {absent} does not exist" in err
     assert "Traceback" not in out + err and not (tmp_path / "o").exists()
 
@@ -34,19 +43,33 @@ def test_missing_dataset_folder(tmp_path, capsys):
 def test_malformed_dataset_folder(tmp_path, capsys):
     root = tmp_path / "bsds"
     (root / "images" / "val").mkdir(parents=True)
-    code, _, err = evaluate(capsys, "--dataset", "bsds500", "--data-dir", str(root),
-                            "--prepared-dir", str(tmp_path / "p"), "--out", str(tmp_path / "o"))
+    code, _, err = evaluate(
+        capsys,
+        "--dataset",
+        "bsds500",
+        "--data-dir",
+        str(root),
+        "--prepared-dir",
+        str(tmp_path / "p"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and str(root / "groundTruth" / "val") in err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--dataset", "bsds500", "--matching", "hungarian"], "no classes"),
-    (["--dataset", "voc2012", "--batch-size", "0"], "batch size must be >= 1"),
-    (["--dataset", "voc2012", "--levels", "0"], "levels must be >= 1"),
-    (["--dataset", "voc2012", "--crf", "--resolution", "patch"],
-     "the CRF refines the leaves at pixel level: it needs resolution 'image', not 'patch'"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset", "bsds500", "--matching", "hungarian"], "no classes"),
+        (["--dataset", "voc2012", "--batch-size", "0"], "batch size must be >= 1"),
+        (["--dataset", "voc2012", "--levels", "0"], "levels must be >= 1"),
+        (
+            ["--dataset", "voc2012", "--crf", "--resolution", "patch"],
+            "the CRF refines the leaves at pixel level: it needs resolution 'image', not 'patch'",
+        ),
+    ],
+)
 def test_bad_settings(tmp_path, capsys, flags, message):
     code, _, err = evaluate(capsys, *flags, "--data-dir", str(tmp_path))
     assert code == 2 and message in err
@@ -56,13 +79,20 @@ def test_bad_settings(tmp_path, capsys, flags, message):
 def voc(tmp_path_factory) -> list[str]:
     """Flags naming the fake VOC dataset and where to prepare it."""
     root = tmp_path_factory.mktemp("data")
-    return ["--dataset", "voc2012", "--data-dir", str(make_voc_pairs(root / "voc")),
-            "--prepared-dir", str(root / "prepared")]
+    return [
+        "--dataset",
+        "voc2012",
+        "--data-dir",
+        str(make_voc_pairs(root / "voc")),
+        "--prepared-dir",
+        str(root / "prepared"),
+    ]
 
 
 def test_size_not_fitting_the_patch(voc, tmp_path, capsys, default_checkpoint):
-    code, _, err = evaluate(capsys, *voc, *SMALL_FLAGS, "--size", "100",
-                            "--out", str(tmp_path / "o"))
+    code, _, err = evaluate(
+        capsys, *voc, *SMALL_FLAGS, "--size", "100", "--out", str(tmp_path / "o")
+    )
     assert code == 2 and "multiple of the patch size 14" in err
 
 
@@ -95,8 +125,17 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
     start = next(i for i, line in enumerate(lines) if line.startswith("| level"))
     header, rule, row = lines[start : start + 3]
     assert [c.strip() for c in header.split("|")[1:-1]] == [
-        "level", "images", "classes", "mIoU", "pAcc", "mAcc", "fIoU", "NMCovering",
-        "NHCovering", "nodes"]
+        "level",
+        "images",
+        "classes",
+        "mIoU",
+        "pAcc",
+        "mAcc",
+        "fIoU",
+        "NMCovering",
+        "NHCovering",
+        "nodes",
+    ]
     assert set(rule) == {"|", "-"}
     assert [c.strip() for c in row.split("|")[1:3]] == ["all classes", "4"]
     log = out.joinpath("results.jsonl").read_text()
@@ -110,8 +149,15 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
 
 @pytest.mark.parametrize("crf", [None, CRFConfig()])
 def test_command_line_round_trip(tmp_path, crf):
-    settings = evaluation.EvalSettings(dataset="voc2012", data_dir=str(tmp_path), split="val",
-                                       size=112, partition=SMALL, seed=3, crf=crf)
+    settings = evaluation.EvalSettings(
+        dataset="voc2012",
+        data_dir=str(tmp_path),
+        split="val",
+        size=112,
+        partition=SMALL,
+        seed=3,
+        crf=crf,
+    )
     options = evaluation.RunOptions(out=tmp_path / "out", batch_size=2)
     words = shlex.split(command_line(settings, options))
     assert ("--crf" in words) == (crf is not None)
@@ -121,7 +167,8 @@ def test_command_line_round_trip(tmp_path, crf):
 
 
 def test_command_line_refuses_crf_settings_without_flags(tmp_path):
-    settings = evaluation.EvalSettings(dataset="voc2012", data_dir=str(tmp_path), split="val",
-                                       crf=CRFConfig(n_iter=2))
+    settings = evaluation.EvalSettings(
+        dataset="voc2012", data_dir=str(tmp_path), split="val", crf=CRFConfig(n_iter=2)
+    )
     with pytest.raises(ValueError, match="only --crf"):
         command_line(settings, evaluation.RunOptions(out=tmp_path))

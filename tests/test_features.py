@@ -11,16 +11,22 @@ from flax import nnx
 from hiseg_jax.features import extract_features, image_size, preprocess
 from hiseg_jax.models.vit import ViT, ViTConfig, get_config
 
-TINY = ViTConfig("dinov2", patch_size=4, width=32, depth=2, heads=2, mlp_dim=64,
-                 layer_scale=True, posemb_grid=4)
+TINY = ViTConfig(
+    "dinov2", patch_size=4, width=32, depth=2, heads=2, mlp_dim=64, layer_scale=True, posemb_grid=4
+)
 
 
 def _torch_reference(image: np.ndarray, size: tuple[int, int], config: ViTConfig) -> np.ndarray:
     """torchvision-style: float image, bilinear antialiased resize, then mean/std."""
     torch = pytest.importorskip("torch")
     x = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255.0
-    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True,
-                                        align_corners=False)[0].permute(1, 2, 0).numpy()
+    x = (
+        torch.nn.functional.interpolate(
+            x, size=size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     return (x - np.asarray(config.image_mean)) / np.asarray(config.image_std)
 
 
@@ -50,8 +56,11 @@ def test_preprocess_keeps_an_image_already_at_size_and_accepts_a_batch_array():
         ([np.zeros((20, 20, 3), np.uint8)], 225, r"225x225 is not a multiple of the patch size 14"),
         ([np.zeros((20, 20, 3), np.uint8)], (224, 0), "positive int"),
         ([np.zeros((20, 20, 3), np.float32)], 224, "image 0: expected a uint8 array"),
-        ([np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.uint8)], 224,
-         r"image 1: expected RGB \[H, W, 3\]"),
+        (
+            [np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.uint8)],
+            224,
+            r"image 1: expected RGB \[H, W, 3\]",
+        ),
         ([np.zeros((0, 20, 3), np.uint8)], 224, "image 0"),
         (np.zeros((20, 20, 3), np.uint8), 224, "list of"),
         ([], 224, "empty"),

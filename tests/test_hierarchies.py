@@ -29,8 +29,15 @@ SHIPPED = available_hierarchies()
 
 
 def test_expected_files_are_shipped():
-    assert set(SHIPPED) == {"voc2012", "cocostuff", "cityscapes", "pascalpart", "partimagenet",
-                            "potsdam", "ade20k_samples"}
+    assert set(SHIPPED) == {
+        "voc2012",
+        "cocostuff",
+        "cityscapes",
+        "pascalpart",
+        "partimagenet",
+        "potsdam",
+        "ade20k_samples",
+    }
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -112,8 +119,9 @@ def test_label_space_merges_background_and_drops_ignore():
     space = label_space(parse_hierarchy(TOY, "toy"))
     assert space.names == ("(image)", "background", "animal", "animal/cat", "animal/cat/ear")
     np.testing.assert_array_equal(space.parent, [-1, 0, 0, 2, 3])
-    np.testing.assert_array_equal(space.encode(np.array([[1, 2, 3], [4, 5, 255]])),
-                                  [[3, 4, 1], [-1, 1, -1]])
+    np.testing.assert_array_equal(
+        space.encode(np.array([[1, 2, 3], [4, 5, 255]])), [[3, 4, 1], [-1, 1, -1]]
+    )
     # A depth cut holds that depth's nodes and shallower leaves (background at every depth).
     np.testing.assert_array_equal(space.region_set("depth1"), [0, 1, 1, 0, 0])
     np.testing.assert_array_equal(space.region_set("depth3"), [0, 1, 0, 0, 1])
@@ -136,19 +144,22 @@ def test_encode_sparse_values_and_flat_spaces():
         ancestor_matrix(np.array([1, 0]))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a | 1", "expected 'path | value | type'"),
-    ("a/b | 1 | foreground", "parent 'a' is not defined"),
-    ("a | 1 | foreground\na | 2 | foreground", "duplicate path"),
-    ("a | 1 | foreground\nb | 1 | foreground", "value 1 already used by 'a'"),
-    ("a | x | foreground", "value must be an integer"),
-    ("a | 1 | thing", "type must be one of"),
-    ("a | - | foreground", "no pixel value in its subtree"),
-    ("a | - | background\na/b | 1 | foreground", "subtree makes it 'foreground'"),
-    ("a | - | ignore\na/b | 1 | background\na/c | 2 | ignore", "mixes background and ignore"),
-    ("a /b | 1 | foreground", "stray spaces"),
-    ("# only a comment", "no nodes"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a | 1", "expected 'path | value | type'"),
+        ("a/b | 1 | foreground", "parent 'a' is not defined"),
+        ("a | 1 | foreground\na | 2 | foreground", "duplicate path"),
+        ("a | 1 | foreground\nb | 1 | foreground", "value 1 already used by 'a'"),
+        ("a | x | foreground", "value must be an integer"),
+        ("a | 1 | thing", "type must be one of"),
+        ("a | - | foreground", "no pixel value in its subtree"),
+        ("a | - | background\na/b | 1 | foreground", "subtree makes it 'foreground'"),
+        ("a | - | ignore\na/b | 1 | background\na/c | 2 | ignore", "mixes background and ignore"),
+        ("a /b | 1 | foreground", "stray spaces"),
+        ("# only a comment", "no nodes"),
+    ],
+)
 def test_parse_errors(text, message):
     with pytest.raises(ValueError, match=message):
         parse_hierarchy(text, "bad")
@@ -178,26 +189,43 @@ def test_ade20k_builder_reproduces_the_shipped_samples(shared_data):
 
 def test_partimagenet158_builder(tmp_path):
     data = {
-        "categories": [{"id": 0, "name": "Quadruped Head", "supercategory": "Quadruped"},
-                       {"id": 1, "name": "Quadruped Body", "supercategory": "Quadruped"},
-                       {"id": 31, "name": "Boat Body", "supercategory": "Boat"}],
-        "images": [{"id": 1, "file_name": "n02000000_1.JPEG"},
-                   {"id": 2, "file_name": "n01000000_7.JPEG"},
-                   {"id": 3, "file_name": "n03000000_2.JPEG"}],
-        "annotations": [{"image_id": 1, "category_id": 0}, {"image_id": 2, "category_id": 1},
-                        {"image_id": 3, "category_id": 31}],
+        "categories": [
+            {"id": 0, "name": "Quadruped Head", "supercategory": "Quadruped"},
+            {"id": 1, "name": "Quadruped Body", "supercategory": "Quadruped"},
+            {"id": 31, "name": "Boat Body", "supercategory": "Boat"},
+        ],
+        "images": [
+            {"id": 1, "file_name": "n02000000_1.JPEG"},
+            {"id": 2, "file_name": "n01000000_7.JPEG"},
+            {"id": 3, "file_name": "n03000000_2.JPEG"},
+        ],
+        "annotations": [
+            {"image_id": 1, "category_id": 0},
+            {"image_id": 2, "category_id": 1},
+            {"image_id": 3, "category_id": 31},
+        ],
     }
     path = tmp_path / "train.json"
     path.write_text(json.dumps(data))
     h = build_partimagenet158([path])
     # Sorted WordNet ids rank n01 -> 0, n02 -> 1, n03 -> 2: part p of rank r = 100 (r + 1) + p.
-    assert h.paths == ("quadruped", "quadruped/n01000000", "quadruped/n01000000/head",
-                       "quadruped/n01000000/body", "quadruped/n02000000",
-                       "quadruped/n02000000/head", "quadruped/n02000000/body", "boat",
-                       "boat/n03000000", "boat/n03000000/body", "background")
+    assert h.paths == (
+        "quadruped",
+        "quadruped/n01000000",
+        "quadruped/n01000000/head",
+        "quadruped/n01000000/body",
+        "quadruped/n02000000",
+        "quadruped/n02000000/head",
+        "quadruped/n02000000/body",
+        "boat",
+        "boat/n03000000",
+        "boat/n03000000/body",
+        "background",
+    )
     assert h.values[h.index("quadruped/n02000000/body")] == 201
     np.testing.assert_array_equal(
-        partimagenet158_pixel_values(np.array([0, 1, 40]), "n02000000", h), [200, 201, 40])
+        partimagenet158_pixel_values(np.array([0, 1, 40]), "n02000000", h), [200, 201, 40]
+    )
     data["annotations"].append({"image_id": 1, "category_id": 31})
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="has parts of"):

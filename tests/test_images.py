@@ -149,8 +149,16 @@ def test_bad_files_raise_clear_errors(tmp_path):
 
 
 def test_iter_images_recurses_sorted_and_filters(tmp_path):
-    for rel in ["b.png", "a.JPG", "sub/z.tif", "sub/deeper/c.jpeg", "notes.txt",
-                ".hidden/x.png", "._junk.png", "sub/readme.md"]:
+    for rel in [
+        "b.png",
+        "a.JPG",
+        "sub/z.tif",
+        "sub/deeper/c.jpeg",
+        "notes.txt",
+        ".hidden/x.png",
+        "._junk.png",
+        "sub/readme.md",
+    ]:
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")

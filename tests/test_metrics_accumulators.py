@@ -44,8 +44,11 @@ def test_split_merge_and_resume_equal_single_run(tmp_path):
     single = fill(space, items, ids)
     first = fill(space, items[:1], ids[:1])
     # The rest one image per batch: per-image scores do not depend on the batching.
-    ones = [(TreePrediction(*(x[i:i + 1] for x in pred)), gt[i:i + 1], segs[i:i + 1])
-            for pred, gt, segs in items[1:] for i in range(2)]
+    ones = [
+        (TreePrediction(*(x[i : i + 1] for x in pred)), gt[i : i + 1], segs[i : i + 1])
+        for pred, gt, segs in items[1:]
+        for i in range(2)
+    ]
     second = fill(space, ones, [[name] for names in ids[1:] for name in names])
     for whole, a, b in zip(single, first, second, strict=True):
         # Merged in the other order than the single run added them: fsum makes it exact.
@@ -65,8 +68,11 @@ def test_save_load_round_trip(tmp_path):
     regions, _ = fill(space, items, [["a", "b"], ["c", "d"]])
     regions.save(tmp_path / "acc.npz")
     loaded = Accumulator.load(tmp_path / "acc.npz")
-    assert (loaded.kind, loaded.meta, loaded.image_ids) == (regions.kind, regions.meta,
-                                                            regions.image_ids)
+    assert (loaded.kind, loaded.meta, loaded.image_ids) == (
+        regions.kind,
+        regions.meta,
+        regions.image_ids,
+    )
     for key, value in regions.per_image.items():
         np.testing.assert_array_equal(loaded.per_image[key], value)
     assert loaded.summary() == regions.summary()
@@ -78,10 +84,14 @@ def test_summary_matches_per_image_means():
     summary = regions.summary()
     rows = regions.per_image
     used = rows["n_regions"][:, 1] > 0
-    np.testing.assert_allclose(summary["some"]["nm_covering"],
-                               rows["nm_covering"][used, 1].astype(float).mean(), rtol=1e-12)
-    np.testing.assert_allclose(summary["all"]["nh_covering"],
-                               rows["nh_covering"].astype(float).mean(), rtol=1e-12)
+    np.testing.assert_allclose(
+        summary["some"]["nm_covering"],
+        rows["nm_covering"][used, 1].astype(float).mean(),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        summary["all"]["nh_covering"], rows["nh_covering"].astype(float).mean(), rtol=1e-12
+    )
     assert summary["images"] == 4 and summary["some"]["images"] == int(used.sum())
 
 
@@ -126,9 +136,8 @@ def quadtree(height: int, width: int, levels: int = 4) -> TreePrediction:
         n = 2**d
         labels[d] = starts[d] + (ys * n // height) * n + xs * n // width
         row, col = np.divmod(np.arange(4**d), n)
-        parent[starts[d]:starts[d + 1]] = starts[d - 1] + (row // 2) * (n // 2) + col // 2
-    return TreePrediction(labels[None], np.ones((1, starts[-1]), bool), depth[None],
-                          parent[None])
+        parent[starts[d] : starts[d + 1]] = starts[d - 1] + (row // 2) * (n // 2) + col // 2
+    return TreePrediction(labels[None], np.ones((1, starts[-1]), bool), depth[None], parent[None])
 
 
 @pytest.mark.data

@@ -10,8 +10,12 @@ from hiseg_jax.metrics import TreePrediction, evaluate_batch, evaluate_bsds_batc
 
 # Root 0 with children 1 (left half) and 2 (right half) on a 4x4 image; slot 3 unused.
 LEVELS = np.array([np.zeros((4, 4)), [[1, 1, 2, 2]] * 4], np.int32)[None]
-GOOD = TreePrediction(LEVELS, np.array([[1, 1, 1, 0]], bool), np.array([[0, 1, 1, 0]], np.int32),
-                      np.array([[-1, 0, 0, -1]], np.int32))
+GOOD = TreePrediction(
+    LEVELS,
+    np.array([[1, 1, 1, 0]], bool),
+    np.array([[0, 1, 1, 0]], np.int32),
+    np.array([[-1, 0, 0, -1]], np.int32),
+)
 SPACE = flat_label_space(3, ignore_values=(255,))
 GT = np.array([[[0, 0, 1, 1]] * 4])
 
@@ -25,21 +29,24 @@ def test_good_input_passes():
     np.testing.assert_allclose(scores.nm_covering[0, 0], 1.0)
 
 
-@pytest.mark.parametrize("pred, gt, message", [
-    (GOOD, GT[:, :3], "label maps of different shapes"),
-    (GOOD, np.concatenate([GT, GT]), "label maps of different shapes"),
-    (with_(node_valid=GOOD.node_valid[:, :3]), GT, "must share one shape"),
-    (with_(level_labels=LEVELS.astype(float)), GT, "level_labels must be an integer array"),
-    (with_(level_labels=LEVELS[0]), GT, "level_labels must be an integer array with 4 dims"),
-    (with_(node_valid=GOOD.node_valid.astype(int)), GT, "node_valid must be bool"),
-    (with_(level_labels=LEVELS + 3), GT, r"outside \[-1, M\): 16 pixels in images \[0\]"),
-    (with_(level_labels=np.where(LEVELS == 2, 3, LEVELS)), GT, "naming an invalid node slot"),
-    (with_(node_depth=np.array([[0, 1, 2, 0]], np.int32)), GT, "inconsistent"),
-    (with_(node_parent=np.array([[-1, 0, 5, -1]], np.int32)), GT, "invalid parent"),
-    (with_(node_valid=np.array([[0, 1, 1, 0]], bool)), GT, "node 0 must be the valid root"),
-    (with_(level_labels=np.stack([LEVELS[0, 1], LEVELS[0, 1]])[None]), GT, "upper levels"),
-    (with_(level_labels=np.where(np.arange(4) == 3, -1, LEVELS)), GT, "prediction padding"),
-])
+@pytest.mark.parametrize(
+    "pred, gt, message",
+    [
+        (GOOD, GT[:, :3], "label maps of different shapes"),
+        (GOOD, np.concatenate([GT, GT]), "label maps of different shapes"),
+        (with_(node_valid=GOOD.node_valid[:, :3]), GT, "must share one shape"),
+        (with_(level_labels=LEVELS.astype(float)), GT, "level_labels must be an integer array"),
+        (with_(level_labels=LEVELS[0]), GT, "level_labels must be an integer array with 4 dims"),
+        (with_(node_valid=GOOD.node_valid.astype(int)), GT, "node_valid must be bool"),
+        (with_(level_labels=LEVELS + 3), GT, r"outside \[-1, M\): 16 pixels in images \[0\]"),
+        (with_(level_labels=np.where(LEVELS == 2, 3, LEVELS)), GT, "naming an invalid node slot"),
+        (with_(node_depth=np.array([[0, 1, 2, 0]], np.int32)), GT, "inconsistent"),
+        (with_(node_parent=np.array([[-1, 0, 5, -1]], np.int32)), GT, "invalid parent"),
+        (with_(node_valid=np.array([[0, 1, 1, 0]], bool)), GT, "node 0 must be the valid root"),
+        (with_(level_labels=np.stack([LEVELS[0, 1], LEVELS[0, 1]])[None]), GT, "upper levels"),
+        (with_(level_labels=np.where(np.arange(4) == 3, -1, LEVELS)), GT, "prediction padding"),
+    ],
+)
 def test_bad_prediction(pred, gt, message):
     with pytest.raises(ValueError, match=message):
         evaluate_batch(pred, gt, SPACE)

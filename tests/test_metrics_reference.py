@@ -34,7 +34,7 @@ def make_case(seed: int, pad: bool, empty: bool, ignore: float):
     trees = [random_tree(rng, H, W, L, M, allow_empty=empty, pad=2 * pad) for _ in range(B)]
     gt = random_labels(rng, (B, H, W), G, ignore)
     if pad:
-        gt[:, :, W - 2:] = -1
+        gt[:, :, W - 2 :] = -1
     parent = random_forest(rng, G)
     sets = rng.random((S, G)) < 0.7
     return trees, gt, parent, sets
@@ -57,8 +57,13 @@ def assert_matches_reference(trees, gt, parent, sets, threshold):
 
 
 @RUNS
-@given(seeds, st.booleans(), st.booleans(), st.sampled_from([0.0, 0.2, 1.0]),
-       st.sampled_from([0.0, 0.3]))
+@given(
+    seeds,
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([0.0, 0.2, 1.0]),
+    st.sampled_from([0.0, 0.3]),
+)
 def test_hierarchical_equals_reference(seed, pad, empty, ignore, threshold):
     assert_matches_reference(*make_case(seed, pad, empty, ignore), threshold)
 
@@ -80,7 +85,7 @@ def test_bsds_equals_reference(seed, pad, empty):
     segs = random_labels(rng, (B, 3, H, W), 7, 0.1)
     segs[rng.random((B, 3)) < 0.3] = -1  # padded annotators (maybe all of an image's)
     if pad:
-        segs[..., W - 2:] = -1
+        segs[..., W - 2 :] = -1
     scores = evaluate_bsds_batch(stack_trees(trees), segs, 7)
     for b, tree in enumerate(trees):
         ref = reference_bsds_image(*tree, segs[b], 7)
@@ -97,12 +102,16 @@ def test_semantic_and_hungarian_equal_reference(seed, shape):
     assume((tp + fn).sum() > 0)
     ours = semantic_scores(tp, fp, fn)
     ref = reference_semantic_scores(tp, fp, fn)
-    np.testing.assert_allclose([ours.miou, ours.pacc, ours.macc, ours.fiou],
-                               [ref["miou"], ref["pacc"], ref["macc"], ref["fiou"]])
+    np.testing.assert_allclose(
+        [ours.miou, ours.pacc, ours.macc, ours.fiou],
+        [ref["miou"], ref["pacc"], ref["macc"], ref["fiou"]],
+    )
     confusion = rng.integers(0, 1000, shape)  # 5 classes, 3 clusters: 2 left unassigned
     assume(confusion.sum(1).all())
-    (scores, assignment), (ref, ref_total) = hungarian_scores(confusion), reference_hungarian(
-        confusion)
+    (scores, assignment), (ref, ref_total) = (
+        hungarian_scores(confusion),
+        reference_hungarian(confusion),
+    )
     matched = assignment >= 0
     assert confusion[matched, assignment[matched]].sum() == ref_total  # optimal as SciPy's
     if len(np.unique(confusion)) == confusion.size:  # distinct costs: unique optimum (a.s.)
@@ -146,21 +155,31 @@ def test_invariant_to_relabelling(seed, empty):
     # Node ids: a permutation of the non-root slots (root stays 0, per the contract).
     node_perm = np.concatenate([[0], 1 + rng.permutation(M - 1)])
     node_inv = np.argsort(node_perm)
-    trees2 = [(np.where(lab >= 0, node_perm[lab], -1), val[node_inv], dep[node_inv],
-               np.where(par[node_inv] >= 0, node_perm[par[node_inv]], -1))
-              for lab, val, dep, par in trees]
+    trees2 = [
+        (
+            np.where(lab >= 0, node_perm[lab], -1),
+            val[node_inv],
+            dep[node_inv],
+            np.where(par[node_inv] >= 0, node_perm[par[node_inv]], -1),
+        )
+        for lab, val, dep, par in trees
+    ]
     moved = evaluate_batch(stack_trees(trees2), gt2, space2)
     np.testing.assert_array_equal(moved.n_nodes, base.n_nodes)
     np.testing.assert_array_equal(moved.n_regions, base.n_regions)
     np.testing.assert_allclose(moved.nm_covering, base.nm_covering, atol=1e-6)
     for key in ("tp", "fp", "fn"):
-        np.testing.assert_array_equal(getattr(moved.matches, key)[:, perm],
-                                      getattr(base.matches, key))
-    untied = np.array([not reference_image_scores(*t, gt[b], parent, sets)["tied"]
-                       for b, t in enumerate(trees)])
-    np.testing.assert_allclose(np.asarray(moved.nh_covering)[untied],
-                               np.asarray(base.nh_covering)[untied], atol=1e-6)
-    bsds = [evaluate_bsds_batch(stack_trees(t), g[:, None], G) for t, g in
-            ((trees, gt), (trees2, gt2))]
+        np.testing.assert_array_equal(
+            getattr(moved.matches, key)[:, perm], getattr(base.matches, key)
+        )
+    untied = np.array(
+        [not reference_image_scores(*t, gt[b], parent, sets)["tied"] for b, t in enumerate(trees)]
+    )
+    np.testing.assert_allclose(
+        np.asarray(moved.nh_covering)[untied], np.asarray(base.nh_covering)[untied], atol=1e-6
+    )
+    bsds = [
+        evaluate_bsds_batch(stack_trees(t), g[:, None], G) for t, g in ((trees, gt), (trees2, gt2))
+    ]
     np.testing.assert_allclose(bsds[0].best, bsds[1].best, atol=1e-6)
     np.testing.assert_allclose(bsds[0].levels, bsds[1].levels, atol=1e-6)

@@ -23,11 +23,14 @@ from hiseg_jax.metrics.regions import best_matches, candidate_nodes, node_ancest
 # The toy tree on a 4x4 image (L = 2, M = 6 slots, slot 5 unused):
 #   0 root; 1 = left half (cols 0-1, leaf); 2 = right half (cols 2-3);
 #   3 = top-right quarter, 4 = bottom-right quarter (children of 2).
-LEVELS = np.array([
-    np.zeros((4, 4)),
-    [[1, 1, 2, 2]] * 4,
-    [[1, 1, 3, 3], [1, 1, 3, 3], [1, 1, 4, 4], [1, 1, 4, 4]],
-], np.int32)
+LEVELS = np.array(
+    [
+        np.zeros((4, 4)),
+        [[1, 1, 2, 2]] * 4,
+        [[1, 1, 3, 3], [1, 1, 3, 3], [1, 1, 4, 4], [1, 1, 4, 4]],
+    ],
+    np.int32,
+)
 VALID = np.array([1, 1, 1, 1, 1, 0], bool)
 DEPTH = np.array([0, 1, 1, 2, 2, 0], np.int32)
 PARENT = np.array([-1, 0, 0, 2, 2, -1], np.int32)
@@ -78,11 +81,11 @@ def test_flat_semantic_scores():
     s = semantic_scores(acc.totals["tp"], acc.totals["fp"], acc.totals["fn"])
     np.testing.assert_allclose(s.iou, [7 / 8, 1, 3 / 4, 0])
     np.testing.assert_array_equal(s.seen, [True, True, True, False])
-    np.testing.assert_allclose([s.miou, s.pacc, s.macc, s.fiou],
-                               [0.875, 14 / 15, 23 / 24, 13.25 / 15])
+    np.testing.assert_allclose(
+        [s.miou, s.pacc, s.macc, s.fiou], [0.875, 14 / 15, 23 / 24, 13.25 / 15]
+    )
     summary = acc.summary()["all"]
-    np.testing.assert_allclose([summary["miou"], summary["nm_covering"]], [0.875, 0.875],
-                               rtol=1e-6)
+    np.testing.assert_allclose([summary["miou"], summary["nm_covering"]], [0.875, 0.875], rtol=1e-6)
 
 
 # Hierarchical GT: X (0) -> a (1), b (2); Y (3).  Pixels: b = left half, a = top-right,
@@ -106,8 +109,12 @@ def test_hierarchical_covering():
 
 def test_root_is_a_candidate_only_when_alone():
     # A tree that is only its root: both halves of FLAT-like GT match the root, IoU 8/16.
-    pred = TreePrediction(np.zeros((1, 1, 4, 4), np.int32), np.array([[True, False]]),
-                          np.zeros((1, 2), np.int32), np.full((1, 2), -1, np.int32))
+    pred = TreePrediction(
+        np.zeros((1, 1, 4, 4), np.int32),
+        np.array([[True, False]]),
+        np.zeros((1, 2), np.int32),
+        np.full((1, 2), -1, np.int32),
+    )
     gt = np.array([[[0, 0, 1, 1]] * 4], np.int32)
     scores = evaluate_batch(pred, gt, flat_label_space(2))
     assert int(scores.n_nodes[0]) == 1
@@ -151,8 +158,11 @@ def test_bsds_covering():
     acc = Accumulator.for_bsds()
     acc.add(scores, ["img1", "img2"])
     summary = acc.summary()
-    np.testing.assert_allclose([summary["ods"], summary["ois"], summary["best"]],
-                               [0.798828125, 0.84765625, 0.84765625], rtol=1e-6)
+    np.testing.assert_allclose(
+        [summary["ods"], summary["ois"], summary["best"]],
+        [0.798828125, 0.84765625, 0.84765625],
+        rtol=1e-6,
+    )
     assert summary["ods_level"] == 1 and summary["images"] == 2
 
 
@@ -163,8 +173,10 @@ def test_hungarian_beats_greedy():
     # pAcc 10/16; mAcc (4/9 + 6/7)/2; fIoU 9/16 * 4/9 + 7/16 * 1/2 = 7.5/16.
     scores, assignment = hungarian_scores(np.array([[5, 4, 0], [6, 0, 1]]))
     np.testing.assert_array_equal(assignment, [1, 0])
-    np.testing.assert_allclose([scores.miou, scores.pacc, scores.macc, scores.fiou],
-                               [17 / 36, 10 / 16, (4 / 9 + 6 / 7) / 2, 7.5 / 16])
+    np.testing.assert_allclose(
+        [scores.miou, scores.pacc, scores.macc, scores.fiou],
+        [17 / 36, 10 / 16, (4 / 9 + 6 / 7) / 2, 7.5 / 16],
+    )
 
 
 def test_confusion_counts():

@@ -371,10 +371,12 @@ def test_stage_a_restarts_drive_the_parts_k_means_only():
     emb = jax.random.normal(jax.random.key(3), (96, 8))
     config = PartitionConfig(n_parts=12, stage_a_restarts=1, kmeans_restarts=7)
     key = jax.random.key(5)
-    expected = kmeans(emb, 12, key, k_max=12, n_init=1, max_iter=config.kmeans_max_iter,
-                      tol=config.kmeans_tol).labels
-    other = kmeans(emb, 12, key, k_max=12, n_init=7, max_iter=config.kmeans_max_iter,
-                   tol=config.kmeans_tol).labels
+    expected = kmeans(
+        emb, 12, key, k_max=12, n_init=1, max_iter=config.kmeans_max_iter, tol=config.kmeans_tol
+    ).labels
+    other = kmeans(
+        emb, 12, key, k_max=12, n_init=7, max_iter=config.kmeans_max_iter, tol=config.kmeans_tol
+    ).labels
     got = jp.parts_of(emb, config, key)
     np.testing.assert_array_equal(got, expected)
     assert not np.array_equal(expected, other)

@@ -39,7 +39,10 @@ def test_each_variable_moves_its_folder(clean_env, tmp_path):
     clean_env.setenv("HISEG_CACHE", str(tmp_path / "d"))
     clean_env.setenv("HISEG_TFDS_DIR", str(tmp_path / "t"))
     assert (paths.checkpoint_dir(), paths.download_dir(), paths.prepared_datasets_dir()) == (
-        tmp_path / "c", tmp_path / "d", tmp_path / "t")
+        tmp_path / "c",
+        tmp_path / "d",
+        tmp_path / "t",
+    )
 
 
 def test_benchmarks_come_from_a_source_checkout(clean_env, tmp_path):

@@ -52,9 +52,13 @@ def private_uses(path: Path) -> list[str]:
                 elif _is_module(full):
                     modules[alias.asname or alias.name] = full
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and _is_private(node.attr)
-                and isinstance(node.value, ast.Name) and node.value.id in modules
-                and modules[node.value.id] != own):
+        if (
+            isinstance(node, ast.Attribute)
+            and _is_private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and modules[node.value.id] != own
+        ):
             found.append(f"{path}:{node.lineno} {modules[node.value.id]}.{node.attr}")
     return found
 
@@ -66,12 +70,15 @@ def test_no_private_name_crosses_a_module():
     assert not uses, "private names used across modules:\n" + "\n".join(uses)
 
 
-@pytest.mark.parametrize("source, count", [
-    ("from hiseg_jax.spectral.partition import _partition_batch\n", 1),
-    ("from hiseg_jax.spectral import kmeans as km\nkm._seed(1)\n", 1),
-    ("import hiseg_jax.features\nhiseg_jax.features.compiled_features\n", 0),
-    ("from hiseg_jax import __version__\n", 0),
-])
+@pytest.mark.parametrize(
+    "source, count",
+    [
+        ("from hiseg_jax.spectral.partition import _partition_batch\n", 1),
+        ("from hiseg_jax.spectral import kmeans as km\nkm._seed(1)\n", 1),
+        ("import hiseg_jax.features\nhiseg_jax.features.compiled_features\n", 0),
+        ("from hiseg_jax import __version__\n", 0),
+    ],
+)
 def test_the_check_sees_imports_and_module_attributes(tmp_path, source, count):
     path = tmp_path / "probe.py"
     path.write_text(source)

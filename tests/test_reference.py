@@ -64,31 +64,38 @@ def _check_tree(nodes, n_parts: int) -> None:
 W4 = np.array([[0, 2, 0, 0], [2, 0, 1, 0], [0, 1, 0, 3], [0, 0, 3, 0]], dtype=np.float64)
 
 
-@pytest.mark.parametrize(("labels", "expected"), [
-    ([0, 0, 1, 1], (1 / 5 + 1 / 7) / 2),  # cut 1, volumes 5 and 7
-    ([0, 1, 1, 1], (2 / 2 + 2 / 10) / 2),  # cut 2, volumes 2 and 10
-    ([5, 5, 9, 5], (4 / 8 + 4 / 4) / 2),  # label values are arbitrary
-    ([0, 0, 0, 0], 0.0),
-])
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ([0, 0, 1, 1], (1 / 5 + 1 / 7) / 2),  # cut 1, volumes 5 and 7
+        ([0, 1, 1, 1], (2 / 2 + 2 / 10) / 2),  # cut 2, volumes 2 and 10
+        ([5, 5, 9, 5], (4 / 8 + 4 / 4) / 2),  # label values are arbitrary
+        ([0, 0, 0, 0], 0.0),
+    ],
+)
 def test_mean_ncut_by_hand(labels, expected):
     assert mean_ncut(W4, np.array(labels)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_mean_ncut_counts_empty_clusters():
     """k-means asked for 3 clusters but one is empty: it adds 0 and still counts in 1/k."""
-    assert mean_ncut(W4, np.array([0, 0, 2, 2]), n_clusters=3) == \
-        pytest.approx((1 / 5 + 1 / 7) / 3, rel=1e-12)
+    assert mean_ncut(W4, np.array([0, 0, 2, 2]), n_clusters=3) == pytest.approx(
+        (1 / 5 + 1 / 7) / 3, rel=1e-12
+    )
 
 
-@pytest.mark.parametrize(("evals", "max_kways", "n", "k"), [
-    ([0.0, 0.1, 0.9, 1.0, 1.05], 10, 20, 2),  # largest admissible gap at i = 2
-    ([0.0, 0.8, 0.85, 0.9, 1.5], 10, 20, 4),  # gap 1 (0 -> 0.8) is never chosen
-    ([0.0, 1.0, 1.01, 1.03], 10, 20, 3),
-    ([0.0, 0.1, 0.2, 0.3, 0.9], 3, 20, 3),  # i* = 4 clipped to max_kways
-    ([0.0, 0.1, 0.2, 0.3, 0.9], 10, 4, 3),  # ... and to n - 1
-    ([0.0, 0.5], 10, 20, 0),  # m < 3: no admissible gap
-    ([0.0], 10, 2, 0),
-])
+@pytest.mark.parametrize(
+    ("evals", "max_kways", "n", "k"),
+    [
+        ([0.0, 0.1, 0.9, 1.0, 1.05], 10, 20, 2),  # largest admissible gap at i = 2
+        ([0.0, 0.8, 0.85, 0.9, 1.5], 10, 20, 4),  # gap 1 (0 -> 0.8) is never chosen
+        ([0.0, 1.0, 1.01, 1.03], 10, 20, 3),
+        ([0.0, 0.1, 0.2, 0.3, 0.9], 3, 20, 3),  # i* = 4 clipped to max_kways
+        ([0.0, 0.1, 0.2, 0.3, 0.9], 10, 4, 3),  # ... and to n - 1
+        ([0.0, 0.5], 10, 20, 0),  # m < 3: no admissible gap
+        ([0.0], 10, 2, 0),
+    ],
+)
 def test_eigengap_k(evals, max_kways, n, k):
     assert eigengap_k(np.array(evals), max_kways, n) == k
 
@@ -148,6 +155,7 @@ def test_normalized_laplacian_and_adjacency():
 
 # --- graph and part graph -------------------------------------------------------------------
 
+
 def test_minmax_graph_low_rank_identity():
     """docs/method.md section 8: W = (1 - 1/dmax) 11^T + X X^T / dmax - I for unit features."""
     rng = np.random.default_rng(1)
@@ -177,6 +185,7 @@ def test_part_graph_by_hand():
 
 # --- stage B --------------------------------------------------------------------------------
 
+
 def test_stage_b_recovers_planted_part_graph():
     wp, groups = planted_part_graph(0, branching=(2, 3), leaf_size=6)
     nodes = reference_stage_b(wp, CFG, seed=0)
@@ -201,12 +210,15 @@ def test_pair_rule():
     assert [n.stop_reason for n in nodes] == ["split", "min_points", "min_points"]
 
 
-@pytest.mark.parametrize(("w", "depth", "reason"), [
-    (_blocks((1,)), 0, "min_points"),
-    (_blocks((2, 2), between=0.01), CFG.levels, "depth"),
-    (_blocks((5,), inside=0.0), 0, "no_edges"),
-    (_blocks((3,)), 0, "no_gap"),  # m = 2 eigenpairs: no admissible gap
-])
+@pytest.mark.parametrize(
+    ("w", "depth", "reason"),
+    [
+        (_blocks((1,)), 0, "min_points"),
+        (_blocks((2, 2), between=0.01), CFG.levels, "depth"),
+        (_blocks((5,), inside=0.0), 0, "no_edges"),
+        (_blocks((3,)), 0, "no_gap"),  # m = 2 eigenpairs: no admissible gap
+    ],
+)
 def test_leaf_reasons(w, depth, reason):
     assert split_node(w, depth, CFG, 0).stop_reason == reason
 
@@ -219,6 +231,7 @@ def test_depth_budget():
 
 
 # --- whole pipeline -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def planted():
@@ -255,7 +268,8 @@ def test_stage_a_parts_are_contiguous_ids(planted):
     assert result.parts[0] == 0
     with threadpool_limits(1):
         np.testing.assert_array_equal(
-            reference_stage_a(feats, PartitionConfig(n_parts=48), seed=0), result.parts)
+            reference_stage_a(feats, PartitionConfig(n_parts=48), seed=0), result.parts
+        )
 
 
 def test_deterministic_for_a_seed():
@@ -263,8 +277,9 @@ def test_deterministic_for_a_seed():
     cfg = PartitionConfig(n_parts=12)
     a, b = (reference_partition(feats, cfg, seed=3) for _ in range(2))
     np.testing.assert_array_equal(a.parts, b.parts)
-    assert [(n.parts.tolist(), n.children, n.stop_reason) for n in a.nodes] == \
-        [(n.parts.tolist(), n.children, n.stop_reason) for n in b.nodes]
+    assert [(n.parts.tolist(), n.children, n.stop_reason) for n in a.nodes] == [
+        (n.parts.tolist(), n.children, n.stop_reason) for n in b.nodes
+    ]
 
 
 @pytest.mark.parametrize("value", [1.0, 0.0])
@@ -277,15 +292,18 @@ def test_constant_features_give_a_single_node(value):
     assert isinstance(result, RefResult) and not result.level_labels(3).any()
 
 
-@pytest.mark.parametrize(("call", "match"), [
-    (lambda: reference_graph(np.zeros(5), CFG), "features must be"),
-    (lambda: reference_graph(np.full((4, 2), np.nan), CFG), "NaN"),
-    (lambda: reference_graph(np.ones((1, 3)), CFG), ">= 2 patches"),
-    (lambda: reference_stage_a(np.eye(5), PartitionConfig(n_parts=6), 0), "exceeds"),
-    (lambda: reference_stage_b(np.triu(np.ones((3, 3))), CFG, 0), "symmetric"),
-    (lambda: reference_stage_b(-np.ones((3, 3)), CFG, 0), "non-negative"),
-    (lambda: part_graph(W4, np.array([0, 1, 2, 3]), 3), "part ids"),
-])
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: reference_graph(np.zeros(5), CFG), "features must be"),
+        (lambda: reference_graph(np.full((4, 2), np.nan), CFG), "NaN"),
+        (lambda: reference_graph(np.ones((1, 3)), CFG), ">= 2 patches"),
+        (lambda: reference_stage_a(np.eye(5), PartitionConfig(n_parts=6), 0), "exceeds"),
+        (lambda: reference_stage_b(np.triu(np.ones((3, 3))), CFG, 0), "symmetric"),
+        (lambda: reference_stage_b(-np.ones((3, 3)), CFG, 0), "non-negative"),
+        (lambda: part_graph(W4, np.array([0, 1, 2, 3]), 3), "part ids"),
+    ],
+)
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -32,8 +32,17 @@ def batch_run(default_checkpoint, tmp_path_factory) -> dict:
     Image.fromarray(skimage.data.camera()[::2, ::3]).save(folder / GOOD["gray"])
     bad = write_bad_files(folder)
     out = tmp_path_factory.mktemp("out")
-    argv = ["segment", str(folder), "--out", str(out), "--batch-size", "2",
-            "--backbone", str(default_checkpoint), *SMALL_FLAGS]
+    argv = [
+        "segment",
+        str(folder),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--backbone",
+        str(default_checkpoint),
+        *SMALL_FLAGS,
+    ]
     return {"folder": folder, "out": out, "bad": bad, "argv": argv, "rc": main(argv)}
 
 
@@ -143,8 +152,14 @@ def test_no_images_means_the_samples():
 def test_bad_settings_exit_with_a_message(tmp_path, capsys, default_checkpoint):
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(image)
-    argv = ["segment", str(image), "--out", str(tmp_path / "out"),
-            "--backbone", str(default_checkpoint)]
+    argv = [
+        "segment",
+        str(image),
+        "--out",
+        str(tmp_path / "out"),
+        "--backbone",
+        str(default_checkpoint),
+    ]
     assert main([*argv, "--size", "100"]) == 2
     assert "multiple of the patch size 14" in capsys.readouterr().err
     assert main([*argv, "--levels", "0"]) == 2

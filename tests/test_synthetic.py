@@ -67,12 +67,15 @@ def test_jax_keys_are_accepted():
     assert not np.array_equal(planted_hierarchy(raw)[0], planted_hierarchy(4)[0])
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"branching": (2, 1)}, "branching"),
-    ({"dim": 20}, "dim must be"),
-    ({"grid": (3, 3), "branching": (4, 4)}, "too small"),
-    ({"scales": (1.0, 0.5)}, "one scale per level"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"branching": (2, 1)}, "branching"),
+        ({"dim": 20}, "dim must be"),
+        ({"grid": (3, 3), "branching": (4, 4)}, "too small"),
+        ({"scales": (1.0, 0.5)}, "one scale per level"),
+    ],
+)
 def test_planted_hierarchy_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         planted_hierarchy(0, **kwargs)

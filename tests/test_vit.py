@@ -69,8 +69,14 @@ def test_resample_matrices_match_torch_interpolate(antialias):
     mode = "bicubic_antialias" if antialias else "bicubic"
     rng = np.random.default_rng(0)
     for g_in, h_out, w_out, offset in [
-        (4, 3, 5, 0.0), (4, 4, 6, 0.1), (4, 3, 5, 0.1), (5, 13, 2, 0.0), (37, 60, 37, 0.1),
-        (37, 36, 74, 0.0), (7, 7, 7, 0.1), (1, 3, 2, 0.0),
+        (4, 3, 5, 0.0),
+        (4, 4, 6, 0.1),
+        (4, 3, 5, 0.1),
+        (5, 13, 2, 0.0),
+        (37, 60, 37, 0.1),
+        (37, 36, 74, 0.0),
+        (7, 7, 7, 0.1),
+        (1, 3, 2, 0.0),
     ]:
         grid = torch.from_numpy(rng.normal(size=(1, 2, g_in, g_in)))
         resize = (

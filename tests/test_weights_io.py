@@ -69,8 +69,12 @@ def test_loading_a_checkpoint_never_imports_torch(vits16_checkpoint):
         f"load_backbone({str(vits16_checkpoint)!r}); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -212,8 +216,14 @@ def tiny_onnx(tmp_path_factory):
             return self.head(self.backbone(x).last_hidden_state)
 
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    torch.onnx.export(Wrapper().eval(), (torch.randn(1, 3, 16, 20),), str(path),
-                      dynamo=False, input_names=["x"], opset_version=14)
+    torch.onnx.export(
+        Wrapper().eval(),
+        (torch.randn(1, 3, 16, 20),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        opset_version=14,
+    )
     state = {_hub_name(k): v.numpy() for k, v in backbone.state_dict().items()}
     return path, state
 
@@ -261,8 +271,9 @@ def test_convert_command_reads_a_wrapped_pth_directly_or_downloaded(tmp_path, ca
     from hiseg_jax.cli import main
     from hiseg_jax.weights import download
 
-    config = transformers.Dinov2Config(hidden_size=384, num_hidden_layers=12,
-                                       num_attention_heads=6, patch_size=14, image_size=518)
+    config = transformers.Dinov2Config(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14, image_size=518
+    )
     with torch.device("meta"):  # shapes only: no slow initialisation
         shapes = {k: v.shape for k, v in transformers.Dinov2Model(config).state_dict().items()}
     generator = torch.Generator().manual_seed(0)
@@ -271,8 +282,10 @@ def test_convert_command_reads_a_wrapped_pth_directly_or_downloaded(tmp_path, ca
     torch.save({"model": state}, source)
     variant = "dinov2_vits14_imgfocus"
     out = tmp_path / "out.safetensors"
-    assert main(["convert", str(source), "--variant", variant, "--source", "hf",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["convert", str(source), "--variant", variant, "--source", "hf", "--out", str(out)])
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     loaded_variant, flat = load_checkpoint(out)
     assert loaded_variant == variant

@@ -61,7 +61,12 @@ def make_family(family: str, seed: int = 0) -> tuple[torch.nn.Module, ViTConfig]
             torch.nn.init.normal_(param, std=0.3)
     config = dataclasses.replace(
         get_config(_VARIANT[family]),
-        patch_size=PATCH, width=WIDTH, depth=DEPTH, heads=HEADS, mlp_dim=mlp_dim, posemb_grid=GRID,
+        patch_size=PATCH,
+        width=WIDTH,
+        depth=DEPTH,
+        heads=HEADS,
+        mlp_dim=mlp_dim,
+        posemb_grid=GRID,
     )
     return model, config
 
@@ -90,8 +95,9 @@ def torch_outputs(
     captured = {}
     layers = r"(?:encoder\.layers?|layers)\.{}"
     hooks = [
-        _module(model, layers.format(DEPTH - 1) + r"\.(?:attention|self_attn)\.k_proj")
-        .register_forward_hook(lambda m, i, o: captured.__setitem__("keys", o)),
+        _module(
+            model, layers.format(DEPTH - 1) + r"\.(?:attention|self_attn)\.k_proj"
+        ).register_forward_hook(lambda m, i, o: captured.__setitem__("keys", o)),
         _module(model, layers.format(block)).register_forward_hook(
             lambda m, i, o: captured.__setitem__("block", o[0] if isinstance(o, tuple) else o)
         ),

@@ -52,38 +52,68 @@ HELP = "evaluate on a benchmark dataset: the paper's table rows, a report, resum
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `hiseg evaluate`."""
-    parser.add_argument("--dataset", required=True, choices=sorted(BUILDERS),
-                        help="dataset builder name")
-    parser.add_argument("--data-dir", required=True, type=Path,
-                        help="the dataset's folder, as its official download unpacks (a folder "
-                        "that does not fit gets an error naming what is missing)")
+    parser.add_argument(
+        "--dataset", required=True, choices=sorted(BUILDERS), help="dataset builder name"
+    )
+    parser.add_argument(
+        "--data-dir",
+        required=True,
+        type=Path,
+        help="the dataset's folder, as its official download unpacks (a folder "
+        "that does not fit gets an error naming what is missing)",
+    )
     parser.add_argument("--split", default="val", help="split to score (default: %(default)s)")
-    parser.add_argument("--resolution", choices=RESOLUTIONS, default="image",
-                        help="compare at every image's size (prediction upsampled) or at the "
-                        "patch grid (GT sampled at patch centres) (default: %(default)s)")
-    parser.add_argument("--matching", choices=MATCHINGS, default="max-overlap",
-                        help="semantic scores: the paper's per-image maximum overlap, or also "
-                        "the peers' dataset-level Hungarian matching (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="score only the first N images of the split")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: runs/DATASET-SPLIT)")
+    parser.add_argument(
+        "--resolution",
+        choices=RESOLUTIONS,
+        default="image",
+        help="compare at every image's size (prediction upsampled) or at the "
+        "patch grid (GT sampled at patch centres) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--matching",
+        choices=MATCHINGS,
+        default="max-overlap",
+        help="semantic scores: the paper's per-image maximum overlap, or also "
+        "the peers' dataset-level Hungarian matching (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="score only the first N images of the split"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/DATASET-SPLIT)"
+    )
     again = parser.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run in --out, scoring only images without a result")
-    again.add_argument("--overwrite", action="store_true",
-                       help="discard the results already in --out")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out, scoring only images without a result",
+    )
+    again.add_argument(
+        "--overwrite", action="store_true", help="discard the results already in --out"
+    )
     add_run_arguments(parser)
-    parser.add_argument("--hierarchy", type=Path, default=None,
-                        help="a label hierarchy file replacing the dataset's own, one node a "
-                        "line as 'parent/child | pixel value | foreground|background|ignore' "
-                        "(docs/metrics.md), e.g. one built over the ADE20K images scored")
-    parser.add_argument("--prepared-dir", type=Path, default=None,
-                        help="where the dataset's ArrayRecord files are prepared (default: "
-                        "$HISEG_TFDS_DIR, else $HISEG_HOME/tfds)")
-    parser.add_argument("--crf", action="store_true",
-                        help="refine the leaves with the dense CRF at every image's size "
-                        "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)")
+    parser.add_argument(
+        "--hierarchy",
+        type=Path,
+        default=None,
+        help="a label hierarchy file replacing the dataset's own, one node a "
+        "line as 'parent/child | pixel value | foreground|background|ignore' "
+        "(docs/metrics.md), e.g. one built over the ADE20K images scored",
+    )
+    parser.add_argument(
+        "--prepared-dir",
+        type=Path,
+        default=None,
+        help="where the dataset's ArrayRecord files are prepared (default: "
+        "$HISEG_TFDS_DIR, else $HISEG_HOME/tfds)",
+    )
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine the leaves with the dense CRF at every image's size "
+        "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_partition_arguments(parser)
 
@@ -91,30 +121,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     """The settings the parsed arguments ask for (ValueError for bad ones)."""
     return EvalSettings(
-        dataset=args.dataset, data_dir=str(args.data_dir), split=args.split,
-        backbone=args.backbone, size=args.size, resolution=args.resolution,
-        matching=args.matching, features=args.features,
-        seed=args.seed, partition=partition_config(args),
+        dataset=args.dataset,
+        data_dir=str(args.data_dir),
+        split=args.split,
+        backbone=args.backbone,
+        size=args.size,
+        resolution=args.resolution,
+        matching=args.matching,
+        features=args.features,
+        seed=args.seed,
+        partition=partition_config(args),
         hierarchy=None if args.hierarchy is None else str(args.hierarchy),
-        crf=CRFConfig() if args.crf else None)
+        crf=CRFConfig() if args.crf else None,
+    )
 
 
 def command_line(settings: EvalSettings, options: RunOptions) -> str:
     """A `hiseg evaluate` command that reproduces `settings` (defaults left out);
     ValueError for CRF settings other than `CRFConfig()`, which have no flags."""
     if settings.crf not in (None, CRFConfig()):
-        raise ValueError(f"no command line gives the CRF settings {settings.crf}: only "
-                         "--crf (CRFConfig defaults)")
-    words = ["hiseg", "evaluate", "--dataset", settings.dataset, "--data-dir",
-             str(settings.data_dir), "--split", settings.split]
-    optional = (("--backbone", settings.backbone, DEFAULT_BACKBONE),
-                ("--size", format_size(settings.size), format_size(DEFAULT_SIZE)),
-                ("--resolution", settings.resolution, "image"),
-                ("--matching", settings.matching, "max-overlap"),
-                ("--features", settings.features, "tokens"),
-                ("--seed", settings.seed, 0),
-                ("--hierarchy", settings.hierarchy, None), ("--limit", options.limit, None),
-                ("--batch-size", options.batch_size, DEFAULT_BATCH_SIZE))
+        raise ValueError(
+            f"no command line gives the CRF settings {settings.crf}: only "
+            "--crf (CRFConfig defaults)"
+        )
+    words = [
+        "hiseg",
+        "evaluate",
+        "--dataset",
+        settings.dataset,
+        "--data-dir",
+        str(settings.data_dir),
+        "--split",
+        settings.split,
+    ]
+    optional = (
+        ("--backbone", settings.backbone, DEFAULT_BACKBONE),
+        ("--size", format_size(settings.size), format_size(DEFAULT_SIZE)),
+        ("--resolution", settings.resolution, "image"),
+        ("--matching", settings.matching, "max-overlap"),
+        ("--features", settings.features, "tokens"),
+        ("--seed", settings.seed, 0),
+        ("--hierarchy", settings.hierarchy, None),
+        ("--limit", options.limit, None),
+        ("--batch-size", options.batch_size, DEFAULT_BATCH_SIZE),
+    )
     for flag, value, default in optional:
         if value != default:
             words += [flag, str(value)]
@@ -129,23 +179,34 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{args.dataset}-{args.split}"
     try:
         settings = settings_from_args(args)
-        options = RunOptions(out=out, limit=args.limit, batch_size=args.batch_size,
-                             resume=args.resume, overwrite=args.overwrite,
-                             prepared_dir=args.prepared_dir, progress=not args.no_progress)
+        options = RunOptions(
+            out=out,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            prepared_dir=args.prepared_dir,
+            progress=not args.no_progress,
+        )
         options = dataclasses.replace(options, command=command_line(settings, options))
         report = evaluate(settings, options)
     except KeyboardInterrupt:
         count = len(read(out / RESULTS)[0])
-        print(f"\nhiseg evaluate: interrupted; {count} images recorded in {out / RESULTS}. "
-              "Continue with the same command and --resume.", file=sys.stderr)
+        print(
+            f"\nhiseg evaluate: interrupted; {count} images recorded in {out / RESULTS}. "
+            "Continue with the same command and --resume.",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, OSError) as err:  # DatasetLayoutError, EvaluationError, bad settings
         print(f"hiseg evaluate: error: {err}", file=sys.stderr)
         return 2
     run_info = report["run"]
-    print(f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
-          f"{run_info['skipped']} skipped ({settings.resolution} resolution"
-          f"{', w CRF' if settings.crf is not None else ''})")
+    print(
+        f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
+        f"{run_info['skipped']} skipped ({settings.resolution} resolution"
+        f"{', w CRF' if settings.crf is not None else ''})"
+    )
     print(results_table(report))
     for skipped in run_info["skipped_images"]:
         print(f"  skipped {skipped['name']}: {skipped['error']}")

@@ -58,19 +58,37 @@ def format_size(size: int | tuple[int, int]) -> str:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--backbone, --size, --batch-size, --features, --seed: the backbone and the engine."""
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help="converted checkpoint: a name in $HISEG_CHECKPOINTS or a "
-                        ".safetensors path (default: %(default)s)")
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE,
-                        help="every image is resized to this backbone input size, S or HxW, "
-                        "multiples of the patch size (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="images per compiled batch; does not change results "
-                        "(default: %(default)s)")
-    parser.add_argument("--features", choices=FEATURE_KINDS, default="tokens",
-                        help="patch tokens (the paper's) or last-block keys (default: tokens)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random key of the eigensolvers and k-means (default: 0)")
+    parser.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help="converted checkpoint: a name in $HISEG_CHECKPOINTS or a "
+        ".safetensors path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=DEFAULT_SIZE,
+        help="every image is resized to this backbone input size, S or HxW, "
+        "multiples of the patch size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="images per compiled batch; does not change results (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--features",
+        choices=FEATURE_KINDS,
+        default="tokens",
+        help="patch tokens (the paper's) or last-block keys (default: tokens)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random key of the eigensolvers and k-means (default: 0)",
+    )
 
 
 def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,16 +98,20 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(PartitionConfig):
         choices = typing.get_args(hints[field.name]) or None
         group.add_argument(
-            "--" + field.name.replace("_", "-"), dest=field.name, default=field.default,
-            type=str if choices else type(field.default), choices=choices,
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=field.default,
+            type=str if choices else type(field.default),
+            choices=choices,
             help=f"{PARTITION_HELP[field.name]} (default: %(default)s)",
         )
 
 
 def partition_config(args: argparse.Namespace) -> PartitionConfig:
     """The `PartitionConfig` of parsed arguments (ValueError for invalid values)."""
-    return PartitionConfig(**{f.name: getattr(args, f.name)
-                              for f in dataclasses.fields(PartitionConfig)})
+    return PartitionConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(PartitionConfig)}
+    )
 
 
 def partition_flags(config: PartitionConfig) -> list[str]:

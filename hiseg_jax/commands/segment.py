@@ -57,14 +57,26 @@ class Job:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `hiseg segment`; one `--field-name` option per `PartitionConfig` field."""
-    parser.add_argument("images", nargs="*", type=Path, metavar="IMAGES_OR_FOLDERS",
-                        help="image files and folders (recursive); none: the sample images")
-    parser.add_argument("--out", type=Path, default=Path("out"),
-                        help="output folder, one sub-folder per image (default: %(default)s)")
+    parser.add_argument(
+        "images",
+        nargs="*",
+        type=Path,
+        metavar="IMAGES_OR_FOLDERS",
+        help="image files and folders (recursive); none: the sample images",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out"),
+        help="output folder, one sub-folder per image (default: %(default)s)",
+    )
     add_run_arguments(parser)
-    parser.add_argument("--crf", action="store_true",
-                        help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
-                        "on a CPU: it runs at every image's full size)")
+    parser.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
+        "on a CPU: it runs at every image's full size)",
+    )
     add_partition_arguments(parser)
 
 
@@ -111,9 +123,15 @@ def _segment_jobs(
     failures: list[str] = []
     with tqdm(total=len(todo), unit="image", desc="hiseg segment") as bar:
         results = segment_stream(
-            _items(todo), model, args.size, batch_size=args.batch_size, features=args.features,
-            key=jax.random.key(args.seed), config=config,
-            crf=CRFConfig() if args.crf else None, notify=bar.set_postfix_str,
+            _items(todo),
+            model,
+            args.size,
+            batch_size=args.batch_size,
+            features=args.features,
+            key=jax.random.key(args.seed),
+            config=config,
+            crf=CRFConfig() if args.crf else None,
+            notify=bar.set_postfix_str,
         )
         for result in results:
             if isinstance(result, Failure):
@@ -141,8 +159,13 @@ def _write(result: ImageSegmentation, settings: dict[str, Any], out: Path) -> No
     rows = {name: np.asarray(getattr(result.tree, name))[0] for name in _TREE_ROWS}
     export.clear_marker(folder)
     export.write_image_outputs(
-        folder, result.item.image, result.level_labels, result.patch_levels, rows,
-        result.leaf_descriptors, {"image": job.name, "source": job.source, "settings": settings},
+        folder,
+        result.item.image,
+        result.level_labels,
+        result.patch_levels,
+        rows,
+        result.leaf_descriptors,
+        {"image": job.name, "source": job.source, "settings": settings},
     )
     export.mark_done(folder, job.source, settings)
 

@@ -33,16 +33,36 @@ from hiseg_jax.paths import prepared_datasets_dir
 
 BUILDERS: dict[str, type[SegmentationBuilder]] = {
     b.name: b
-    for b in (Ade20k, Bsds500, Cityscapes, Cocostuff, KittiStep, MapillaryVistas,
-              MapillaryVistasV2, Partimagenet, Partimagenet158, PascalPart, Potsdam, Voc2012)
+    for b in (
+        Ade20k,
+        Bsds500,
+        Cityscapes,
+        Cocostuff,
+        KittiStep,
+        MapillaryVistas,
+        MapillaryVistasV2,
+        Partimagenet,
+        Partimagenet158,
+        PascalPart,
+        Potsdam,
+        Voc2012,
+    )
 }
 
-__all__ = ["BUILDERS", "IGNORE", "DatasetLayoutError", "builder", "level_maps", "load",
-           "read_example"]
+__all__ = [
+    "BUILDERS",
+    "IGNORE",
+    "DatasetLayoutError",
+    "builder",
+    "level_maps",
+    "load",
+    "read_example",
+]
 
 
-def builder(name: str, data_dir: str | Path, prepared_dir: str | Path | None = None, *,
-            split: str) -> tuple[SegmentationBuilder, tfds.download.DownloadConfig]:
+def builder(
+    name: str, data_dir: str | Path, prepared_dir: str | Path | None = None, *, split: str
+) -> tuple[SegmentationBuilder, tfds.download.DownloadConfig]:
     """The builder of split `split` of dataset `name` reading raw files from `data_dir`, and
     the tfds DownloadConfig that points it there."""
     if name not in BUILDERS:
@@ -59,8 +79,9 @@ def builder(name: str, data_dir: str | Path, prepared_dir: str | Path | None = N
     return cls(data_dir=str(prepared_dir), config=split, file_format="array_record"), config
 
 
-def load(name: str, data_dir: str | Path, split: str, prepared_dir: str | Path | None = None
-         ) -> Sequence[dict[str, Any]]:
+def load(
+    name: str, data_dir: str | Path, split: str, prepared_dir: str | Path | None = None
+) -> Sequence[dict[str, Any]]:
     """A random-access source of `split`, preparing its ArrayRecord files on first use. A
     missing or malformed `data_dir` raises DatasetLayoutError naming what is missing and
     where it was expected."""

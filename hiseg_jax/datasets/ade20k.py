@@ -27,8 +27,11 @@ def read_ade20k_labels(stem: Path) -> np.ndarray:
     seg = require_file(stem.with_name(f"{stem.name}_seg.png"), "ADE20K object mask")
     objects = ade20k_class_map(read_label_image(seg, colour=True))
     parts_file = stem.with_name(f"{stem.name}_parts_1.png")
-    parts = (ade20k_class_map(read_label_image(parts_file, colour=True))
-             if parts_file.exists() else np.zeros_like(objects))
+    parts = (
+        ade20k_class_map(read_label_image(parts_file, colour=True))
+        if parts_file.exists()
+        else np.zeros_like(objects)
+    )
     if parts.shape != objects.shape:
         raise ValueError(f"{parts_file}: {parts.shape} parts for {objects.shape} objects")
     return ade20k_pixel_values(objects, parts)

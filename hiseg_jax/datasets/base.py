@@ -63,7 +63,8 @@ def read_label_image(path: Path, *, colour: bool = False) -> np.ndarray:
             if is_colour != colour:
                 raise DatasetLayoutError(
                     f"{path}: expected a {'colour' if colour else 'single-channel'} label "
-                    f"image, got mode {image.mode}")
+                    f"image, got mode {image.mode}"
+                )
             return np.asarray(image.convert("RGB") if colour else image, np.int32)
     except (OSError, SyntaxError) as err:
         raise DatasetLayoutError(f"{path}: cannot read the label image ({err})") from err
@@ -96,8 +97,9 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         """One builder config per split, named after it."""
-        cls.BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=s, description=f"split {s}")
-                               for s in cls.SPLITS]
+        cls.BUILDER_CONFIGS = [
+            tfds.core.BuilderConfig(name=s, description=f"split {s}") for s in cls.SPLITS
+        ]
         super().__init_subclass__(**kwargs)
 
     @classmethod
@@ -116,8 +118,11 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         return tfds.core.DatasetInfo(
             builder=self,
             description=f"{self.name} for hierarchical segmentation evaluation (labels: "
-            + (f"hierarchy '{self.HIERARCHY}' values)." if self.LABEL_AXIS == "hierarchy"
-               else "one segmentation per annotator)."),
+            + (
+                f"hierarchy '{self.HIERARCHY}' values)."
+                if self.LABEL_AXIS == "hierarchy"
+                else "one segmentation per annotator)."
+            ),
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Tensor(shape=(), dtype=np.object_),
@@ -173,8 +178,10 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
             count += 1
             yield ex.key, {"image": image, "labels": labels, "name": ex.key}
         if count == 0:
-            raise DatasetLayoutError(f"{self.name} split '{split}': no examples found under "
-                                     f"{root}.\n{self.manual_instructions()}")
+            raise DatasetLayoutError(
+                f"{self.name} split '{split}': no examples found under "
+                f"{root}.\n{self.manual_instructions()}"
+            )
 
 
 def _check_example(dataset: str, key: str, image: bytes, labels: np.ndarray) -> None:
@@ -186,9 +193,12 @@ def _check_example(dataset: str, key: str, image: bytes, labels: np.ndarray) -> 
         with Image.open(io.BytesIO(image)) as decoded:
             width, height = decoded.size
     except (OSError, SyntaxError, ValueError) as err:
-        logging.getLogger(__name__).warning("%s/%s: unreadable image kept as is (%s)",
-                                            dataset, key, err)
+        logging.getLogger(__name__).warning(
+            "%s/%s: unreadable image kept as is (%s)", dataset, key, err
+        )
         return
     if labels.shape[1:] != (height, width):
-        raise ValueError(f"{dataset}/{key}: labels are {labels.shape[1]}x{labels.shape[2]} but "
-                         f"the image is {height}x{width}")
+        raise ValueError(
+            f"{dataset}/{key}: labels are {labels.shape[1]}x{labels.shape[2]} but "
+            f"the image is {height}x{width}"
+        )

@@ -19,7 +19,8 @@ from hiseg_jax.datasets.base import (
 
 # Cityscapes trainId 0..18 -> its raw label id (road 7, sidewalk 8, ..., bicycle 33).
 TRAIN_ID_TO_LABEL_ID = np.array(
-    [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], np.int32)
+    [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], np.int32
+)
 UNLABELED_LABEL_ID = 0  # Cityscapes 'unlabeled' (ignored): where STEP has 255
 
 
@@ -29,8 +30,10 @@ def step_semantic_to_label_ids(semantic: np.ndarray) -> np.ndarray:
     semantic = np.asarray(semantic, np.int32)
     known = ((semantic >= 0) & (semantic < len(TRAIN_ID_TO_LABEL_ID))) | (semantic == IGNORE)
     if not np.all(known):
-        raise ValueError(f"KITTI-STEP semantic ids outside 0..18 and 255: "
-                         f"{np.unique(semantic[~known])[:10].tolist()}")
+        raise ValueError(
+            f"KITTI-STEP semantic ids outside 0..18 and 255: "
+            f"{np.unique(semantic[~known])[:10].tolist()}"
+        )
     table = np.append(TRAIN_ID_TO_LABEL_ID, UNLABELED_LABEL_ID)
     return table[np.where(semantic == IGNORE, len(TRAIN_ID_TO_LABEL_ID), semantic)]
 
@@ -60,7 +63,8 @@ class KittiStep(SegmentationBuilder):
     def examples(self, root: Path, split: str) -> Iterator[Example]:
         for target in sorted((self._maps(root) / split).glob("*/*.png")):
             seq, frame = target.parent.name, target.stem
-            image = require_file(root / "training" / "image_02" / seq / f"{frame}.png",
-                                 "KITTI tracking frame")
+            image = require_file(
+                root / "training" / "image_02" / seq / f"{frame}.png", "KITTI tracking frame"
+            )
             semantic = read_label_image(target, colour=True)[..., 0]
             yield Example(f"{seq}_{frame}", image, step_semantic_to_label_ids(semantic)[None])

@@ -78,8 +78,7 @@ class MapillaryVistas(SegmentationBuilder):
     @classmethod
     def hierarchy(cls, root: Path) -> Hierarchy:
         """The hierarchy spelt by the class names of `root`'s config (no file is shipped)."""
-        return mapillary_hierarchy(require_file(cls.config(root), "Vistas config"),
-                                   cls.HIERARCHY)
+        return mapillary_hierarchy(require_file(cls.config(root), "Vistas config"), cls.HIERARCHY)
 
     def _labels_dir(self, root: Path, split: str) -> Path:
         folder = root / SPLIT_FOLDERS[split]
@@ -96,8 +95,10 @@ class MapillaryVistas(SegmentationBuilder):
             image = require_file(images / f"{target.stem}.jpg", "Vistas image")
             labels = read_label_image(target)
             if labels.max() >= num_classes:
-                raise DatasetLayoutError(f"{target}: class index {labels.max()} but the config "
-                                         f"lists {num_classes} classes (wrong version?)")
+                raise DatasetLayoutError(
+                    f"{target}: class index {labels.max()} but the config "
+                    f"lists {num_classes} classes (wrong version?)"
+                )
             yield Example(target.stem, image, labels[None])
 
 

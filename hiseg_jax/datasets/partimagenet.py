@@ -48,8 +48,9 @@ class Partimagenet(SegmentationBuilder):
         images = data / "images" / split
         for target in sorted((data / "annotations" / split).glob("*.png")):
             wnid = target.stem.split("_")[0]
-            image = first_existing(images / f"{target.stem}.JPEG",
-                                   images / wnid / f"{target.stem}.JPEG")
+            image = first_existing(
+                images / f"{target.stem}.JPEG", images / wnid / f"{target.stem}.JPEG"
+            )
             yield require_file(image, "PartImageNet image"), target
 
     def examples(self, root: Path, split: str) -> Iterator[Example]:

@@ -30,8 +30,7 @@ def pascalpart_values() -> tuple[dict[int, int], dict[tuple[int, str], int]]:
     h = load_hierarchy(PascalPart.HIERARCHY)
     objects: dict[int, int] = {}
     parts: dict[tuple[int, str], int] = {}
-    for name, value, node_type, parent in zip(h.names, h.values, h.types, h.parents,
-                                              strict=True):
+    for name, value, node_type, parent in zip(h.names, h.values, h.types, h.parents, strict=True):
         if parent < 0 and node_type == "foreground":
             objects[value // 100] = value
         elif parent >= 0:
@@ -57,8 +56,9 @@ def read_pascal_part_mat(path: Path) -> np.ndarray | None:
         for part in obj["parts"].reshape(-1) if obj["parts"].size else ():
             name = _INSTANCE_SUFFIX.sub("", str(part["part_name"].reshape(-1)[0]))
             if (cls, name) not in parts:
-                raise ValueError(f"{path}: part {name!r} of class {cls} is not in the "
-                                 "pascalpart hierarchy")
+                raise ValueError(
+                    f"{path}: part {name!r} of class {cls} is not in the pascalpart hierarchy"
+                )
             labels[np.asarray(part["mask"]) > 0] = parts[(cls, name)]
     return labels
 
@@ -86,8 +86,11 @@ class PascalPart(SegmentationBuilder):
 
     def required_paths(self, root: Path, split: str) -> list[Path]:
         voc = self._voc(root)
-        return [voc / "JPEGImages", voc / "ImageSets" / "Main" / f"{split}.txt",
-                self._annotations(root)]
+        return [
+            voc / "JPEGImages",
+            voc / "ImageSets" / "Main" / f"{split}.txt",
+            self._annotations(root),
+        ]
 
     def examples(self, root: Path, split: str) -> Iterator[Example]:
         voc = self._voc(root)

@@ -22,12 +22,29 @@ from hiseg_jax.datasets.base import (
 
 # ISPRS class colours, in class-value order: impervious surfaces, building, low vegetation,
 # tree, car, clutter/background.
-COLOURS = np.array([(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0),
-                    (255, 0, 0)], np.int32)
+COLOURS = np.array(
+    [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)], np.int32
+)
 # The 14 tiles of the ISPRS benchmark's test set (labels public since 2018); the other 24
 # labelled tiles are its training set.
-TEST_TILES = frozenset({(2, 13), (2, 14), (3, 13), (3, 14), (4, 13), (4, 14), (4, 15), (5, 13),
-                        (5, 14), (5, 15), (6, 13), (6, 14), (6, 15), (7, 13)})
+TEST_TILES = frozenset(
+    {
+        (2, 13),
+        (2, 14),
+        (3, 13),
+        (3, 14),
+        (4, 13),
+        (4, 14),
+        (4, 15),
+        (5, 13),
+        (5, 14),
+        (5, 15),
+        (6, 13),
+        (6, 14),
+        (6, 15),
+        (7, 13),
+    }
+)
 _TILE = re.compile(r"top_potsdam_(\d+)_(\d+)_RGB\.tif$")
 
 
@@ -91,13 +108,15 @@ class Potsdam(SegmentationBuilder):
             image = np.asarray(tile.convert("RGB"))
         labels = decode_potsdam_colours(read_label_image(labels_path, colour=True))
         if labels.shape != image.shape[:2]:
-            raise ValueError(f"{labels_path}: {labels.shape} labels for a "
-                             f"{image.shape[:2]} image")
+            raise ValueError(f"{labels_path}: {labels.shape} labels for a {image.shape[:2]} image")
         tile_name = image_path.name.removeprefix("top_potsdam_").removesuffix("_RGB.tif")
         size, step = self.CROP, self.SCALE
         for row in range(image.shape[0] // size):
             for col in range(image.shape[1] // size):
-                window = np.s_[row * size:(row + 1) * size, col * size:(col + 1) * size]
+                window = np.s_[row * size : (row + 1) * size, col * size : (col + 1) * size]
                 crop = Image.fromarray(image[window]).reduce(step)
-                yield Example(f"{tile_name}_{row}_{col}", _png(np.asarray(crop)),
-                              labels[window][::step, ::step][None])
+                yield Example(
+                    f"{tile_name}_{row}_{col}",
+                    _png(np.asarray(crop)),
+                    labels[window][::step, ::step][None],
+                )

@@ -44,9 +44,7 @@ def canvas_shape(height: int, width: int, granule: int) -> tuple[int, int]:
     return side, side
 
 
-def upsample_to_canvas(
-    labels: jax.Array, size: jax.Array, canvas: tuple[int, int]
-) -> jax.Array:
+def upsample_to_canvas(labels: jax.Array, size: jax.Array, canvas: tuple[int, int]) -> jax.Array:
     """Nearest upsampling of patch labels [L', h, w] to a traced image size [2] = (H, W),
     drawn at the top-left of a [L', *canvas] map whose other pixels are -1 (padding).
 
@@ -86,8 +84,10 @@ def bsds_metric(num_regions: int = 256, annotators: int = 9, granule: int = 32) 
         for b, target in enumerate(targets):
             target = np.asarray(target)
             if target.ndim != 3 or not 1 <= len(target) <= annotators:
-                raise ValueError(f"target {b}: expected [A, H, W] with 1 <= A <= {annotators} "
-                                 f"annotators, got shape {target.shape}")
+                raise ValueError(
+                    f"target {b}: expected [A, H, W] with 1 <= A <= {annotators} "
+                    f"annotators, got shape {target.shape}"
+                )
             segs[b, : len(target), : target.shape[1], : target.shape[2]] = target - 1
             sizes[b] = target.shape[1:]
         return segs, sizes

@@ -112,7 +112,11 @@ def _compiled(
         return nnx.merge(graphdef, params)(images)
 
     body = functools.partial(
-        _step_body, apply=apply, kind=kind, dtype=BACKBONE_DTYPES[dtype], config=config,
+        _step_body,
+        apply=apply,
+        kind=kind,
+        dtype=BACKBONE_DTYPES[dtype],
+        config=config,
         metric=metric,
     )
     batched = (False, True, False) + ((True,) if metric is not None else ())
@@ -229,7 +233,9 @@ def _warn_cpu_mesh(mesh: Mesh) -> None:
         warnings.warn(
             f"data-parallel step over {mesh.devices.size} CPU devices: batched eigh can "
             "deadlock in jaxlib's LAPACK kernels when several images run per device; use "
-            "one CPU device (or one image per device, as the tests do)", stacklevel=3)
+            "one CPU device (or one image per device, as the tests do)",
+            stacklevel=3,
+        )
 
 
 def fetch(

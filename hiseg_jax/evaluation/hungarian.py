@@ -40,22 +40,28 @@ KMEANS_MAX_ITER = 300
 
 
 @functools.partial(jax.jit, static_argnames=("num_nodes", "num_labels"))
-def _joint_counts(leaf: jax.Array, gt: jax.Array, num_nodes: int, num_labels: int
-                  ) -> jax.Array:
+def _joint_counts(leaf: jax.Array, gt: jax.Array, num_nodes: int, num_labels: int) -> jax.Array:
     return jax.vmap(lambda lf, g: joint_counts(lf, g, num_nodes, num_labels))(leaf, gt)
 
 
-def leaf_data(descriptors: np.ndarray, pred: TreePrediction, slot_ids: np.ndarray,
-              gt: np.ndarray, num_labels: int, count: int
-              ) -> list[tuple[np.ndarray, np.ndarray]]:
+def leaf_data(
+    descriptors: np.ndarray,
+    pred: TreePrediction,
+    slot_ids: np.ndarray,
+    gt: np.ndarray,
+    num_labels: int,
+    count: int,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image of the first `count`: (descriptors float32 [n, E], pixel counts int64
     [n, G] per GT label) of its n leaves. descriptors: float32 [>= count, M, E] the leaves'
     mean features (`tree.leaf_descriptors`) by tree slot; pred, slot_ids:
     `scoring.compact_tree` of the tree at the evaluated resolution; gt: encoded GT int32
     [B, H, W] in [-1, G)."""
     slots = pred.node_valid.shape[1]
-    counts = np.asarray(_joint_counts(jnp.asarray(pred.level_labels[:, -1]), jnp.asarray(gt),
-                                      slots, num_labels), np.int64)
+    counts = np.asarray(
+        _joint_counts(jnp.asarray(pred.level_labels[:, -1]), jnp.asarray(gt), slots, num_labels),
+        np.int64,
+    )
     descriptors = np.asarray(descriptors)
     out = []
     for b in range(count):
@@ -90,12 +96,16 @@ def load_leaf_data(out: Path, indices: Sequence[int]) -> tuple[np.ndarray, np.nd
 
 def exclusive_sets(space: LabelSpace) -> list[int]:
     """Indices of the region sets whose classes share no GT label (scorable one-to-one)."""
-    return [s for s, members in enumerate(space.region_sets)
-            if (space.ancestor[members].sum(axis=0) <= 1).all()]
+    return [
+        s
+        for s, members in enumerate(space.region_sets)
+        if (space.ancestor[members].sum(axis=0) <= 1).all()
+    ]
 
 
-def hungarian_results(descriptors: np.ndarray, counts: np.ndarray, space: LabelSpace,
-                      seed: int) -> dict[str, Any]:
+def hungarian_results(
+    descriptors: np.ndarray, counts: np.ndarray, space: LabelSpace, seed: int
+) -> dict[str, Any]:
     """Per exclusive region set: k-means of the leaves into K clusters (K = classes seen, at
     most the number of leaves), Hungarian assignment of classes to clusters, and its scores
     (mIoU, pAcc, mAcc, fIoU as fractions, over the classes seen)."""
@@ -110,13 +120,26 @@ def hungarian_results(descriptors: np.ndarray, counts: np.ndarray, space: LabelS
         k = min(int(seen.sum()), len(x))  # K = classes seen, at most one per leaf
         clusters = np.zeros(len(x), np.int64)
         if k > 1:
-            clusters = np.asarray(kmeans(jnp.asarray(x, jnp.float32), k, jax.random.key(seed),
-                                         k_max=k, n_init=KMEANS_RESTARTS,
-                                         max_iter=KMEANS_MAX_ITER).labels)
+            clusters = np.asarray(
+                kmeans(
+                    jnp.asarray(x, jnp.float32),
+                    k,
+                    jax.random.key(seed),
+                    k_max=k,
+                    n_init=KMEANS_RESTARTS,
+                    max_iter=KMEANS_MAX_ITER,
+                ).labels
+            )
         confusion = np.zeros((k, int(seen.sum())), np.int64)  # [cluster, class]
         np.add.at(confusion, clusters, class_pixels[:, seen])
         scores, _ = hungarian_scores(confusion.T)
         results[space.set_names[s]] = dict(
-            classes=int(seen.sum()), clusters=k, leaves=len(x), miou=scores.miou,
-            pacc=scores.pacc, macc=scores.macc, fiou=scores.fiou)
+            classes=int(seen.sum()),
+            clusters=k,
+            leaves=len(x),
+            miou=scores.miou,
+            pacc=scores.pacc,
+            macc=scores.macc,
+            fiou=scores.fiou,
+        )
     return results

@@ -31,11 +31,14 @@ def _git() -> dict[str, Any] | None:
     differ from it; None for an installed package (its files are tracked by no checkout)."""
     package = Path(str(importlib.resources.files("hiseg_jax")))
     try:
-        run = lambda *a: subprocess.run(["git", "-C", str(package), *a], capture_output=True,
-                                        text=True, timeout=10, check=True).stdout.strip()
+        run = lambda *a: subprocess.run(
+            ["git", "-C", str(package), *a], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         run("ls-files", "--error-unmatch", "__init__.py")  # this very package is tracked
-        return dict(commit=run("rev-parse", "HEAD"),
-                    dirty=bool(run("status", "--porcelain", "--untracked-files=no")))
+        return dict(
+            commit=run("rev-parse", "HEAD"),
+            dirty=bool(run("status", "--porcelain", "--untracked-files=no")),
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -58,8 +61,12 @@ def environment() -> dict[str, Any]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    machine = dict(cpu=_cpu_model(), cores=os.cpu_count(), platform=platform.platform(),
-                   devices=[f"{d.platform}:{d.device_kind}" for d in jax.devices()])
+    machine = dict(
+        cpu=_cpu_model(),
+        cores=os.cpu_count(),
+        platform=platform.platform(),
+        devices=[f"{d.platform}:{d.device_kind}" for d in jax.devices()],
+    )
     return dict(software=versions | {"git": _git()}, machine=machine)
 
 
@@ -69,8 +76,9 @@ def _pct(value: float | None) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths,
-                                                                      strict=True)) + " |"
+    line = lambda cells: (
+        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+    )
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), rule, *map(line, rows)])
 
@@ -89,62 +97,103 @@ def results_table(report: dict[str, Any]) -> str:
     if report["kind"] == "bsds":
         nm = results["nm"]
         header = ["images", "nodes", "Best", "ODS", "OIS", "NMCovering"]
-        row = [str(results["images"]), f"{results['mean_nodes']:.1f}", _pct(results["best"]),
-               f"{_pct(results['ods'])} (level {results['ods_level']})", _pct(results["ois"]),
-               _pct(nm.get("nm_covering"))]
+        row = [
+            str(results["images"]),
+            f"{results['mean_nodes']:.1f}",
+            _pct(results["best"]),
+            f"{_pct(results['ods'])} (level {results['ods_level']})",
+            _pct(results["ois"]),
+            _pct(nm.get("nm_covering")),
+        ]
         return _table(header, [row])
     levels = [k for k, v in results.items() if isinstance(v, dict) and k != "hungarian"]
     hierarchical = len(levels) > 1
-    header = ["level", "images", "classes", "mIoU", "pAcc", "mAcc", "fIoU", "NMCovering",
-              "NHCovering", "nodes"]
+    header = [
+        "level",
+        "images",
+        "classes",
+        "mIoU",
+        "pAcc",
+        "mAcc",
+        "fIoU",
+        "NMCovering",
+        "NHCovering",
+        "nodes",
+    ]
     rows = []
     for name in levels:
         r = results[name]
-        rows.append([_level_label(name, hierarchical), str(r["images"]), str(r.get("classes", 0)),
-                     *(_pct(r.get(k)) for k in ("miou", "pacc", "macc", "fiou", "nm_covering",
-                                                "nh_covering")),
-                     f"{results['mean_nodes']:.1f}"])
+        rows.append(
+            [
+                _level_label(name, hierarchical),
+                str(r["images"]),
+                str(r.get("classes", 0)),
+                *(
+                    _pct(r.get(k))
+                    for k in ("miou", "pacc", "macc", "fiou", "nm_covering", "nh_covering")
+                ),
+                f"{results['mean_nodes']:.1f}",
+            ]
+        )
     table = _table(header, rows)
     if "hungarian" in results:
-        hungarian = [[_level_label(name, hierarchical), str(r["classes"]), str(r["clusters"]),
-                      str(r["leaves"]),
-                      *(_pct(r[k]) for k in ("miou", "pacc", "macc", "fiou"))]
-                     for name, r in results["hungarian"].items()]
+        hungarian = [
+            [
+                _level_label(name, hierarchical),
+                str(r["classes"]),
+                str(r["clusters"]),
+                str(r["leaves"]),
+                *(_pct(r[k]) for k in ("miou", "pacc", "macc", "fiou")),
+            ]
+            for name, r in results["hungarian"].items()
+        ]
         table += "\n\nHungarian matching (dataset k-means of the tree leaves):\n\n" + _table(
-            ["level", "classes", "clusters", "leaves", "mIoU", "pAcc", "mAcc", "fIoU"], hungarian)
+            ["level", "classes", "clusters", "leaves", "mIoU", "pAcc", "mAcc", "fIoU"], hungarian
+        )
     return table
 
 
 def _notes(report: dict[str, Any]) -> list[str]:
     settings, run = report["settings"], report["run"]
     if settings.get("crf"):
-        resolution = ("image, w CRF: the leaves refined by the dense CRF on every image at "
-                      "its own size (docs/method.md section 6), the inner nodes following them")
+        resolution = (
+            "image, w CRF: the leaves refined by the dense CRF on every image at "
+            "its own size (docs/method.md section 6), the inner nodes following them"
+        )
     elif settings["resolution"] == "image":
         resolution = "image: predictions nearest-upsampled to every image's own size"
     else:
         resolution = "patch: ground truth nearest-sampled at the patch centres"
     notes = [f"Resolution: {resolution}."]
     if report["kind"] == "bsds":
-        notes.append("Best / ODS / OIS: area-weighted segmentation covering of the human "
-                     "segmentations (mean over annotators, then images); ODS / OIS pick one "
-                     "tree level per dataset / per image. NMCovering: unweighted mean over "
-                     "each annotator's segments. nodes: mean tree nodes (root excluded).")
+        notes.append(
+            "Best / ODS / OIS: area-weighted segmentation covering of the human "
+            "segmentations (mean over annotators, then images); ODS / OIS pick one "
+            "tree level per dataset / per image. NMCovering: unweighted mean over "
+            "each annotator's segments. nodes: mean tree nodes (root excluded)."
+        )
     else:
-        notes.append("Semantic scores: maximum-overlap matching of every ground-truth "
-                     "class region to one tree node per image (many-to-one). NHCovering is "
-                     "defined on the whole ground-truth hierarchy (T_gt). nodes: mean tree "
-                     "nodes (root excluded). NFCovering: not reported (the dataset builders "
-                     "carry no instance ground truth).")
+        notes.append(
+            "Semantic scores: maximum-overlap matching of every ground-truth "
+            "class region to one tree node per image (many-to-one). NHCovering is "
+            "defined on the whole ground-truth hierarchy (T_gt). nodes: mean tree "
+            "nodes (root excluded). NFCovering: not reported (the dataset builders "
+            "carry no instance ground truth)."
+        )
     if "hungarian" in report["results"]:
-        notes.append("Hungarian: the leaves of all trees (mean backbone features, "
-                     "L2-normalised) k-means clustered into as many clusters as classes seen, "
-                     "then one-to-one assigned to classes over the dataset (the peers' "
-                     "protocol); only the leaves count, not the hierarchy.")
+        notes.append(
+            "Hungarian: the leaves of all trees (mean backbone features, "
+            "L2-normalised) k-means clustered into as many clusters as classes seen, "
+            "then one-to-one assigned to classes over the dataset (the peers' "
+            "protocol); only the leaves count, not the hierarchy."
+        )
     scope = "all" if run["complete"] else "NOT all"
-    notes.append(f"Images: {run['scored']} scored, {run['skipped']} skipped, of "
-                 f"{run['split_images']} in the split ({scope} of the split"
-                 + (f", limit {run['limit']}" if run["limit"] else "") + ").")
+    notes.append(
+        f"Images: {run['scored']} scored, {run['skipped']} skipped, of "
+        f"{run['split_images']} in the split ({scope} of the split"
+        + (f", limit {run['limit']}" if run["limit"] else "")
+        + ")."
+    )
     return notes
 
 
@@ -154,19 +203,28 @@ def format_report(report: dict[str, Any]) -> str:
     title = f"hiseg evaluate: {settings['dataset']} {settings['split']}"
     if settings.get("crf"):
         title += " (w CRF)"
-    skipped = [f"- {s['name']} (index {s['index']}): {s['error']}"
-               for s in run["skipped_images"]]
+    skipped = [f"- {s['name']} (index {s['index']}): {s['error']}" for s in run["skipped_images"]]
     parts = [
-        f"# {title}", "", f"Command: `{report['command']}`" if report["command"] else "", "",
-        results_table(report), "", *(f"- {n}" for n in _notes(report)), "",
+        f"# {title}",
+        "",
+        f"Command: `{report['command']}`" if report["command"] else "",
+        "",
+        results_table(report),
+        "",
+        *(f"- {n}" for n in _notes(report)),
+        "",
         f"Wall time of the last invocation: {run['wall_seconds']:.1f} s; segmentation and "
         f"scoring time summed over all images: {run['image_seconds']:.1f} s "
-        f"(batch size {run['batch_size']}).", "",
+        f"(batch size {run['batch_size']}).",
+        "",
     ]
     if skipped:
         parts += ["## Skipped images", "", *skipped, ""]
-    for heading, key in (("Settings", "settings"), ("Software", "software"),
-                         ("Machine", "machine")):
+    for heading, key in (
+        ("Settings", "settings"),
+        ("Software", "software"),
+        ("Machine", "machine"),
+    ):
         parts += [f"## {heading}", "", "```json", json.dumps(report[key], indent=2), "```", ""]
     return "\n".join(parts)
 

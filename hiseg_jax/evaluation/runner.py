@@ -95,15 +95,18 @@ class EvalSettings:
         if self.matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
         if self.crf is not None and self.resolution != "image":
-            raise ValueError("the CRF refines the leaves at pixel level: it needs "
-                             f"resolution 'image', not {self.resolution!r}")
+            raise ValueError(
+                "the CRF refines the leaves at pixel level: it needs "
+                f"resolution 'image', not {self.resolution!r}"
+            )
         if self.kind == "bsds" and (self.hierarchy is not None or self.matching != "max-overlap"):
-            raise ValueError(f"{self.dataset} has no classes: --hierarchy and Hungarian "
-                             "matching do not apply")
+            raise ValueError(
+                f"{self.dataset} has no classes: --hierarchy and Hungarian matching do not apply"
+            )
 
     @property
     def kind(self) -> Literal["regions", "bsds"]:
-        """"bsds": several human segmentations per image; "regions": class-labelled GT."""
+        """ "bsds": several human segmentations per image; "regions": class-labelled GT."""
         return "bsds" if BUILDERS[self.dataset].LABEL_AXIS == "annotator" else "regions"
 
     def to_json(self) -> dict[str, Any]:
@@ -169,23 +172,37 @@ def evaluate(settings: EvalSettings, options: RunOptions) -> dict[str, Any]:
     return _finish(settings, options, records, len(source), space, time.perf_counter() - start)
 
 
-def _score_all(source: Sequence[dict[str, Any]], todo: list[int], settings: EvalSettings,
-               space: LabelSpace | None, options: RunOptions, records: list[dict[str, Any]]
-               ) -> None:
+def _score_all(
+    source: Sequence[dict[str, Any]],
+    todo: list[int],
+    settings: EvalSettings,
+    space: LabelSpace | None,
+    options: RunOptions,
+    records: list[dict[str, Any]],
+) -> None:
     """Segment and score the images `todo` through the engine (decoding and GT preparation
     in its prefetch thread), appending each record to the log as its batch is done (and to
     `records`)."""
     model = load_backbone(settings.backbone)
     step = make_step(model, settings.size, settings.partition, features=settings.features)
     patch = model.config.patch_size
-    grid = (tuple(s // patch for s in step.image_size) if settings.resolution == "patch"
-            else None)
+    grid = tuple(s // patch for s in step.image_size) if settings.resolution == "patch" else None
     items = (_read_item(source, index, space, grid) for index in todo)
-    bar = tqdm(total=len(todo), unit="img", desc=f"{settings.dataset} {settings.split}",
-               disable=not options.progress, dynamic_ncols=True)
-    results = stream(step, items, batch_size=options.batch_size,
-                     key=jax.random.key(settings.seed), with_features=settings.crf is not None,
-                     notify=bar.set_postfix_str)
+    bar = tqdm(
+        total=len(todo),
+        unit="img",
+        desc=f"{settings.dataset} {settings.split}",
+        disable=not options.progress,
+        dynamic_ncols=True,
+    )
+    results = stream(
+        step,
+        items,
+        batch_size=options.batch_size,
+        key=jax.random.key(settings.seed),
+        with_features=settings.crf is not None,
+        notify=bar.set_postfix_str,
+    )
     last = time.perf_counter()
     with bar, contextlib.closing(results):
         for result in results:
@@ -223,28 +240,35 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
     held = log.exists() and log.stat().st_size > 0
     if held and not options.resume:
         count = len(results_log.read(log)[0])
-        raise EvaluationError(f"{out} already holds the results of {count} images ({log}); "
-                              "pass --resume to continue that run or --overwrite to discard it")
+        raise EvaluationError(
+            f"{out} already holds the results of {count} images ({log}); "
+            "pass --resume to continue that run or --overwrite to discard it"
+        )
     saved = out / SETTINGS
     if held and not saved.exists():
         raise EvaluationError(f"{log} has no {SETTINGS} beside it: cannot check its settings")
     if held:
         previous = json.loads(saved.read_text(encoding="utf-8"))
-        differ = sorted(k for k in previous.keys() | settings.keys()
-                        if previous.get(k) != settings.get(k))
+        differ = sorted(
+            k for k in previous.keys() | settings.keys() if previous.get(k) != settings.get(k)
+        )
         if differ:
             raise EvaluationError(
                 f"{out} holds a run with other settings ({', '.join(differ)}): "
-                + "; ".join(f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now"
-                            for k in differ)
-                + ". Use another --out, or --overwrite to discard it")
+                + "; ".join(
+                    f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now" for k in differ
+                )
+                + ". Use another --out, or --overwrite to discard it"
+            )
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_text(saved, json.dumps(settings, indent=2) + "\n")
     dropped = results_log.repair(log)
     if dropped:
-        print(f"hiseg evaluate: dropped a half-written last line ({dropped} bytes) of {log}",
-              file=sys.stderr)
+        print(
+            f"hiseg evaluate: dropped a half-written last line ({dropped} bytes) of {log}",
+            file=sys.stderr,
+        )
     return results_log.read(log)[0]
 
 
@@ -256,15 +280,22 @@ class Example(NamedTuple):
     target: np.ndarray
 
 
-def _read_item(source: Sequence[dict[str, Any]], index: int, space: LabelSpace | None,
-               grid: tuple[int, int] | None) -> Item | Failure:
+def _read_item(
+    source: Sequence[dict[str, Any]],
+    index: int,
+    space: LabelSpace | None,
+    grid: tuple[int, int] | None,
+) -> Item | Failure:
     """Item `index` (payload: its `Example`), or a Failure whose payload is the record of
     why it is skipped."""
     item = source[index]
     try:
         name, image, labels = read_example(item)
-        target = (eval_scoring.bsds_targets(labels, grid) if space is None
-                  else eval_scoring.region_targets(labels, space, grid))
+        target = (
+            eval_scoring.bsds_targets(labels, grid)
+            if space is None
+            else eval_scoring.region_targets(labels, space, grid)
+        )
     except ValueError as err:  # ImageLoadError, or GT values outside the hierarchy
         what = "unreadable image" if isinstance(err, ImageLoadError) else "ground truth"
         name = item.get("name", f"#{index}")
@@ -274,8 +305,13 @@ def _read_item(source: Sequence[dict[str, Any]], index: int, space: LabelSpace |
     return Item(name, image, payload=Example(index, target))
 
 
-def score_batch(result: BatchResult, settings: EvalSettings, space: LabelSpace | None,
-                 out_dir: Path, batch_size: int) -> list[dict[str, Any]]:
+def score_batch(
+    result: BatchResult,
+    settings: EvalSettings,
+    space: LabelSpace | None,
+    out_dir: Path,
+    batch_size: int,
+) -> list[dict[str, Any]]:
     """Score one batch of trees; records of its real images (with Hungarian matching, their
     leaf data are saved under `out_dir` first). With `settings.crf` the real images'
     maps are CRF-refined. The trees, sizes and GT are padded to a multiple of `batch_size`
@@ -291,8 +327,11 @@ def score_batch(result: BatchResult, settings: EvalSettings, space: LabelSpace |
     targets = padded([item.payload.target for item in result.items])
     tree = jax.tree.map(lambda a: pad_batch(np.asarray(a), rows), out.tree)
     pred, slot_ids = eval_scoring.compact_tree(tree)
-    refined = [crf_level_labels(item.image, out.features[b], pred.level_labels[b], settings.crf)
-               for b, item in enumerate(result.items) if settings.crf is not None]
+    refined = [
+        crf_level_labels(item.image, out.features[b], pred.level_labels[b], settings.crf)
+        for b, item in enumerate(result.items)
+        if settings.crf is not None
+    ]
     at_image = settings.resolution == "image"
     pred = eval_scoring.at_resolution(pred, padded(sizes) if at_image else None, refined)
     hw = eval_scoring.padded_shape(padded(sizes)) if at_image else targets[0].shape[-2:]
@@ -305,40 +344,59 @@ def score_batch(result: BatchResult, settings: EvalSettings, space: LabelSpace |
     else:
         scores = eval_scoring.score_regions(pred, slot_ids, gt, space, count)
     if settings.matching == "hungarian":
-        leaves = eval_hungarian.leaf_data(out.descriptors, pred, slot_ids, gt, space.num_nodes,
-                                          count)
+        leaves = eval_hungarian.leaf_data(
+            out.descriptors, pred, slot_ids, gt, space.num_nodes, count
+        )
         for index, (descriptors, counts) in zip(indices, leaves, strict=True):
             eval_hungarian.save_leaf_data(out_dir, index, descriptors, counts)
-    return [dict(index=i, name=item.name, height=s[0], width=s[1], seconds=0.0) | r
-            for i, item, s, r in zip(indices, result.items, sizes, scores, strict=True)]
+    return [
+        dict(index=i, name=item.name, height=s[0], width=s[1], seconds=0.0) | r
+        for i, item, s, r in zip(indices, result.items, sizes, scores, strict=True)
+    ]
 
 
-def _finish(settings: EvalSettings, options: RunOptions, records: list[dict[str, Any]],
-            split_size: int, space: LabelSpace | None, wall: float) -> dict[str, Any]:
+def _finish(
+    settings: EvalSettings,
+    options: RunOptions,
+    records: list[dict[str, Any]],
+    split_size: int,
+    space: LabelSpace | None,
+    wall: float,
+) -> dict[str, Any]:
     """Totals from every record, the report written beside them; returns the report."""
     scored = [r for r in records if "error" not in r]
-    skipped = [dict(index=r["index"], name=r["name"], error=r["error"])
-               for r in records if "error" in r]
+    skipped = [
+        dict(index=r["index"], name=r["name"], error=r["error"]) for r in records if "error" in r
+    ]
     if space is None:
         acc = eval_scoring.bsds_accumulator(scored)
-        results = (acc.summary() | {"nm": eval_scoring.bsds_nm_covering(scored)}
-                   if scored else {})
+        results = acc.summary() | {"nm": eval_scoring.bsds_nm_covering(scored)} if scored else {}
     else:
         acc = eval_scoring.region_accumulator(scored, space)
         results = acc.summary() if scored else {}
     if scored:
         acc.save(options.out / ACCUMULATOR)
     run = dict(
-        split_images=split_size, limit=options.limit, scored=len(scored),
-        skipped=len(skipped), skipped_images=sorted(skipped, key=lambda r: r["index"]),
-        complete=len(records) == split_size, batch_size=options.batch_size,
-        wall_seconds=wall, image_seconds=sum(r["seconds"] for r in scored),
+        split_images=split_size,
+        limit=options.limit,
+        scored=len(scored),
+        skipped=len(skipped),
+        skipped_images=sorted(skipped, key=lambda r: r["index"]),
+        complete=len(records) == split_size,
+        batch_size=options.batch_size,
+        wall_seconds=wall,
+        image_seconds=sum(r["seconds"] for r in scored),
     )
     if settings.matching == "hungarian" and scored:
         leaves = eval_hungarian.load_leaf_data(options.out, [r["index"] for r in scored])
         results["hungarian"] = eval_hungarian.hungarian_results(*leaves, space, settings.seed)
-    report = dict(kind=settings.kind, command=options.command, settings=settings.to_json(),
-                  run=run, results=results, **eval_report.environment())
+    report = dict(
+        kind=settings.kind,
+        command=options.command,
+        settings=settings.to_json(),
+        run=run,
+        results=results,
+        **eval_report.environment(),
+    )
     eval_report.write_report(options.out, report)
     return report
-

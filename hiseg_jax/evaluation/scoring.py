@@ -75,8 +75,12 @@ def compact_tree(tree: Tree) -> tuple[TreePrediction, np.ndarray]:
     new_labels = renumber(labels.reshape(batch, -1))
     parent = np.where(keep, renumber(np.take_along_axis(np.asarray(tree.parent), order, 1)), -1)
     depth = np.where(keep, np.take_along_axis(np.asarray(tree.depth), order, 1), 0)
-    pred = TreePrediction(new_labels.reshape(labels.shape[:2] + tuple(tree.grid)), keep,
-                          depth.astype(np.int32), parent.astype(np.int32))
+    pred = TreePrediction(
+        new_labels.reshape(labels.shape[:2] + tuple(tree.grid)),
+        keep,
+        depth.astype(np.int32),
+        parent.astype(np.int32),
+    )
     return pred, slot_ids
 
 
@@ -85,8 +89,9 @@ def padded_shape(shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     return tuple(-(-max(s[i] for s in shapes) // PAD) * PAD for i in range(2))
 
 
-def pad_maps(maps: Sequence[np.ndarray], hw: tuple[int, int], depth: int | None = None
-             ) -> np.ndarray:
+def pad_maps(
+    maps: Sequence[np.ndarray], hw: tuple[int, int], depth: int | None = None
+) -> np.ndarray:
     """Stack int maps [..., H_i, W_i] into int32 [B, ..., *hw], padding with -1; `depth`
     also pads the first axis of 3-d maps (BSDS annotators) to that length."""
     lead = maps[0].shape[:-2] if depth is None else (depth,)
@@ -102,8 +107,9 @@ def resample_targets(gt: np.ndarray, grid: tuple[int, int] | None) -> np.ndarray
     return gt if grid is None else np.asarray(upsample_labels(gt, grid))
 
 
-def region_targets(labels: np.ndarray, space: LabelSpace, grid: tuple[int, int] | None
-                   ) -> np.ndarray:
+def region_targets(
+    labels: np.ndarray, space: LabelSpace, grid: tuple[int, int] | None
+) -> np.ndarray:
     """Raw class labels int [1, H, W] -> int32 [H', W'] GT node indices, -1 ignored."""
     return resample_targets(space.encode(labels[0]), grid)
 
@@ -113,24 +119,32 @@ def bsds_targets(labels: np.ndarray, grid: tuple[int, int] | None) -> np.ndarray
     return resample_targets(np.asarray(labels, np.int32) - 1, grid)
 
 
-def at_resolution(pred: TreePrediction, sizes: Sequence[tuple[int, int]] | None,
-                  refined: Sequence[np.ndarray] = ()) -> TreePrediction:
+def at_resolution(
+    pred: TreePrediction,
+    sizes: Sequence[tuple[int, int]] | None,
+    refined: Sequence[np.ndarray] = (),
+) -> TreePrediction:
     """Patch-grid prediction, or (sizes given) at each image's size, padded with -1 to
     `padded_shape(sizes)`: the first images' maps are `refined` (int [L + 1, H_b, W_b] in
     the prediction's node ids, e.g. CRF-refined), the others nearest-upsampled."""
     if sizes is None:
         return pred
     hw = padded_shape(sizes)
-    maps = [*refined, *(np.asarray(upsample_labels(pred.level_labels[b], s))
-                        for b, s in enumerate(sizes) if b >= len(refined))]
+    maps = [
+        *refined,
+        *(
+            np.asarray(upsample_labels(pred.level_labels[b], s))
+            for b, s in enumerate(sizes)
+            if b >= len(refined)
+        ),
+    ]
     return pred._replace(level_labels=pad_maps(maps, hw))
 
 
 def _tree_shape(pred: TreePrediction, b: int) -> dict[str, int]:
     """Leaves and depth of image b's tree (its candidate regions are `n_nodes`)."""
     leaves = leaf_nodes(pred.node_parent[b], pred.node_valid[b])
-    return dict(leaves=int(leaves.sum()),
-                depth=int(pred.node_depth[b][pred.node_valid[b]].max()))
+    return dict(leaves=int(leaves.sum()), depth=int(pred.node_depth[b][pred.node_valid[b]].max()))
 
 
 def _floats(values: np.ndarray) -> list[float]:
@@ -138,23 +152,29 @@ def _floats(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
 
 
-def score_regions(pred: TreePrediction, slot_ids: np.ndarray, gt: np.ndarray,
-                  space: LabelSpace, count: int) -> list[dict[str, Any]]:
+def score_regions(
+    pred: TreePrediction, slot_ids: np.ndarray, gt: np.ndarray, space: LabelSpace, count: int
+) -> list[dict[str, Any]]:
     """Records of the first `count` images: `pred` against encoded GT int32 [B, H, W]."""
-    scoring = index_label_space(space.parent, space.region_sets, space.set_names, (-1,),
-                                space.name)
+    scoring = index_label_space(space.parent, space.region_sets, space.set_names, (-1,), space.name)
     s = jax.tree.map(np.asarray, evaluate_batch(pred, gt, scoring))
     m = s.matches
     records = []
     for b in range(count):
         present = np.flatnonzero(m.node[b] >= 0)
-        records.append(_tree_shape(pred, b) | dict(
-            n_nodes=int(s.n_nodes[b]), n_regions=s.n_regions[b].tolist(),
-            nm_covering=_floats(s.nm_covering[b]), nh_covering=float(s.nh_covering[b]),
-            gt=present.tolist(), match=slot_ids[b][m.node[b][present]].tolist(),
-            iou=_floats(m.iou[b][present]),
-            **{k: getattr(m, k)[b][present].tolist() for k in ("tp", "fp", "fn")},
-        ))
+        records.append(
+            _tree_shape(pred, b)
+            | dict(
+                n_nodes=int(s.n_nodes[b]),
+                n_regions=s.n_regions[b].tolist(),
+                nm_covering=_floats(s.nm_covering[b]),
+                nh_covering=float(s.nh_covering[b]),
+                gt=present.tolist(),
+                match=slot_ids[b][m.node[b][present]].tolist(),
+                iou=_floats(m.iou[b][present]),
+                **{k: getattr(m, k)[b][present].tolist() for k in ("tp", "fp", "fn")},
+            )
+        )
     return records
 
 
@@ -165,14 +185,22 @@ def score_bsds(pred: TreePrediction, segs: np.ndarray, count: int) -> list[dict[
     regions = max(BSDS_REGIONS, node_bucket(int(segs.max()) + 1))
     s = jax.tree.map(np.asarray, evaluate_bsds_batch(pred, segs, regions))
     space = flat_label_space(regions, ignore_values=(-1,), name="bsds-segments")
-    per_annotator = [evaluate_batch(pred, segs[:, a], space, check_levels=False)
-                     for a in range(segs.shape[1])]
+    per_annotator = [
+        evaluate_batch(pred, segs[:, a], space, check_levels=False) for a in range(segs.shape[1])
+    ]
     nm = np.stack([np.asarray(p.nm_covering[:, 0]) for p in per_annotator], axis=1)
     labelled = np.stack([np.asarray(p.n_regions[:, 0]) > 0 for p in per_annotator], axis=1)
-    return [_tree_shape(pred, b) | dict(
-        n_nodes=int(s.n_nodes[b]), n_annotators=int(s.n_annotators[b]), best=float(s.best[b]),
-        levels=_floats(s.levels[b]), nm_covering=_floats(nm[b][labelled[b]]),
-    ) for b in range(count)]
+    return [
+        _tree_shape(pred, b)
+        | dict(
+            n_nodes=int(s.n_nodes[b]),
+            n_annotators=int(s.n_annotators[b]),
+            best=float(s.best[b]),
+            levels=_floats(s.levels[b]),
+            nm_covering=_floats(nm[b][labelled[b]]),
+        )
+        for b in range(count)
+    ]
 
 
 def region_accumulator(records: Sequence[dict[str, Any]], space: LabelSpace) -> Accumulator:
@@ -191,9 +219,12 @@ def region_accumulator(records: Sequence[dict[str, Any]], space: LabelSpace) -> 
             dense[k][i, r["gt"]] = r[k]
     column = lambda key, dtype: np.asarray([r[key] for r in records], dtype)
     scores = BatchScores(
-        column("n_nodes", np.int32), column("n_regions", np.int32),
-        column("nm_covering", np.float32), column("nh_covering", np.float32),
-        Matches(node, iou, dense["tp"], dense["fp"], dense["fn"]))
+        column("n_nodes", np.int32),
+        column("n_regions", np.int32),
+        column("nm_covering", np.float32),
+        column("nh_covering", np.float32),
+        Matches(node, iou, dense["tp"], dense["fp"], dense["fn"]),
+    )
     acc.add(scores, [r["name"] for r in records])
     return acc
 
@@ -203,9 +234,15 @@ def bsds_accumulator(records: Sequence[dict[str, Any]]) -> Accumulator:
     acc = Accumulator.for_bsds()
     if records:
         column = lambda key, dtype: np.asarray([r[key] for r in records], dtype)
-        acc.add(BSDSScores(column("n_nodes", np.int32), column("n_annotators", np.int32),
-                           column("best", np.float32), column("levels", np.float32)),
-                [r["name"] for r in records])
+        acc.add(
+            BSDSScores(
+                column("n_nodes", np.int32),
+                column("n_annotators", np.int32),
+                column("best", np.float32),
+                column("levels", np.float32),
+            ),
+            [r["name"] for r in records],
+        )
     return acc
 
 
@@ -216,5 +253,8 @@ def bsds_nm_covering(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not used:
         return dict(images=0)
     per_image = [math.fsum(r["nm_covering"]) / len(r["nm_covering"]) for r in used]
-    return dict(images=len(used), nm_covering=math.fsum(per_image) / len(used),
-                mean_nodes=math.fsum(r["n_nodes"] for r in used) / len(used))
+    return dict(
+        images=len(used),
+        nm_covering=math.fsum(per_image) / len(used),
+        mean_nodes=math.fsum(r["n_nodes"] for r in used) / len(used),
+    )

@@ -44,8 +44,10 @@ def ade20k_pixel_values(objects: np.ndarray, parts: np.ndarray) -> np.ndarray:
 def _ade_names(annotation: Path) -> dict[int, str]:
     """ADE class index -> first synonym, from one image's JSON annotation."""
     data = json.loads(annotation.read_text(encoding="latin-1"))["annotation"]["object"]
-    return {o["name_ndx"]: o["name"].split(",")[0].strip().replace("/", "-").replace("|", "-")
-            for o in data}
+    return {
+        o["name_ndx"]: o["name"].split(",")[0].strip().replace("/", "-").replace("|", "-")
+        for o in data
+    }
 
 
 def _unique_names(indices: list[int], names: dict[int, str]) -> dict[int, str]:
@@ -82,13 +84,16 @@ def build_ade20k_hierarchy(stems: Iterable[Path], name: str = "ade20k") -> Hiera
         part_ids = sorted(p for o, p in pairs if o == obj and p)
         part_names = _unique_names(part_ids, names)
         for part in sorted(part_ids, key=lambda p: (part_names[p], p)):
-            lines.append(f"{object_names[obj]}/{part_names[part]} | "
-                         f"{obj * ADE_PART_STRIDE + part} | foreground")
+            lines.append(
+                f"{object_names[obj]}/{part_names[part]} | "
+                f"{obj * ADE_PART_STRIDE + part} | foreground"
+            )
     return parse_hierarchy("\n".join(lines), name)
 
 
-def build_partimagenet158(annotation_files: Iterable[Path], name: str = "partimagenet158"
-                          ) -> Hierarchy:
+def build_partimagenet158(
+    annotation_files: Iterable[Path], name: str = "partimagenet158"
+) -> Hierarchy:
     """Super-category -> ImageNet class (WordNet id) -> parts, from PartImageNet's COCO-style
     JSON files (`images[].file_name` = `<wnid>_<n>.JPEG`, `annotations[].category_id` = part
     id, `categories[]` = id, "Quadruped Head", supercategory). Values: background 40; part p
@@ -100,7 +105,7 @@ def build_partimagenet158(annotation_files: Iterable[Path], name: str = "partima
         data = json.loads(Path(path).read_text())
         for c in data["categories"]:
             sup = c["supercategory"].strip()
-            categories[c["id"]] = (sup.lower(), c["name"].strip()[len(sup):].strip().lower())
+            categories[c["id"]] = (sup.lower(), c["name"].strip()[len(sup) :].strip().lower())
         wnid_of = {im["id"]: im["file_name"].split("_")[0] for im in data["images"]}
         for ann in data["annotations"]:
             wnid, sup = wnid_of[ann["image_id"]], categories[ann["category_id"]][0]
@@ -122,8 +127,7 @@ def build_partimagenet158(annotation_files: Iterable[Path], name: str = "partima
     return parse_hierarchy("\n".join(lines), name)
 
 
-def partimagenet158_pixel_values(parts: np.ndarray, wnid: str, hierarchy: Hierarchy
-                                 ) -> np.ndarray:
+def partimagenet158_pixel_values(parts: np.ndarray, wnid: str, hierarchy: Hierarchy) -> np.ndarray:
     """A PartImageNet part mask [H, W] (0..39, 40 background) of an image of class `wnid` ->
     the pixel values of `build_partimagenet158`'s hierarchy."""
     pairs = zip(hierarchy.paths, hierarchy.depths, strict=True)
@@ -132,5 +136,6 @@ def partimagenet158_pixel_values(parts: np.ndarray, wnid: str, hierarchy: Hierar
         raise ValueError(f"{wnid} is not a class of hierarchy {hierarchy.name!r}")
     parts = np.asarray(parts, np.int32)
     rank = wnids.index(wnid)
-    return np.where(parts == PARTIMAGENET_BACKGROUND, parts,
-                    PARTIMAGENET158_STRIDE * (rank + 1) + parts)
+    return np.where(
+        parts == PARTIMAGENET_BACKGROUND, parts, PARTIMAGENET158_STRIDE * (rank + 1) + parts
+    )

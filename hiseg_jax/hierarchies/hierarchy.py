@@ -116,8 +116,9 @@ def parse_hierarchy(text: str, name: str) -> Hierarchy:
 def _check_types(h: Hierarchy) -> None:
     """Leaves carry values; a node's type agrees with the types of the values in its subtree
     (foreground if any is foreground, else their single common type)."""
-    held: list[set[str]] = [{t} if v is not None else set()
-                            for v, t in zip(h.values, h.types, strict=True)]
+    held: list[set[str]] = [
+        {t} if v is not None else set() for v, t in zip(h.values, h.types, strict=True)
+    ]
     for i in reversed(range(len(h))):
         if h.parents[i] >= 0:
             held[h.parents[i]] |= held[i]
@@ -130,8 +131,9 @@ def _check_types(h: Hierarchy) -> None:
         if expected is None:
             raise ValueError(f"{h.name}: {path!r} mixes background and ignore values")
         if h.types[i] != expected:
-            raise ValueError(f"{h.name}: {path!r} is {h.types[i]!r} but its subtree makes it "
-                             f"{expected!r}")
+            raise ValueError(
+                f"{h.name}: {path!r} is {h.types[i]!r} but its subtree makes it {expected!r}"
+            )
 
 
 def format_hierarchy(h: Hierarchy, header: str = "") -> str:

@@ -51,8 +51,10 @@ class LabelSpace:
     def __post_init__(self) -> None:
         count = len(self.names)
         if self.parent.shape != (count,) or self.region_sets.shape != (len(self.set_names), count):
-            raise ValueError(f"{self.name}: parent {self.parent.shape} / region_sets "
-                             f"{self.region_sets.shape} do not fit {count} nodes")
+            raise ValueError(
+                f"{self.name}: parent {self.parent.shape} / region_sets "
+                f"{self.region_sets.shape} do not fit {count} nodes"
+            )
         if self.keys.shape != self.targets.shape or np.any(np.diff(self.keys) <= 0):
             raise ValueError(f"{self.name}: keys must be sorted, unique and match targets")
 
@@ -94,8 +96,10 @@ class LabelSpace:
             out = np.where(self.keys[pos] == labels, self.targets[pos], -2).astype(np.int32)
         if np.any(out == -2):
             unknown = np.unique(labels[out == -2])
-            raise ValueError(f"label values not in hierarchy {self.name!r}: "
-                             f"{unknown[:10].tolist()}{' ...' if unknown.size > 10 else ''}")
+            raise ValueError(
+                f"label values not in hierarchy {self.name!r}: "
+                f"{unknown[:10].tolist()}{' ...' if unknown.size > 10 else ''}"
+            )
         return out
 
 
@@ -108,8 +112,9 @@ def label_space(h: Hierarchy) -> LabelSpace:
     shallower leaves, background included)."""
     names = ["(image)"]
     parent = [-1]
-    has_background = any(v is not None and t == "background"
-                         for v, t in zip(h.values, h.types, strict=True))
+    has_background = any(
+        v is not None and t == "background" for v, t in zip(h.values, h.types, strict=True)
+    )
     if has_background:
         names.append("background")
         parent.append(0)
@@ -119,8 +124,11 @@ def label_space(h: Hierarchy) -> LabelSpace:
             node_of[i] = len(names)
             names.append(path)
             parent.append(node_of[h.parents[i]] if h.parents[i] >= 0 else 0)
-    raw = [(v, node_of.get(i, 1 if t == "background" else -1))
-           for i, (v, t) in enumerate(zip(h.values, h.types, strict=True)) if v is not None]
+    raw = [
+        (v, node_of.get(i, 1 if t == "background" else -1))
+        for i, (v, t) in enumerate(zip(h.values, h.types, strict=True))
+        if v is not None
+    ]
     raw.sort()
     parent_arr = np.asarray(parent, np.int32)
     anc = ancestor_matrix(parent_arr)
@@ -134,8 +142,12 @@ def label_space(h: Hierarchy) -> LabelSpace:
             set_names.append(f"depth{d}")
             sets.append(scored & ((depth == d) | ((depth < d) & leaf)))
     return LabelSpace(
-        name=h.name, names=tuple(names), parent=parent_arr, set_names=tuple(set_names),
-        region_sets=np.stack(sets), keys=np.asarray([v for v, _ in raw], np.int64),
+        name=h.name,
+        names=tuple(names),
+        parent=parent_arr,
+        set_names=tuple(set_names),
+        region_sets=np.stack(sets),
+        keys=np.asarray([v for v, _ in raw], np.int64),
         targets=np.asarray([t for _, t in raw], np.int32),
     )
 
@@ -161,14 +173,20 @@ def index_label_space(
         raise ValueError(f"ignore values {ignore} collide with node indices [0, {count})")
     keys = np.asarray(sorted(list(range(count)) + ignore), np.int64)
     return LabelSpace(
-        name=name, names=tuple(str(i) for i in range(count)), parent=parent,
-        set_names=tuple(set_names), region_sets=region_sets, keys=keys,
+        name=name,
+        names=tuple(str(i) for i in range(count)),
+        parent=parent,
+        set_names=tuple(set_names),
+        region_sets=region_sets,
+        keys=keys,
         targets=np.where((keys >= 0) & (keys < count), keys, -1).astype(np.int32),
     )
 
 
 def flat_label_space(
-    num_regions: int, ignore_values: Sequence[int] = (), unscored: Sequence[int] = (),
+    num_regions: int,
+    ignore_values: Sequence[int] = (),
+    unscored: Sequence[int] = (),
     name: str = "flat",
 ) -> LabelSpace:
     """Flat ground truth (BSDS segment ids, instance ids): value k is region k < num_regions,

@@ -40,9 +40,16 @@ class Accumulator:
     def for_regions(cls, space: LabelSpace, threshold: float = 0.0) -> Accumulator:
         """For `evaluate_batch` scores against `space`; `threshold` records the IoU threshold
         given to `evaluate_batch` (runs with different settings refuse to merge)."""
-        return cls("regions", dict(space=space.name, set_names=list(space.set_names),
-                                   class_names=list(space.names), threshold=threshold,
-                                   region_sets=space.region_sets.tolist()))
+        return cls(
+            "regions",
+            dict(
+                space=space.name,
+                set_names=list(space.set_names),
+                class_names=list(space.names),
+                threshold=threshold,
+                region_sets=space.region_sets.tolist(),
+            ),
+        )
 
     @classmethod
     def for_bsds(cls) -> Accumulator:
@@ -57,25 +64,38 @@ class Accumulator:
         if len(ids) != scores.n_nodes.shape[0]:
             raise ValueError(f"{len(ids)} image ids for a batch of {scores.n_nodes.shape[0]}")
         if self.kind == "regions":
-            rows = dict(n_nodes=scores.n_nodes, n_regions=scores.n_regions,
-                        nm_covering=scores.nm_covering, nh_covering=scores.nh_covering)
-            sums = {k: np.asarray(getattr(scores.matches, k), np.int64).sum(0)
-                    for k in ("tp", "fp", "fn")}
+            rows = dict(
+                n_nodes=scores.n_nodes,
+                n_regions=scores.n_regions,
+                nm_covering=scores.nm_covering,
+                nh_covering=scores.nh_covering,
+            )
+            sums = {
+                k: np.asarray(getattr(scores.matches, k), np.int64).sum(0)
+                for k in ("tp", "fp", "fn")
+            }
         else:
-            rows = dict(n_nodes=scores.n_nodes, n_annotators=scores.n_annotators,
-                        best=scores.best, levels=scores.levels)
+            rows = dict(
+                n_nodes=scores.n_nodes,
+                n_annotators=scores.n_annotators,
+                best=scores.best,
+                levels=scores.levels,
+            )
             sums = {}
         self._extend(ids, {k: np.asarray(v) for k, v in rows.items()}, sums)
 
-    def _extend(self, ids: list[str], rows: dict[str, np.ndarray],
-                sums: dict[str, np.ndarray]) -> None:
+    def _extend(
+        self, ids: list[str], rows: dict[str, np.ndarray], sums: dict[str, np.ndarray]
+    ) -> None:
         twice = (set(ids) & set(self.image_ids)) | {i for i in ids if ids.count(i) > 1}
         if twice:
             raise ValueError(f"image ids scored twice: {sorted(twice)[:5]}")
         for key, value in rows.items():
             if key in self.per_image and self.per_image[key].shape[1:] != value.shape[1:]:
-                raise ValueError(f"{key}: per-image shape {value.shape[1:]} differs from the "
-                                 f"accumulated {self.per_image[key].shape[1:]}")
+                raise ValueError(
+                    f"{key}: per-image shape {value.shape[1:]} differs from the "
+                    f"accumulated {self.per_image[key].shape[1:]}"
+                )
             old = self.per_image.get(key, value[:0])
             self.per_image[key] = np.concatenate([old, value])
         for key, value in sums.items():
@@ -136,10 +156,14 @@ def _summary_regions(acc: Accumulator) -> dict[str, Any]:
             entry["nm_covering"] = _mean(rows["nm_covering"][used, s])
             if s == 0:
                 entry["nh_covering"] = _mean(rows["nh_covering"][used])
-            scores = semantic_scores(acc.totals["tp"], acc.totals["fp"], acc.totals["fn"],
-                                     sets[s])
-            entry |= dict(classes=int(scores.seen.sum()), miou=scores.miou, pacc=scores.pacc,
-                          macc=scores.macc, fiou=scores.fiou)
+            scores = semantic_scores(acc.totals["tp"], acc.totals["fp"], acc.totals["fn"], sets[s])
+            entry |= dict(
+                classes=int(scores.seen.sum()),
+                miou=scores.miou,
+                pacc=scores.pacc,
+                macc=scores.macc,
+                fiou=scores.fiou,
+            )
         out[name] = entry
     return out
 
@@ -155,8 +179,11 @@ def _summary_bsds(acc: Accumulator) -> dict[str, Any]:
     levels = rows["levels"][used, first:]
     per_level = [_mean(levels[:, j]) for j in range(levels.shape[1])]
     return dict(
-        images=int(used.sum()), skipped=int((~used).sum()),
-        mean_nodes=_mean(rows["n_nodes"][used]), best=_mean(rows["best"][used]),
-        ods=max(per_level), ods_level=first + int(np.argmax(per_level)),
+        images=int(used.sum()),
+        skipped=int((~used).sum()),
+        mean_nodes=_mean(rows["n_nodes"][used]),
+        best=_mean(rows["best"][used]),
+        ods=max(per_level),
+        ods_level=first + int(np.argmax(per_level)),
         ois=_mean(levels.max(axis=1)),
     )

@@ -32,8 +32,9 @@ def _int_array(name: str, x: Any, ndim: int) -> Any:
     if not hasattr(x, "dtype"):
         x = np.asarray(x)
     if x.ndim != ndim or not jnp.issubdtype(x.dtype, jnp.integer):
-        raise ValueError(f"{name} must be an integer array with {ndim} dims, got "
-                         f"{x.dtype} {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be an integer array with {ndim} dims, got {x.dtype} {tuple(x.shape)}"
+        )
     return x
 
 
@@ -49,12 +50,16 @@ def check_prediction(pred: TreePrediction, gt: Any, gt_ndim: int) -> TreePredict
         raise ValueError(f"node_valid must be bool, got {valid.dtype}")
     batch, num_levels, height, width = labels.shape
     if not valid.shape == depth.shape == parent.shape == (batch, valid.shape[-1]):
-        raise ValueError(f"node_valid, node_depth, node_parent must share one shape [B, M] "
-                         f"with B = {batch}, got {valid.shape}, {depth.shape}, {parent.shape}")
+        raise ValueError(
+            f"node_valid, node_depth, node_parent must share one shape [B, M] "
+            f"with B = {batch}, got {valid.shape}, {depth.shape}, {parent.shape}"
+        )
     if gt.shape[0] != batch or tuple(gt.shape[-2:]) != (height, width):
-        raise ValueError(f"label maps of different shapes: prediction level_labels "
-                         f"{tuple(labels.shape)} (B, L+1, H, W) vs ground truth "
-                         f"{tuple(gt.shape)}")
+        raise ValueError(
+            f"label maps of different shapes: prediction level_labels "
+            f"{tuple(labels.shape)} (B, L+1, H, W) vs ground truth "
+            f"{tuple(gt.shape)}"
+        )
     if height * width >= MAX_PIXELS:
         raise ValueError(f"{height}x{width} images exceed {MAX_PIXELS} pixels")
     for b in range(batch):
@@ -62,8 +67,9 @@ def check_prediction(pred: TreePrediction, gt: Any, gt_ndim: int) -> TreePredict
     return TreePrediction(labels, valid, depth, parent)
 
 
-def _check_tree(b: int, valid: np.ndarray, depth: np.ndarray, parent: np.ndarray,
-                max_depth: int) -> None:
+def _check_tree(
+    b: int, valid: np.ndarray, depth: np.ndarray, parent: np.ndarray, max_depth: int
+) -> None:
     """Node 0 is the root; every other valid node hangs below a valid parent one level up."""
     if not valid[0] or depth[0] != 0 or parent[0] != -1:
         raise ValueError(f"image {b}: node 0 must be the valid root (depth 0, parent -1)")
@@ -73,12 +79,15 @@ def _check_tree(b: int, valid: np.ndarray, depth: np.ndarray, parent: np.ndarray
     bad = (par < 0) | (par >= valid.shape[0]) | ~valid[safe] | (depth[others] != depth[safe] + 1)
     bad |= depth[others] > max_depth
     if bad.any():
-        raise ValueError(f"image {b}: nodes {others[bad][:10].tolist()} have an invalid parent "
-                         f"or a depth inconsistent with it (depth <= {max_depth})")
+        raise ValueError(
+            f"image {b}: nodes {others[bad][:10].tolist()} have an invalid parent "
+            f"or a depth inconsistent with it (depth <= {max_depth})"
+        )
 
 
-def level_ancestors(valid: jax.Array, depth: jax.Array, parent: jax.Array, num_levels: int
-                    ) -> jax.Array:
+def level_ancestors(
+    valid: jax.Array, depth: jax.Array, parent: jax.Array, num_levels: int
+) -> jax.Array:
     """int32 [L + 1, M]: the node covering node m's pixels at each level (its ancestor of
     that depth, or m itself at and below its own depth)."""
     level = jnp.arange(num_levels)[:, None]
@@ -90,8 +99,14 @@ def level_ancestors(valid: jax.Array, depth: jax.Array, parent: jax.Array, num_l
     return jax.lax.fori_loop(0, num_levels - 1, climb, start)
 
 
-def pixel_violations(labels: jax.Array, valid: jax.Array, depth: jax.Array, parent: jax.Array,
-                     gt: jax.Array, num_labels: int) -> jax.Array:
+def pixel_violations(
+    labels: jax.Array,
+    valid: jax.Array,
+    depth: jax.Array,
+    parent: jax.Array,
+    gt: jax.Array,
+    num_labels: int,
+) -> jax.Array:
     """int32 [5]: pixels breaking each rule of `VIOLATIONS`, for one image. labels: int32
     [L' + 1, H, W], all levels (checked against each other) or only the deepest (L' = 0);
     gt: int32 [H, W] or [A, H, W]."""
@@ -106,16 +121,25 @@ def pixel_violations(labels: jax.Array, valid: jax.Array, depth: jax.Array, pare
         table = level_ancestors(valid, depth, parent, labels.shape[0])
         expected = table[:, jnp.clip(leaf, 0, num_nodes - 1)]  # [L' + 1, H, W]
         mismatch = count((leaf >= 0)[None] & in_range[None] & (labels != expected))
-    return jnp.stack([count(~in_range), count(on_invalid),
-                      count((gt < -1) | (gt >= num_labels)), count(labelled & (leaf < 0)),
-                      mismatch])
+    return jnp.stack(
+        [
+            count(~in_range),
+            count(on_invalid),
+            count((gt < -1) | (gt >= num_labels)),
+            count(labelled & (leaf < 0)),
+            mismatch,
+        ]
+    )
 
 
 def raise_for_violations(violations: jax.Array) -> None:
     """violations: int [B, 5] -> ValueError naming each broken rule and the images concerned."""
     counts = np.asarray(violations)
-    broken = [f"{rule}: {int(counts[:, i].sum())} pixels in images "
-              f"{np.flatnonzero(counts[:, i])[:10].tolist()}"
-              for i, rule in enumerate(VIOLATIONS) if counts[:, i].any()]
+    broken = [
+        f"{rule}: {int(counts[:, i].sum())} pixels in images "
+        f"{np.flatnonzero(counts[:, i])[:10].tolist()}"
+        for i, rule in enumerate(VIOLATIONS)
+        if counts[:, i].any()
+    ]
     if broken:
         raise ValueError("bad metric input: " + "; ".join(broken))

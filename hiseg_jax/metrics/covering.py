@@ -23,8 +23,9 @@ def _thresholded(iou: jax.Array, threshold: jax.Array | float) -> jax.Array:
     return jnp.where(iou >= threshold, iou, 0.0)
 
 
-def nm_covering(best_iou: jax.Array, scored: jax.Array, threshold: jax.Array | float
-                ) -> tuple[jax.Array, jax.Array]:
+def nm_covering(
+    best_iou: jax.Array, scored: jax.Array, threshold: jax.Array | float
+) -> tuple[jax.Array, jax.Array]:
     """Per region set: (NMCovering float32 [S], number of scored regions int32 [S]).
     best_iou: [G]; scored: bool [S, G] (region set and present in the image). A set with no
     region gives (0, 0): the image is skipped for that set."""
@@ -33,8 +34,9 @@ def nm_covering(best_iou: jax.Array, scored: jax.Array, threshold: jax.Array | f
     return total / jnp.maximum(count, 1), count.astype(jnp.int32)
 
 
-def lineage_weights(best_node: jax.Array, scored: jax.Array, gt_anc: jax.Array,
-                    node_anc: jax.Array) -> jax.Array:
+def lineage_weights(
+    best_node: jax.Array, scored: jax.Array, gt_anc: jax.Array, node_anc: jax.Array
+) -> jax.Array:
     """float32 [G]: w(R) = |{P in pi(R) : m(P) in pi(m(R))}| / |pi(R)| for scored R (0 else).
     best_node: int32 [G]; scored: bool [G]; gt_anc: bool [G, G] (`[P, R]`: P is R or an
     ancestor); node_anc: bool [M, M] likewise for the tree."""
@@ -46,17 +48,21 @@ def lineage_weights(best_node: jax.Array, scored: jax.Array, gt_anc: jax.Array,
     return jnp.where(scored, hits / jnp.maximum(size, 1), 0.0)
 
 
-def nh_covering(best_iou: jax.Array, best_node: jax.Array, scored: jax.Array,
-                gt_anc: jax.Array, node_anc: jax.Array, threshold: jax.Array | float
-                ) -> jax.Array:
+def nh_covering(
+    best_iou: jax.Array,
+    best_node: jax.Array,
+    scored: jax.Array,
+    gt_anc: jax.Array,
+    node_anc: jax.Array,
+    threshold: jax.Array | float,
+) -> jax.Array:
     """float32 []: NHCovering over the scored GT regions (bool [G]); 0 when there is none."""
     weights = lineage_weights(best_node, scored, gt_anc, node_anc)
     total = (_thresholded(best_iou, threshold) * weights).sum()
     return total / jnp.maximum(scored.sum(), 1)
 
 
-def level_cuts(valid: jax.Array, depth: jax.Array, leaf: jax.Array, num_levels: int
-               ) -> jax.Array:
+def level_cuts(valid: jax.Array, depth: jax.Array, leaf: jax.Array, num_levels: int) -> jax.Array:
     """bool [L + 1, M]: the nodes of the tree's cut at each level (nodes of that depth, and
     shallower leaves, which keep their id at deeper levels)."""
     level = jnp.arange(num_levels)[:, None]

@@ -22,8 +22,9 @@ def _lineage(node: int, parent: np.ndarray) -> list[int]:
     return out
 
 
-def _node_label_counts(level_labels: np.ndarray, depth: np.ndarray, valid: np.ndarray,
-                       gt: np.ndarray, num_labels: int) -> np.ndarray:
+def _node_label_counts(
+    level_labels: np.ndarray, depth: np.ndarray, valid: np.ndarray, gt: np.ndarray, num_labels: int
+) -> np.ndarray:
     """[M, K]: pixels of node m (read at its own level) with GT label k >= 0."""
     num_nodes = valid.shape[0]
     counts = np.zeros(num_nodes * num_labels, np.int64)
@@ -36,8 +37,13 @@ def _node_label_counts(level_labels: np.ndarray, depth: np.ndarray, valid: np.nd
     return counts.reshape(num_nodes, num_labels)
 
 
-def _stats(level_labels: np.ndarray, valid: np.ndarray, depth: np.ndarray, gt: np.ndarray,
-           gt_parent: np.ndarray) -> dict[str, np.ndarray]:
+def _stats(
+    level_labels: np.ndarray,
+    valid: np.ndarray,
+    depth: np.ndarray,
+    gt: np.ndarray,
+    gt_parent: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Intersections [G, M], areas and IoU of GT nodes with tree nodes."""
     num_labels = gt_parent.shape[0]
     counts = _node_label_counts(level_labels, depth, valid, gt, num_labels)
@@ -51,8 +57,9 @@ def _stats(level_labels: np.ndarray, valid: np.ndarray, depth: np.ndarray, gt: n
     node_area = counts.sum(1)
     union = gt_area[:, None] + node_area[None, :] - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    return dict(inter=inter, gt_area=gt_area, node_area=node_area, iou=iou,
-                image_area=int(label_area.sum()))
+    return dict(
+        inter=inter, gt_area=gt_area, node_area=node_area, iou=iou, image_area=int(label_area.sum())
+    )
 
 
 def _candidates(valid: np.ndarray, depth: np.ndarray) -> list[int]:
@@ -61,8 +68,13 @@ def _candidates(valid: np.ndarray, depth: np.ndarray) -> list[int]:
 
 
 def reference_image_scores(
-    level_labels: np.ndarray, node_valid: np.ndarray, node_depth: np.ndarray,
-    node_parent: np.ndarray, gt: np.ndarray, gt_parent: np.ndarray, region_sets: np.ndarray,
+    level_labels: np.ndarray,
+    node_valid: np.ndarray,
+    node_depth: np.ndarray,
+    node_parent: np.ndarray,
+    gt: np.ndarray,
+    gt_parent: np.ndarray,
+    region_sets: np.ndarray,
     threshold: float = 0.0,
 ) -> dict[str, Any]:
     """One image. level_labels [L + 1, H, W]; node_* [M]; gt [H, W] GT node ids, -1 ignored;
@@ -103,15 +115,26 @@ def reference_image_scores(
         weight = sum(node[p] in match_lineage for p in lineage) / len(lineage)
         nh_terms.append(counted[r] * weight)
     return dict(
-        n_nodes=len(cands), n_regions=np.asarray(n_regions), nm=np.asarray(nm),
+        n_nodes=len(cands),
+        n_regions=np.asarray(n_regions),
+        nm=np.asarray(nm),
         nh=sum(nh_terms) / len(nh_terms) if nh_terms else 0.0,
-        node=node, iou=iou, tp=tp, fp=fp, fn=fn, tied=tied,
+        node=node,
+        iou=iou,
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        tied=tied,
     )
 
 
 def reference_bsds_image(
-    level_labels: np.ndarray, node_valid: np.ndarray, node_depth: np.ndarray,
-    node_parent: np.ndarray, segmentations: np.ndarray, num_regions: int,
+    level_labels: np.ndarray,
+    node_valid: np.ndarray,
+    node_depth: np.ndarray,
+    node_parent: np.ndarray,
+    segmentations: np.ndarray,
+    num_regions: int,
 ) -> dict[str, Any]:
     """One image, several annotators: segmentations [A, H, W] ids in [0, num_regions), -1
     ignored. Returns n_annotators, best, levels [L + 1] (means over labelled annotators)."""
@@ -119,26 +142,37 @@ def reference_bsds_image(
     num_levels = level_labels.shape[0]
     valid_nodes = [int(m) for m in np.nonzero(node_valid)[0]]
     has_child = {int(node_parent[m]) for m in valid_nodes}
-    cuts = [[m for m in valid_nodes if node_depth[m] == level
-             or (node_depth[m] < level and m not in has_child)] for level in range(num_levels)]
+    cuts = [
+        [
+            m
+            for m in valid_nodes
+            if node_depth[m] == level or (node_depth[m] < level and m not in has_child)
+        ]
+        for level in range(num_levels)
+    ]
     node_sets = [_candidates(node_valid, node_depth)] + cuts
     per_annotator = []
     for seg in segmentations:
         s = _stats(level_labels, node_valid, node_depth, seg, flat)
         if s["image_area"] == 0:
             continue
-        per_annotator.append([
-            sum(s["gt_area"][g] / s["image_area"] * max(s["iou"][g, m] for m in nodes)
-                for g in range(num_regions) if s["gt_area"][g] > 0)
-            for nodes in node_sets])
+        per_annotator.append(
+            [
+                sum(
+                    s["gt_area"][g] / s["image_area"] * max(s["iou"][g, m] for m in nodes)
+                    for g in range(num_regions)
+                    if s["gt_area"][g] > 0
+                )
+                for nodes in node_sets
+            ]
+        )
     if not per_annotator:
         return dict(n_annotators=0, best=0.0, levels=np.zeros(num_levels))
     mean = np.mean(per_annotator, axis=0)
     return dict(n_annotators=len(per_annotator), best=float(mean[0]), levels=mean[1:])
 
 
-def reference_semantic_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray
-                              ) -> dict[str, float]:
+def reference_semantic_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, float]:
     """mIoU, pAcc, mAcc, fIoU of per-class totals, class by class in plain Python."""
     seen = [c for c in range(len(tp)) if tp[c] + fn[c] > 0]
     iou = {c: tp[c] / (tp[c] + fp[c] + fn[c]) for c in seen}

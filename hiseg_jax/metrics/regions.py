@@ -89,8 +89,9 @@ def joint_counts(leaf: jax.Array, gt: jax.Array, num_nodes: int, num_labels: int
     return counts[:-1].reshape(num_nodes, num_labels).astype(jnp.int32)
 
 
-def region_stats(leaf: jax.Array, gt: jax.Array, node_anc: jax.Array,
-                 gt_anc: jax.Array | None, num_labels: int) -> RegionStats:
+def region_stats(
+    leaf: jax.Array, gt: jax.Array, node_anc: jax.Array, gt_anc: jax.Array | None, num_labels: int
+) -> RegionStats:
     """Counts between GT regions and nodes of one image. leaf: int32 [H, W] (the deepest
     level's node ids); gt: int32 [H, W] GT labels in [0, K), -1 ignored; node_anc: bool
     [M, M]; gt_anc: bool [G, K] (GT region g holds label k), None for a flat GT (G = K)."""
@@ -123,5 +124,7 @@ def best_matches(stats: RegionStats, candidate: jax.Array) -> Matches:
     return Matches(
         node=jnp.where(present, node, -1).astype(jnp.int32),
         iou=jnp.where(present, best_iou, 0.0),
-        tp=as_int(tp), fp=as_int(stats.node_area[node] - tp), fn=as_int(stats.gt_area - tp),
+        tp=as_int(tp),
+        fp=as_int(stats.node_area[node] - tp),
+        fn=as_int(stats.gt_area - tp),
     )

