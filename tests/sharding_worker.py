@@ -114,7 +114,7 @@ def main() -> None:
                 "mesh_devices": step.mesh.devices.size,
                 "batches": [len(result.names) for result in results],
                 "checked": checked,
-                "compiled": step.run._cache_size(),
+                "compiled": max(program._cache_size() for program in step.programs),
                 "max_feature_diff": max_feature_diff,
             }
         )

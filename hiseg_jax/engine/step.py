@@ -1,12 +1,12 @@
 """The compiled device step: images -> backbone -> patch features -> tree (-> scores).
 
-`make_step` builds ONE jitted program per batch shape: the backbone (float32 or bfloat16),
-the partitioner (`spectral.partition.partition_arrays`), the leaves' mean features
-(`tree.leaf_descriptors`) and, during an in-step evaluation, a `Metric`. It is split over the
+`make_step` builds the step of a batch: the backbone (float32 or bfloat16), the partitioner
+(`spectral.partition.partition_arrays`), the leaves' mean features (`tree.leaf_descriptors`)
+and, during an in-step evaluation, a `Metric`, as three jitted programs (`Programs`: why
+three) chained on device arrays, each compiled once per batch shape and split over the
 devices of a mesh by `sharding` (each device runs its slice of the batch; no
-communication). Nothing in it goes back to the host between stages. Compiled programs are
-cached per (model structure, settings, mesh), so repeated steps with the same settings
-reuse them.
+communication). Nothing goes back to the host between stages. Programs are cached per
+(model structure, settings, mesh), so repeated steps with the same settings reuse them.
 
 Every image uses the same key, so its tree depends only on its features and the settings.
 Features can differ in the last bits with the batch shape (XLA picks kernels by shape):
@@ -75,72 +75,93 @@ class StepOutput(NamedTuple):
     descriptors: jax.Array | None = None
 
 
-def _step_body(
-    params: Any,
-    images: jax.Array,
-    key: jax.Array,
-    *targets: Any,
-    apply: Callable,
-    kind: FeatureKind,
-    dtype: Any,
-    config: PartitionConfig,
-    metric: Metric | None,
-) -> StepOutput:
-    """images [B, H, W, 3] -> features [B, h, w, E] -> Tree (-> metric scores); traced."""
-    features, finite = backbone_features(apply, params, images, kind, dtype)
-    x = jnp.where(finite[:, None, None, None], features, 0.0)
-    tree = partition_arrays(x, key, config)
+class Programs(NamedTuple):
+    """The step's three jitted, data-parallel programs, dispatched one after the other on
+    device arrays (asynchronous; nothing goes to the host in between).
+
+    backbone:  (params, images [B, H, W, 3]) -> (features [B, h, w, E], finite bool [B]).
+    partition: (features, finite, key) -> `Tree` (`spectral.partition.partition_arrays`;
+               non-finite images are partitioned as all-zero ones).
+    finish:    (features, tree[, targets]) -> (descriptors [B, M, E], scores, violations).
+
+    They are separate programs on purpose: compiled into the backbone's program, the
+    partitioner's float32 arithmetic is scheduled differently (measured: other trees for a
+    batch of one image), while on its own it reproduces `spectral.partition.partition`
+    bit for bit, whatever the batch size.
+    """
+
+    backbone: Callable[..., tuple[jax.Array, jax.Array]]
+    partition: Callable[..., Tree]
+    finish: Callable[..., tuple[jax.Array, Any, Any]]
+
+
+def _partition_body(
+    features: jax.Array, finite: jax.Array, key: jax.Array, *, config: PartitionConfig
+) -> Tree:
+    return partition_arrays(jnp.where(finite[:, None, None, None], features, 0.0), key, config)
+
+
+def _finish_body(
+    features: jax.Array, tree: Tree, *targets: Any, metric: Metric | None
+) -> tuple[jax.Array, Any, Any]:
     descriptors = leaf_descriptors(features, tree)
     if metric is None:
-        return StepOutput(tree, features, finite, descriptors=descriptors)
+        return descriptors, None, None
     scores, violations = metric.score(tree, targets[0])
-    return StepOutput(tree, features, finite, scores, violations, descriptors)
+    return descriptors, scores, violations
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(
+def _programs(
     graphdef: nnx.GraphDef,
     kind: FeatureKind,
     dtype: str,
     config: PartitionConfig,
     metric: Metric | None,
     mesh: Mesh,
-) -> Callable[..., StepOutput]:
-    """The jitted, data-parallel step for these settings (kept: it holds the compilations)."""
+) -> Programs:
+    """The jitted, data-parallel programs for these settings (kept: they hold the
+    compilations, so repeated steps with the same settings compile nothing)."""
 
-    def apply(params: nnx.State, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return nnx.merge(graphdef, params)(images)
+    def backbone(params: nnx.State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        apply = lambda p, x: nnx.merge(graphdef, p)(x)
+        return backbone_features(apply, params, images, kind, BACKBONE_DTYPES[dtype])
 
-    body = functools.partial(
-        _step_body,
-        apply=apply,
-        kind=kind,
-        dtype=BACKBONE_DTYPES[dtype],
-        config=config,
-        metric=metric,
+    targets = (True,) if metric is not None else ()
+    partition = functools.partial(_partition_body, config=config)
+    finish = functools.partial(_finish_body, metric=metric)
+    return Programs(
+        backbone=jax.jit(data_parallel(backbone, mesh, (False, True))),
+        partition=jax.jit(data_parallel(partition, mesh, (True, True, False))),
+        finish=jax.jit(data_parallel(finish, mesh, (True, True, *targets))),
     )
-    batched = (False, True, False) + ((True,) if metric is not None else ())
-    return jax.jit(data_parallel(body, mesh, batched))
 
 
 @dataclasses.dataclass(frozen=True)
 class Step:
     """A compiled end-to-end step and what it needs (built by `make_step`).
 
-    run:    the jitted pure function `run(params, images, key[, targets]) -> StepOutput`;
-            images float32 [B, H, W, 3] preprocessed and (like every targets leaf) split
-            over the mesh's "data" axis (B a multiple of the device count), params and key
-            replicated.
-    params: the backbone params, in the backbone dtype, replicated over the mesh.
+    programs: the jitted, data-parallel `Programs`; `run` chains them.
+    params:   the backbone params, in the backbone dtype, replicated over the mesh.
     """
 
-    run: Callable[..., StepOutput]
+    programs: Programs
     params: Any
     mesh: Mesh
     image_size: tuple[int, int]
     vit: ViTConfig
     config: PartitionConfig
     metric: Metric | None
+
+    def run(self, params: Any, images: jax.Array, key: jax.Array, *targets: Any) -> StepOutput:
+        """The pure step on arguments placed on the mesh (see `arguments`): images float32
+        [B, H, W, 3] preprocessed and (like every targets leaf) split over the mesh's
+        "data" axis (B a multiple of the device count), params and key replicated. Returns
+        device arrays at once (asynchronous)."""
+        features, finite = self.programs.backbone(params, images)
+        tree = self.programs.partition(features, finite, key)
+        descriptors, scores, violations = self.programs.finish(features, tree, *targets)
+        return StepOutput(tree, features, finite, scores, violations, descriptors)
 
     @property
     def batch_multiple(self) -> int:
@@ -219,9 +240,9 @@ def make_step(
     mesh = data_mesh() if mesh is None else mesh
     _warn_cpu_mesh(mesh)
     graphdef, params = nnx.split(model)
-    run = _compiled(graphdef, features, dtype, config, metric, mesh)
+    programs = _programs(graphdef, features, dtype, config, metric, mesh)
     params = replicate(cast_floating(params, BACKBONE_DTYPES[dtype]), mesh)
-    return Step(run, params, mesh, hw, model.config, config, metric)
+    return Step(programs, params, mesh, hw, model.config, config, metric)
 
 
 def _warn_cpu_mesh(mesh: Mesh) -> None:
