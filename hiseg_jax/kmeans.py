@@ -57,6 +57,7 @@ def _seed(
     max_trials = 2 + int(math.log(k_max))
     trials = 2 + jnp.floor(jnp.log(k.astype(x.dtype))).astype(jnp.int32)
     first = jax.random.categorical(jax.random.fold_in(key, 0), jnp.where(weight > 0, 0.0, -jnp.inf))
+    valid_rank = jnp.cumsum(weight)  # valid_rank[i] - 1: rank of valid point i among the valid
     centers = jnp.zeros((k_max, x.shape[1]), x.dtype).at[0].set(x[first])
     closest = _sq_dists(x, x_sq, x[first][None])[:, 0] * weight
 
@@ -66,9 +67,9 @@ def _seed(
         cum = jnp.cumsum(closest)
         draws = jax.random.uniform(kdraw, (max_trials,), x.dtype) * cum[-1]
         picked = jnp.minimum(jnp.searchsorted(cum, draws, side="right"), n - 1)
-        uniform = jax.random.categorical(
-            kfall, jnp.where(weight > 0, 0.0, -jnp.inf), shape=(max_trials,)
-        )
+        # Uniform over the valid points from max_trials scalars (not n Gumbel draws per trial).
+        rank = jax.random.uniform(kfall, (max_trials,), x.dtype) * valid_rank[-1]
+        uniform = jnp.minimum(jnp.searchsorted(valid_rank, rank, side="right"), n - 1)
         cand = jnp.where(cum[-1] > 0, picked, uniform)
         dist = jnp.minimum(closest[None, :], _sq_dists(x, x_sq, x[cand]).T * weight[None, :])
         pot = jnp.where(jnp.arange(max_trials) < trials, jnp.sum(dist, axis=1), jnp.inf)
@@ -99,17 +100,29 @@ def _update(
     centers: jax.Array,
     live: jax.Array,
 ) -> jax.Array:
-    """Cluster means after relocating empty live clusters to the farthest points."""
+    """Cluster means after relocating empty live clusters to the farthest points.
+
+    The r-th empty cluster (in index order) takes the r-th farthest valid point (ties: lowest
+    index first). A while_loop over the empty clusters, usually zero trips, so no sort of the
+    n points runs in the common case.
+    """
     k_max = centers.shape[0]
-    counts = jnp.zeros((k_max,), x.dtype).at[labels].add(weight)
+    counts = jax.ops.segment_sum(weight, labels, num_segments=k_max)
     empty = live & (counts == 0)
-    rank = jnp.cumsum(empty) - 1  # r-th empty cluster takes the r-th farthest point
-    far = jnp.argsort(-jnp.where(weight > 0, dist, -jnp.inf))  # farthest first
-    movers = far[jnp.clip(rank, 0, x.shape[0] - 1)]
-    movable = empty & (weight[movers] > 0)
-    labels = labels.at[jnp.where(movable, movers, x.shape[0])].set(
-        jnp.arange(k_max, dtype=jnp.int32), mode="drop"
-    )
+
+    def relocate(state: tuple) -> tuple:
+        cluster, labels, score = state
+        cluster = jnp.argmax(empty & (jnp.arange(k_max) > cluster))  # next empty cluster
+        mover = jnp.argmax(score)  # farthest valid point not moved yet
+        movable = score[mover] > -jnp.inf
+        labels = labels.at[mover].set(jnp.where(movable, cluster, labels[mover]).astype(jnp.int32))
+        return cluster, labels, score.at[mover].set(-jnp.inf)
+
+    def more(state: tuple) -> jax.Array:
+        return jnp.any(empty & (jnp.arange(k_max) > state[0]))
+
+    score = jnp.where(weight > 0, dist, -jnp.inf)
+    _, labels, _ = jax.lax.while_loop(more, relocate, (jnp.int32(-1), labels, score))
     counts = jax.ops.segment_sum(weight, labels, num_segments=k_max)
     sums = jax.ops.segment_sum(x * weight[:, None], labels, num_segments=k_max)
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
