@@ -75,7 +75,7 @@ def affinity(x: jax.Array, config: PartitionConfig) -> graph.LowRankOperator | j
     rank, else (and for "eigh") the dense [N, N] matrix.
     """
     if config.stage_a_solver == "lanczos" and lowrank_ok(config):
-        return graph.lowrank_operator(x, eps=config.eps)
+        return graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
     w = graph.adjacency(x, kind=config.adjacency, sigma=config.sigma, threshold=config.threshold)
     return graph.normalized_adjacency(w, eps=config.eps)[0]
 
@@ -112,16 +112,23 @@ def parts_of(emb: jax.Array, config: PartitionConfig, key: jax.Array) -> jax.Arr
     ).labels
 
 
-def part_graph(x: jax.Array, parts: jax.Array, config: PartitionConfig) -> jax.Array:
+def part_graph(
+    x: jax.Array,
+    parts: jax.Array,
+    config: PartitionConfig,
+    op: graph.LowRankOperator | None = None,
+) -> jax.Array:
     """Section 3: W_P = G^T W G [P, P] with diag 0, G the one-hot of parts int [N] in [0, P).
 
     For the low-rank minmax adjacency, W = F diag(c) F^T off the diagonal with F [N, E + 1]
-    (section 8), so W_P = (G^T F) diag(c) (G^T F)^T: O(N E), W never formed. Otherwise
-    from the dense W in O(N^2).
+    (section 8), so W_P = (G^T F) diag(c) (G^T F)^T: O(N E), W never formed; `op`, the
+    operator of x when already built (stage A), saves rebuilding it. Otherwise from the
+    dense W in O(N^2).
     """
     n_parts = config.n_parts
     if lowrank_ok(config):
-        op = graph.lowrank_operator(x, eps=config.eps)
+        if op is None:
+            op = graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
         factor = op.b * jnp.sqrt(op.deg)[:, None]  # undo the D^-1/2 scaling of the rows
         summed = jax.ops.segment_sum(factor, parts, num_segments=n_parts)  # [P, E + 1]
         w_p = jnp.matmul(summed * op.w[None, :], summed.T, precision=graph.HIGHEST)
@@ -140,9 +147,11 @@ def stage_a(x: jax.Array, config: PartitionConfig, key: jax.Array) -> tuple[jax.
     A constant image (`is_constant`) gets parts = 0: a single part, hence a single node.
     """
     eig_key, km_key = jax.random.split(key)
-    emb = spectral_embedding(affinity(x, config), config, eig_key)
+    a = affinity(x, config)
+    emb = spectral_embedding(a, config, eig_key)
     parts = jnp.where(is_constant(x), 0, parts_of(emb, config, km_key)).astype(jnp.int32)
-    return parts, part_graph(x, parts, config)
+    op = a if isinstance(a, graph.LowRankOperator) else None
+    return parts, part_graph(x, parts, config, op)
 
 
 # ----------------------------------------------------------------------------------------
