@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import jax
@@ -31,6 +31,10 @@ from hiseg_jax.tree import Tree
 
 StageBSolver = Literal["eigh", "lanczos"]
 N_SWEEP = 10  # evenly spaced thresholds of the k = 2 sweep (plus 0 and the mean)
+# Stage B splits a node of n parts on its parts alone, gathered into the smallest of these
+# sizes >= n (P for larger nodes): most nodes are small, and their dense eigh, k-means and
+# sweeps then cost a fraction of P x P work. Results do not depend on them beyond rounding.
+NODE_SIZES = (64, 16)
 LANCZOS_STEPS = 64  # Krylov steps of the stage-B Lanczos (at most P)
 # Largest |u_i - u_0| (unit features) of an image that counts as constant: one node.
 CONSTANT_SPREAD = 1e-6
@@ -377,6 +381,24 @@ def _level_base(level: jax.Array, n_parts: int) -> jax.Array:
     return jnp.where(level == 0, 0, 1 + (level - 1) * n_parts)
 
 
+def _split_compacted(
+    w_p: jax.Array, masks: jax.Array, keys: jax.Array, size: int, split_all: Callable
+) -> NodeSplit:
+    """`split_node` of each node masks[i] [P] on its parts alone, gathered (in part order)
+    into a `size` x `size` graph (size >= every node's part count): NodeSplit with labels
+    scattered back to [chunk, P]."""
+    n_parts = w_p.shape[0]
+    idx = jax.vmap(lambda m: jnp.nonzero(m, size=size, fill_value=n_parts)[0])(masks)
+    sub_masks = idx < n_parts
+    safe = jnp.minimum(idx, n_parts - 1)
+    sub_w = w_p[safe[:, :, None], safe[:, None, :]]
+    sub_w = jnp.where(sub_masks[:, :, None] & sub_masks[:, None, :], sub_w, 0.0)
+    res = split_all(sub_w, sub_masks, keys)
+    rows = jnp.arange(masks.shape[0])[:, None]
+    labels = jnp.zeros(masks.shape, jnp.int32).at[rows, idx].set(res.labels, mode="drop")
+    return res._replace(labels=labels)
+
+
 def stage_b(
     w_p: jax.Array,
     config: PartitionConfig,
@@ -385,49 +407,71 @@ def stage_b(
     *,
     solver: StageBSolver = "eigh",
     chunk: int = 2,
+    node_sizes: Sequence[int] = NODE_SIZES,
 ) -> StageB:
     """Recursive k-way normalised cuts of the part graph W_P [P, P] (ALGORITHM.md section 4).
 
     part_valid [P] excludes parts (e.g. empty ones) from every node. The nodes of a depth
-    are split `chunk` at a time (vmapped) by a while_loop that ends after the depth's last
-    node, so unused slots cost nothing. The children of a depth are numbered by parent slot,
-    then smallest part id (the reference's breadth-first order). A node's PRNG key is
-    fold_in(fold_in(key, depth), slot): results do not depend on `chunk`.
+    are split `chunk` at a time (vmapped) by while_loops that end after the depth's last
+    node, so unused slots cost nothing: one loop per size class, a node of n parts going to
+    the smallest of `node_sizes` >= n (split on its gathered parts) or, above them all, to
+    the P-sized class (split on W_P under its mask). The children of a depth are numbered by
+    parent slot, then smallest part id (the reference's breadth-first order). A node's PRNG
+    key is fold_in(fold_in(key, depth), slot): results do not depend on `chunk` or
+    `node_sizes` (beyond rounding).
     """
     n_parts, k_max = w_p.shape[0], config.max_kways
     n_slots = 1 + config.levels * n_parts
     if part_valid is None:
         part_valid = jnp.ones((n_parts,), bool)
     no_child = n_parts * n_parts  # sorts after every (slot, first part) code
-    split_all = jax.vmap(
-        functools.partial(split_node, config=config, solver=solver), in_axes=(None, 0, 0)
-    )
+    split_one = functools.partial(split_node, config=config, solver=solver)
+    split_masked = jax.vmap(split_one, in_axes=(None, 0, 0))
+    split_gathered = jax.vmap(split_one)
+    sizes_desc = (n_parts, *sorted((s for s in set(node_sizes) if 1 <= s < n_parts), reverse=True))
     part_ids = jnp.arange(n_parts)
 
     def split_depth(carry: tuple, level: jax.Array) -> tuple[tuple, jax.Array]:
         node_of_part, count, parent, depth, valid, ks, stops = carry
         base = _level_base(level, n_parts)
         level_key = jax.random.fold_in(key, level)
+        slot_of_part = jnp.where(node_of_part >= base, node_of_part - base, n_parts)
+        part_count = jnp.zeros((n_parts,), jnp.int32).at[slot_of_part].add(1, mode="drop")
+        live_slot = part_ids < count
 
-        def more(state: tuple) -> jax.Array:
-            return state[0] * chunk < count
+        def split_class(state: tuple, size: int, smaller: int) -> tuple:
+            """Split every node of this depth with smaller < n <= size parts."""
+            members = live_slot & (part_count > smaller) & (part_count <= size)
+            order = jnp.nonzero(members, size=n_parts, fill_value=n_parts)[0]
+            total = members.sum()
 
-        def split_chunk(state: tuple) -> tuple:
-            start, child, split, ks, stops = state
-            slots = start * chunk + jnp.arange(chunk)
-            live = slots < count
-            masks = (node_of_part[None, :] == (base + slots)[:, None]) & live[:, None]
-            keys = jax.vmap(lambda s: jax.random.fold_in(level_key, s))(slots)
-            res = split_all(w_p, masks, keys)
-            child = jnp.where(masks.any(axis=0), (masks * res.labels).sum(axis=0), child)
-            split = split | (masks & (res.stop == Stop.SPLIT)[:, None]).any(axis=0)
-            ids = jnp.where(live, base + slots, n_slots)
-            ks = ks.at[ids].set(res.k, mode="drop")
-            stops = stops.at[ids].set(res.stop, mode="drop")
-            return start + 1, child, split, ks, stops
+            def more(state: tuple) -> jax.Array:
+                return state[0] * chunk < total
+
+            def split_chunk(state: tuple) -> tuple:
+                start, child, split, ks, stops = state
+                pos = start * chunk + jnp.arange(chunk)
+                live = pos < total
+                slots = order[jnp.minimum(pos, n_parts - 1)]
+                masks = (node_of_part[None, :] == (base + slots)[:, None]) & live[:, None]
+                keys = jax.vmap(lambda s: jax.random.fold_in(level_key, s))(slots)
+                if size == n_parts:
+                    res = split_masked(w_p, masks, keys)
+                else:
+                    res = _split_compacted(w_p, masks, keys, size, split_gathered)
+                child = jnp.where(masks.any(axis=0), (masks * res.labels).sum(axis=0), child)
+                split = split | (masks & (res.stop == Stop.SPLIT)[:, None]).any(axis=0)
+                ids = jnp.where(live, base + slots, n_slots)
+                ks = ks.at[ids].set(res.k, mode="drop")
+                stops = stops.at[ids].set(res.stop, mode="drop")
+                return start + 1, child, split, ks, stops
+
+            return jax.lax.while_loop(more, split_chunk, (0, *state[1:]))
 
         state = (0, jnp.zeros((n_parts,), jnp.int32), jnp.zeros((n_parts,), bool), ks, stops)
-        _, child, split, ks, stops = jax.lax.while_loop(more, split_chunk, state)
+        for size, smaller in zip(sizes_desc, (*sizes_desc[1:], 0), strict=True):
+            state = split_class(state, size, smaller)
+        _, child, split, ks, stops = state
 
         # Child of part p: (slot of its node, label); named by (slot, its smallest part).
         group = jnp.where(split, (node_of_part - base) * k_max + child, n_parts * k_max)
