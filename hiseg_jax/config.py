@@ -21,7 +21,7 @@ class PartitionConfig:
     threshold: float = 0.0  # W < threshold is zeroed; 0 disables it
     eps: float = 1e-12  # degrees (and volumes, row norms) are clamped to >= eps
     # min of the Gram matrix (the minmax adjacency's largest distance) on the low-rank path:
-    # "search": farthest-pair search, O(N E), exact to rounding on all 340 BSDS500 images
+    # "search": farthest-pair search, O(N E), exact to rounding on all 346 BSDS500 images
     # tested (`graph.gram_min_search`); "exact": all pairs in blocks, O(N^2 E) (the paper's).
     # The dense path (stage_a_solver "eigh"/"eigh_full") always takes the exact one.
     gram_min: Literal["search", "exact"] = "search"

@@ -235,41 +235,35 @@ def gram_extremes(x: jax.Array, mask: jax.Array | None = None, *, block: int = 5
     return jnp.stack([jnp.min(ext[:, 0]), jnp.max(ext[:, 1])])
 
 
-@functools.partial(jax.jit, static_argnames=("pivots", "rounds"))
+@functools.partial(jax.jit, static_argnames=("directions", "rounds"))
 def gram_min_search(
-    u: jax.Array, mask: jax.Array | None = None, *, pivots: int = 32, rounds: int = 2
+    u: jax.Array, mask: jax.Array | None = None, *, directions: int = 32, rounds: int = 2
 ) -> jax.Array:
-    """Smallest u_i . u_j over masked pairs found by a farthest-pair search, in O(N E pivots).
+    """Smallest u_i . u_j over masked pairs found by a farthest-pair search, in O(N E d).
 
-    The minimum of the Gram matrix of unit rows is the diameter of the points on the sphere.
-    Pivots by farthest-point sampling (start: the point least aligned with the mean, then
-    repeatedly the point least similar to every pivot so far), then `rounds` steps that
-    replace each pivot by its farthest point (the classic double-normal iteration). Returns
-    the smallest inner product of a pivot with any point: an actual pair, so it is >= the
-    exact minimum (`gram_extremes`), and equal to it unless no pivot or farthest point of a
-    pivot is an end of a farthest pair. u [N, E] -> scalar (+inf for an empty mask).
+    The minimum of the Gram matrix of unit rows is the diameter of the points on the sphere,
+    whose ends are extreme points. Candidates: the points of smallest and largest projection
+    on d = `directions` directions (the mean and d - 1 fixed pseudo-random ones); then
+    `rounds` times each candidate is replaced by its farthest point (the double-normal
+    iteration). Four passes over u for the defaults. Returns the smallest inner product of a
+    candidate with any point: an actual pair, so >= the exact minimum (`gram_extremes`);
+    equal to it to rounding on all 346 BSDS500 images tested (448 to 1792 px), while on
+    isotropic random points (no structure, the worst case) it can miss by ~0.1.
+    u [N, E] -> scalar (+inf for an empty mask).
     """
-    n = u.shape[0]
+    n, e = u.shape
     valid = _mask_or_ones(mask, n)
-    pivots = max(1, min(pivots, n))
     mean = jnp.sum(jnp.where(valid[:, None], u, 0.0), axis=0)
-    start = jnp.argmin(jnp.where(valid, jnp.matmul(u, mean, precision=HIGHEST), jnp.inf))
-
-    def sample(t: int, state: tuple) -> tuple:
-        pivot, nearest, found, far = state
-        g = jnp.where(valid, jnp.matmul(u, u[pivot], precision=HIGHEST), jnp.inf)
-        far = far.at[t].set(jnp.argmin(g).astype(jnp.int32))
+    spread = jax.random.normal(jax.random.key(0), (e, directions - 1), u.dtype)
+    proj = jnp.matmul(u, jnp.concatenate([mean[:, None], spread], axis=1), precision=HIGHEST)
+    low = jnp.argmin(jnp.where(valid[:, None], proj, jnp.inf), axis=0)
+    high = jnp.argmax(jnp.where(valid[:, None], proj, -jnp.inf), axis=0)
+    cand = jnp.concatenate([low, high])
+    found = jnp.array(jnp.inf, u.dtype)
+    for _ in range(rounds + 1):
+        g = jnp.where(valid[:, None], jnp.matmul(u, u[cand].T, precision=HIGHEST), jnp.inf)
         found = jnp.minimum(found, jnp.min(g))
-        nearest = jnp.maximum(nearest, g)  # stays +inf outside the mask
-        return jnp.argmin(nearest), nearest, found, far
-
-    init = (start, jnp.where(valid, -jnp.inf, jnp.inf), jnp.array(jnp.inf, u.dtype))
-    init = (*init, jnp.zeros((pivots,), jnp.int32))
-    _, _, found, far = jax.lax.fori_loop(0, pivots, sample, init)
-    for _ in range(rounds):
-        g = jnp.where(valid[:, None], jnp.matmul(u, u[far].T, precision=HIGHEST), jnp.inf)
-        found = jnp.minimum(found, jnp.min(g))
-        far = jnp.argmin(g, axis=0).astype(jnp.int32)
+        cand = jnp.argmin(g, axis=0)
     return jnp.where(jnp.any(valid), found, jnp.inf)
 
 

@@ -183,7 +183,7 @@ def test_gram_min_search_returns_a_pair_at_or_above_the_minimum():
     product of an actual pair, hence >= the minimum; an empty mask gives +inf."""
     u = graph.normalize_rows(jnp.asarray(features(15, n=300, e=16), jnp.float32))
     g = np.asarray(u @ u.T)
-    found = float(graph.gram_min_search(u, pivots=4, rounds=1))
+    found = float(graph.gram_min_search(u, directions=2, rounds=1))
     assert found >= g.min() - 1e-6 and np.isclose(g, found, atol=1e-6).any()
     assert graph.gram_min_search(u, jnp.zeros(300, bool)) == np.inf
 
