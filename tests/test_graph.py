@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hiseg_jax.spectral import graph
+from hiseg_jax.spectral import graph, synthetic
 
 N, E = 48, 12
 
@@ -163,6 +163,40 @@ def test_gram_extremes_blocked():
     pair = mask[:, None] & mask[None, :]
     got = graph.gram_extremes(jnp.asarray(x, jnp.float32), jnp.asarray(mask), block=7)
     np.testing.assert_allclose(got, [g[pair].min(), g[pair].max()], rtol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gram_min_search_finds_the_minimum_of_structured_features(seed, masked):
+    """Planted patch features (a few directions plus noise, like a backbone's): the farthest
+    pair search returns the exact minimum of the Gram matrix (on real features too: see
+    tests/test_partition_realdata.py)."""
+    x, _ = synthetic.planted_hierarchy(seed, grid=(24, 24), dim=96)
+    u = graph.normalize_rows(jnp.asarray(x.reshape(-1, 96), jnp.float32))
+    mask = jnp.asarray(random_mask(seed, n=u.shape[0])) if masked else None
+    exact = graph.gram_extremes(u, mask)[0]
+    np.testing.assert_allclose(graph.gram_min_search(u, mask), exact, atol=1e-6)
+
+
+def test_gram_min_search_returns_a_pair_at_or_above_the_minimum():
+    """Isotropic points (no structure, the search's worst case): the result is the inner
+    product of an actual pair, hence >= the minimum; an empty mask gives +inf."""
+    u = graph.normalize_rows(jnp.asarray(features(15, n=300, e=16), jnp.float32))
+    g = np.asarray(u @ u.T)
+    found = float(graph.gram_min_search(u, directions=2, rounds=1))
+    assert found >= g.min() - 1e-6 and np.isclose(g, found, atol=1e-6).any()
+    assert graph.gram_min_search(u, jnp.zeros(300, bool)) == np.inf
+
+
+@pytest.mark.usefixtures("x64")
+def test_lowrank_operator_gram_min_search():
+    x = features(16, 1.0)
+    mask = jnp.asarray(random_mask(17))
+    exact = graph.lowrank_operator(jnp.asarray(x), mask)
+    search = graph.lowrank_operator(jnp.asarray(x), mask, gram_min="search")
+    np.testing.assert_allclose(graph.to_dense(search), graph.to_dense(exact), atol=1e-12)
+    with pytest.raises(ValueError, match="gram_min"):
+        graph.lowrank_operator(jnp.asarray(x), gram_min="approx")
 
 
 def test_empty_mask_gives_zeros_not_nan():

@@ -380,3 +380,32 @@ def test_stage_a_restarts_drive_the_parts_k_means_only():
     got = jp.parts_of(emb, config, key)
     np.testing.assert_array_equal(got, expected)
     assert not np.array_equal(expected, other)
+
+
+def test_config_rejects_unknown_gram_min():
+    with pytest.raises(ValueError, match="gram_min"):
+        PartitionConfig(gram_min="approx")
+
+
+def _arrays_over_n(config: PartitionConfig, n: int) -> set[tuple[int, ...]]:
+    """Shapes with two or more dimensions >= n in the lowered program of the partitioner
+    (stage A, part graph, stage B) for a batch of 2 images of n patches; traced, not run."""
+    import re
+
+    def one(x: jax.Array, key: jax.Array) -> jax.Array:
+        parts, w_p = jp.stage_a(x, config, key)
+        return jp.stage_b(w_p, config, key).node_of_part[:, parts]
+
+    x = jax.ShapeDtypeStruct((2, n, 384), jnp.float32)
+    text = jax.jit(jax.vmap(one, in_axes=(0, None))).lower(x, jax.random.key(0)).as_text()
+    shapes = {tuple(map(int, s.split("x")[:-1])) for s in re.findall(r"tensor<((?:\d+x)+)", text)}
+    return {s for s in shapes if sum(d >= n for d in s) >= 2}
+
+
+def test_lowrank_partitioner_has_no_n_by_n_array_at_n_16384():
+    """N = 16,384 (1792 px): the low-rank path's program holds no N x N array (graph
+    statistics, Lanczos stage A, part graph, stage B), so memory grows as N; the dense path's
+    does (the check sees them)."""
+    n = 128 * 128
+    assert _arrays_over_n(PartitionConfig(stage_a_solver="lanczos"), n) == set()
+    assert (n, n) in {s[-2:] for s in _arrays_over_n(PartitionConfig(stage_a_solver="eigh"), n)}

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hiseg_jax.spectral import graph, reference
 from hiseg_jax.spectral import partition as jp
-from hiseg_jax.spectral import reference
 from hiseg_jax.spectral.config import PartitionConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.weights]
@@ -59,6 +59,14 @@ def reference_seed0(bsds, quality) -> list[reference.RefResult]:
 def _patch_masks_jax(res: jp.StageB, parts: np.ndarray) -> np.ndarray:
     nop, depth = np.asarray(res.node_of_part), np.asarray(res.depth)
     return np.stack([(nop[depth[m]] == m)[parts] for m in np.flatnonzero(np.asarray(res.valid))])
+
+
+def test_gram_min_search_is_exact_on_real_features(bsds):
+    """The default graph's farthest-pair search finds the exact minimum of the Gram matrix."""
+    for feats in bsds[0]:
+        u = graph.normalize_rows(jnp.asarray(feats.reshape(-1, feats.shape[-1])))
+        exact = graph.gram_extremes(u)[0]
+        np.testing.assert_allclose(graph.gram_min_search(u), exact, atol=1e-6)
 
 
 def test_stage_b_agrees_with_reference_given_the_same_parts(bsds, reference_seed0):

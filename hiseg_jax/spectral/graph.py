@@ -237,24 +237,74 @@ def gram_extremes(x: jax.Array, mask: jax.Array | None = None, *, block: int = 5
     return jnp.stack([jnp.min(ext[:, 0]), jnp.max(ext[:, 1])])
 
 
-@functools.partial(jax.jit, static_argnames=("block",))
+@functools.partial(jax.jit, static_argnames=("directions", "rounds"))
+def gram_min_search(
+    u: jax.Array, mask: jax.Array | None = None, *, directions: int = 32, rounds: int = 2
+) -> jax.Array:
+    """Smallest u_i . u_j over masked pairs found by a farthest-pair search, in O(N E d).
+
+    The minimum of the Gram matrix of unit rows is the diameter of the points on the sphere,
+    whose ends are extreme points. Candidates: the points of smallest and largest projection
+    on d = `directions` directions (the mean and d - 1 fixed pseudo-random ones); then
+    `rounds` times each candidate is replaced by its farthest point (the double-normal
+    iteration). Four passes over u for the defaults. Returns the smallest inner product of a
+    candidate with any point: an actual pair, so >= the exact minimum (`gram_extremes`);
+    equal to it to rounding on all 346 BSDS500 images tested (448 to 1792 px), while on
+    isotropic random points (no structure, the worst case) it can miss by ~0.1.
+    u [N, E] -> scalar (+inf for an empty mask).
+    """
+    n, e = u.shape
+    valid = _mask_or_ones(mask, n)
+    mean = jnp.sum(jnp.where(valid[:, None], u, 0.0), axis=0)
+    spread = jax.random.normal(jax.random.key(0), (e, directions - 1), u.dtype)
+    proj = jnp.matmul(u, jnp.concatenate([mean[:, None], spread], axis=1), precision=HIGHEST)
+    low = jnp.argmin(jnp.where(valid[:, None], proj, jnp.inf), axis=0)
+    high = jnp.argmax(jnp.where(valid[:, None], proj, -jnp.inf), axis=0)
+    cand = jnp.concatenate([low, high])
+    found = jnp.array(jnp.inf, u.dtype)
+    for _ in range(rounds + 1):
+        g = jnp.where(valid[:, None], jnp.matmul(u, u[cand].T, precision=HIGHEST), jnp.inf)
+        found = jnp.minimum(found, jnp.min(g))
+        cand = jnp.argmin(g, axis=0)
+    return jnp.where(jnp.any(valid), found, jnp.inf)
+
+
+GRAM_MIN = ("search", "exact")
+
+
+@functools.partial(jax.jit, static_argnames=("gram_min", "block"))
 def lowrank_operator(
-    x: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8, *, block: int = 512
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    eps: float = 1e-8,
+    *,
+    gram_min: str = "exact",
+    block: int = 512,
 ) -> LowRankOperator:
     """The normalised minmax adjacency A of features x [N, E] as a `LowRankOperator`.
 
     With u_i = x_i / |x_i| and G = U U^T, d = 1 - G (never clipped up to rounding), so
     W_ij = 1 - (d_ij - dmin) / den = c + G_ij / den for i != j, with dmin = 1 - max G,
     dmax = 1 - min G over the masked pairs, den = max(dmax - dmin, 1e-12) and
-    c = 1 - (1 - dmin) / den. Equals `normalized_adjacency(adjacency(x, mask), mask, eps)`
-    (minmax, threshold 0) up to rounding. Cost: one blocked pass for dmin/dmax (see
-    `gram_extremes`), then O(N E).
+    c = 1 - (1 - dmin) / den. max G is the largest |u_i|^2 (Cauchy-Schwarz). min G:
+    gram_min "exact" scans all pairs in blocks (`gram_extremes`, O(N^2 E) time), "search"
+    takes `gram_min_search` (O(N E), the exact value on real features, else a pair slightly
+    above it, which leaves a few W_ij slightly negative). With "exact" this equals
+    `normalized_adjacency(adjacency(x, mask), mask, eps)` (minmax, threshold 0) up to
+    rounding. The rest costs O(N E).
     """
     _check_features(x, mask)
+    if gram_min not in GRAM_MIN:
+        raise ValueError(f"gram_min must be one of {GRAM_MIN}, got {gram_min!r}")
     n = x.shape[0]
     valid = _mask_or_ones(mask, n)
     u = jnp.where(valid[:, None], normalize_rows(x), 0.0)
-    gmin, gmax = jnp.where(jnp.any(valid), gram_extremes(u, valid, block=block), 0.0)
+    if gram_min == "exact":
+        extremes = gram_extremes(u, valid, block=block)
+    else:
+        self_sim = jnp.where(valid, jnp.sum(u**2, axis=1), -jnp.inf)
+        extremes = jnp.stack([gram_min_search(u, valid), jnp.max(self_sim)])
+    gmin, gmax = jnp.where(jnp.any(valid), extremes, 0.0)
     dmin = jnp.maximum(0.0, 1.0 - gmax)
     dmax = jnp.maximum(0.0, 1.0 - gmin)
     den = jnp.maximum(dmax - dmin, NORM_EPS)

@@ -18,7 +18,9 @@ random stream), with static shapes so that it jit-compiles once and vmaps over
   points leave their old clusters (sklearn's relocation rule).
 - Data are centered (mean of valid points) before clustering, for float32 accuracy; the
   returned centers are in the original coordinates.
-- Masked-out points: label -1, no influence on centers, variance or inertia.
+- Masked-out points: label -1, no influence on centers, variance or inertia. Every random
+  draw is a scalar mapped through cumulative sums over the points, so removing masked points
+  (compacting) leaves the result unchanged up to rounding.
 """
 
 from __future__ import annotations
@@ -56,39 +58,54 @@ def _seed(
     n = x.shape[0]
     max_trials = 2 + int(math.log(k_max))
     trials = 2 + jnp.floor(jnp.log(k.astype(x.dtype))).astype(jnp.int32)
-    first = jax.random.categorical(jax.random.fold_in(key, 0), jnp.where(weight > 0, 0.0, -jnp.inf))
+    valid_rank = jnp.cumsum(weight)  # number of valid points up to and including point i
+
+    def uniform_valid(subkey: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        """Indices drawn uniformly among the valid points, from one scalar per draw: the
+        draw depends on the valid points' order only, not on where masked points sit."""
+        rank = jax.random.uniform(subkey, shape, x.dtype) * valid_rank[-1]
+        return jnp.minimum(
+            jnp.searchsorted(valid_rank, rank, side="right", method="compare_all"), n - 1
+        )
+
+    first = uniform_valid(jax.random.fold_in(key, 0), ())
     centers = jnp.zeros((k_max, x.shape[1]), x.dtype).at[0].set(x[first])
     closest = _sq_dists(x, x_sq, x[first][None])[:, 0] * weight
 
-    def add_center(c: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        centers, closest = carry
+    def add_center(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        c, centers, closest = carry
         kdraw, kfall = jax.random.split(jax.random.fold_in(key, c))
         cum = jnp.cumsum(closest)
         draws = jax.random.uniform(kdraw, (max_trials,), x.dtype) * cum[-1]
-        picked = jnp.minimum(jnp.searchsorted(cum, draws, side="right"), n - 1)
-        uniform = jax.random.categorical(
-            kfall, jnp.where(weight > 0, 0.0, -jnp.inf), shape=(max_trials,)
+        picked = jnp.minimum(
+            jnp.searchsorted(cum, draws, side="right", method="compare_all"), n - 1
         )
-        cand = jnp.where(cum[-1] > 0, picked, uniform)
+        cand = jnp.where(cum[-1] > 0, picked, uniform_valid(kfall, (max_trials,)))
         dist = jnp.minimum(closest[None, :], _sq_dists(x, x_sq, x[cand]).T * weight[None, :])
         pot = jnp.where(jnp.arange(max_trials) < trials, jnp.sum(dist, axis=1), jnp.inf)
         best = jnp.argmin(pot)
-        take = c < k
-        centers = centers.at[c].set(jnp.where(take, x[cand[best]], 0.0))
-        closest = jnp.where(take, dist[best], closest)
-        return centers, closest
+        return c + 1, centers.at[c].set(x[cand[best]]), dist[best]
 
-    centers, _ = jax.lax.fori_loop(1, k_max, add_center, (centers, closest))
+    # Centers 1 .. k - 1 only (a traced trip count: small k costs fewer steps than k_max).
+    _, centers, _ = jax.lax.while_loop(
+        lambda carry: carry[0] < k, add_center, (jnp.int32(1), centers, closest)
+    )
     return centers
 
 
 def _assign(
     x: jax.Array, x_sq: jax.Array, centers: jax.Array, live: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Nearest live center of every point: (labels [n] int32, squared distance [n])."""
+    """Nearest live center of every point: (labels [n] int32, squared distance [n]).
+
+    The label is the first center at the minimum distance, as `argmin` gives, found by a
+    min and an integer min: two plain reductions, 3x faster than XLA CPU's argmin.
+    """
     d = jnp.where(live[None, :], _sq_dists(x, x_sq, centers), jnp.inf)
-    labels = jnp.argmin(d, axis=1).astype(jnp.int32)
-    return labels, jnp.take_along_axis(d, labels[:, None], axis=1)[:, 0]
+    nearest = jnp.min(d, axis=1)
+    ids = jnp.arange(d.shape[1], dtype=jnp.int32)
+    labels = jnp.min(jnp.where(d == nearest[:, None], ids[None, :], d.shape[1] - 1), axis=1)
+    return labels, nearest
 
 
 def update_centers(
@@ -99,17 +116,29 @@ def update_centers(
     centers: jax.Array,
     live: jax.Array,
 ) -> jax.Array:
-    """Cluster means after relocating empty live clusters to the farthest points."""
+    """Cluster means after relocating empty live clusters to the farthest points.
+
+    The r-th empty cluster (in index order) takes the r-th farthest valid point (ties: lowest
+    index first). A while_loop over the empty clusters, usually zero trips, so no sort of the
+    n points runs in the common case.
+    """
     k_max = centers.shape[0]
-    counts = jnp.zeros((k_max,), x.dtype).at[labels].add(weight)
+    counts = jax.ops.segment_sum(weight, labels, num_segments=k_max)
     empty = live & (counts == 0)
-    rank = jnp.cumsum(empty) - 1  # r-th empty cluster takes the r-th farthest point
-    far = jnp.argsort(-jnp.where(weight > 0, dist, -jnp.inf))  # farthest first
-    movers = far[jnp.clip(rank, 0, x.shape[0] - 1)]
-    movable = empty & (weight[movers] > 0)
-    labels = labels.at[jnp.where(movable, movers, x.shape[0])].set(
-        jnp.arange(k_max, dtype=jnp.int32), mode="drop"
-    )
+
+    def relocate(state: tuple) -> tuple:
+        cluster, labels, score = state
+        cluster = jnp.argmax(empty & (jnp.arange(k_max) > cluster))  # next empty cluster
+        mover = jnp.argmax(score)  # farthest valid point not moved yet
+        movable = score[mover] > -jnp.inf
+        labels = labels.at[mover].set(jnp.where(movable, cluster, labels[mover]).astype(jnp.int32))
+        return cluster, labels, score.at[mover].set(-jnp.inf)
+
+    def more(state: tuple) -> jax.Array:
+        return jnp.any(empty & (jnp.arange(k_max) > state[0]))
+
+    score = jnp.where(weight > 0, dist, -jnp.inf)
+    _, labels, _ = jax.lax.while_loop(more, relocate, (jnp.int32(-1), labels, score))
     counts = jax.ops.segment_sum(weight, labels, num_segments=k_max)
     sums = jax.ops.segment_sum(x * weight[:, None], labels, num_segments=k_max)
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -74,7 +74,7 @@ def affinity(x: jax.Array, config: PartitionConfig) -> graph.LowRankOperator | j
     rank, else (and for "eigh") the dense [N, N] matrix.
     """
     if config.stage_a_solver == "lanczos" and lowrank_ok(config):
-        return graph.lowrank_operator(x, eps=config.eps)
+        return graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
     w = graph.adjacency(x, kind=config.adjacency, sigma=config.sigma, threshold=config.threshold)
     return graph.normalized_adjacency(w, eps=config.eps)[0]
 
@@ -111,16 +111,23 @@ def parts_of(emb: jax.Array, config: PartitionConfig, key: jax.Array) -> jax.Arr
     ).labels
 
 
-def part_graph(x: jax.Array, parts: jax.Array, config: PartitionConfig) -> jax.Array:
+def part_graph(
+    x: jax.Array,
+    parts: jax.Array,
+    config: PartitionConfig,
+    op: graph.LowRankOperator | None = None,
+) -> jax.Array:
     """Section 3: W_P = G^T W G [P, P] with diag 0, G the one-hot of parts int [N] in [0, P).
 
     For the low-rank minmax adjacency, W = F diag(c) F^T off the diagonal with F [N, E + 1]
-    (section 8), so W_P = (G^T F) diag(c) (G^T F)^T: O(N E), W never formed. Otherwise
-    from the dense W in O(N^2).
+    (section 8), so W_P = (G^T F) diag(c) (G^T F)^T: O(N E), W never formed; `op`, the
+    operator of x when already built (stage A), saves rebuilding it. Otherwise from the
+    dense W in O(N^2).
     """
     n_parts = config.n_parts
     if lowrank_ok(config):
-        op = graph.lowrank_operator(x, eps=config.eps)
+        if op is None:
+            op = graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
         factor = op.b * jnp.sqrt(op.deg)[:, None]  # undo the D^-1/2 scaling of the rows
         summed = jax.ops.segment_sum(factor, parts, num_segments=n_parts)  # [P, E + 1]
         w_p = jnp.matmul(summed * op.w[None, :], summed.T, precision=HIGHEST)
@@ -139,9 +146,11 @@ def stage_a(x: jax.Array, config: PartitionConfig, key: jax.Array) -> tuple[jax.
     A constant image (`is_constant`) gets parts = 0: a single part, hence a single node.
     """
     eig_key, km_key = jax.random.split(key)
-    emb = spectral_embedding(affinity(x, config), config, eig_key)
+    a = affinity(x, config)
+    emb = spectral_embedding(a, config, eig_key)
     parts = jnp.where(is_constant(x), 0, parts_of(emb, config, km_key)).astype(jnp.int32)
-    return parts, part_graph(x, parts, config)
+    op = a if isinstance(a, graph.LowRankOperator) else None
+    return parts, part_graph(x, parts, config, op)
 
 
 # ----------------------------------------------------------------------------------------
@@ -366,6 +375,24 @@ def _level_base(level: jax.Array, n_parts: int) -> jax.Array:
     return jnp.where(level == 0, 0, 1 + (level - 1) * n_parts)
 
 
+def _split_compacted(
+    w_p: jax.Array, masks: jax.Array, keys: jax.Array, size: int, split_all: Callable
+) -> NodeSplit:
+    """`split_node` of each node masks[i] [P] on its parts alone, gathered (in part order)
+    into a `size` x `size` graph (size >= every node's part count): NodeSplit with labels
+    scattered back to [chunk, P]."""
+    n_parts = w_p.shape[0]
+    idx = jax.vmap(lambda m: jnp.nonzero(m, size=size, fill_value=n_parts)[0])(masks)
+    sub_masks = idx < n_parts
+    safe = jnp.minimum(idx, n_parts - 1)
+    sub_w = w_p[safe[:, :, None], safe[:, None, :]]
+    sub_w = jnp.where(sub_masks[:, :, None] & sub_masks[:, None, :], sub_w, 0.0)
+    res = split_all(sub_w, sub_masks, keys)
+    rows = jnp.arange(masks.shape[0])[:, None]
+    labels = jnp.zeros(masks.shape, jnp.int32).at[rows, idx].set(res.labels, mode="drop")
+    return res._replace(labels=labels)
+
+
 def stage_b(
     w_p: jax.Array,
     config: PartitionConfig,
@@ -375,43 +402,67 @@ def stage_b(
     """Recursive k-way normalised cuts of the part graph W_P [P, P] (docs/method.md section 4).
 
     part_valid [P] excludes parts (e.g. empty ones) from every node. The nodes of a depth
-    are split `config.node_chunk` at a time (vmapped) by a while_loop that ends after the
-    depth's last node, so unused slots cost nothing. The children of a depth are numbered
-    by parent slot, then smallest part id (the reference's breadth-first order). A node's
-    PRNG key is fold_in(fold_in(key, depth), slot): results do not depend on the chunk.
+    are split `config.node_chunk` at a time (vmapped) by while_loops that end after the
+    depth's last node, so unused slots cost nothing: one loop per size class, a node of n
+    parts going to the smallest of `config.stage_b_node_sizes` >= n (split on its gathered
+    parts) or, above them all, to the P-sized class (split on W_P under its mask). The
+    children of a depth are numbered by parent slot, then smallest part id (the reference's
+    breadth-first order). A node's PRNG key is fold_in(fold_in(key, depth), slot): results
+    do not depend on `node_chunk` or `stage_b_node_sizes` (beyond rounding).
     """
     n_parts, max_kways, chunk = w_p.shape[0], config.max_kways, config.node_chunk
     n_slots = 1 + config.levels * n_parts
     if part_valid is None:
         part_valid = jnp.ones((n_parts,), bool)
     no_child = n_parts * n_parts  # sorts after every (slot, first part) code
-    split_all = jax.vmap(functools.partial(split_node, config=config), in_axes=(None, 0, 0))
+    split_one = functools.partial(split_node, config=config)
+    split_masked = jax.vmap(split_one, in_axes=(None, 0, 0))
+    split_gathered = jax.vmap(split_one)
+    smaller = {s for s in config.stage_b_node_sizes if 1 <= s < n_parts}
+    sizes_desc = (n_parts, *sorted(smaller, reverse=True))
     part_ids = jnp.arange(n_parts)
 
     def split_depth(carry: tuple, level: jax.Array) -> tuple[tuple, jax.Array]:
         node_of_part, count, parent, depth, valid, ks, stops = carry
         base = _level_base(level, n_parts)
         level_key = jax.random.fold_in(key, level)
+        slot_of_part = jnp.where(node_of_part >= base, node_of_part - base, n_parts)
+        part_count = jnp.zeros((n_parts,), jnp.int32).at[slot_of_part].add(1, mode="drop")
+        live_slot = part_ids < count
 
-        def more(state: tuple) -> jax.Array:
-            return state[0] * chunk < count
+        def split_class(state: tuple, size: int, smaller: int) -> tuple:
+            """Split every node of this depth with smaller < n <= size parts."""
+            members = live_slot & (part_count > smaller) & (part_count <= size)
+            order = jnp.nonzero(members, size=n_parts, fill_value=n_parts)[0]
+            total = members.sum()
 
-        def split_chunk(state: tuple) -> tuple:
-            start, child, split, ks, stops = state
-            slots = start * chunk + jnp.arange(chunk)
-            live = slots < count
-            masks = (node_of_part[None, :] == (base + slots)[:, None]) & live[:, None]
-            keys = jax.vmap(lambda s: jax.random.fold_in(level_key, s))(slots)
-            res = split_all(w_p, masks, keys)
-            child = jnp.where(masks.any(axis=0), (masks * res.labels).sum(axis=0), child)
-            split = split | (masks & (res.stop == Stop.SPLIT)[:, None]).any(axis=0)
-            ids = jnp.where(live, base + slots, n_slots)
-            ks = ks.at[ids].set(res.k, mode="drop")
-            stops = stops.at[ids].set(res.stop, mode="drop")
-            return start + 1, child, split, ks, stops
+            def more(state: tuple) -> jax.Array:
+                return state[0] * chunk < total
+
+            def split_chunk(state: tuple) -> tuple:
+                start, child, split, ks, stops = state
+                pos = start * chunk + jnp.arange(chunk)
+                live = pos < total
+                slots = order[jnp.minimum(pos, n_parts - 1)]
+                masks = (node_of_part[None, :] == (base + slots)[:, None]) & live[:, None]
+                keys = jax.vmap(lambda s: jax.random.fold_in(level_key, s))(slots)
+                if size == n_parts:
+                    res = split_masked(w_p, masks, keys)
+                else:
+                    res = _split_compacted(w_p, masks, keys, size, split_gathered)
+                child = jnp.where(masks.any(axis=0), (masks * res.labels).sum(axis=0), child)
+                split = split | (masks & (res.stop == Stop.SPLIT)[:, None]).any(axis=0)
+                ids = jnp.where(live, base + slots, n_slots)
+                ks = ks.at[ids].set(res.k, mode="drop")
+                stops = stops.at[ids].set(res.stop, mode="drop")
+                return start + 1, child, split, ks, stops
+
+            return jax.lax.while_loop(more, split_chunk, (0, *state[1:]))
 
         state = (0, jnp.zeros((n_parts,), jnp.int32), jnp.zeros((n_parts,), bool), ks, stops)
-        _, child, split, ks, stops = jax.lax.while_loop(more, split_chunk, state)
+        for size, smaller in zip(sizes_desc, (*sizes_desc[1:], 0), strict=True):
+            state = split_class(state, size, smaller)
+        _, child, split, ks, stops = state
 
         # Child of part p: (slot of its node, label); named by (slot, its smallest part).
         group = jnp.where(split, (node_of_part - base) * max_kways + child, n_parts * max_kways)

@@ -1,0 +1,351 @@
+"""Partitioner time per stage over N, side by side with the NumPy reference (issue 13).
+
+For each input size (default 448, 840, 1120, 1792 px: N = 1024, 3600, 6400, 16384; P = 200)
+it prints the seconds per image of every stage (graph statistics, stage-A embedding, stage-A
+k-means, part graph, stage B), of the whole partitioner in one jit (B = 1) and per image of a
+batch, the ratio reference / JAX, then the exponent b of a least-squares fit t ~ N^b of each
+profile over the sizes, and the process's peak resident memory.
+
+Profiles (`--profiles`):
+- `standin`: the issue's stand-in for the new stage A, defined here only: the top 32
+  eigenvectors of A from the low-rank operator (96 Lanczos steps), rows normalised, plus
+  2.0 x (row / h, col / w), k-means into P parts with 1 restart; everything else the
+  `PartitionConfig()` defaults (graph statistics by `gram_min`, default "search").
+- `default`: `partition` with `PartitionConfig()` as it is.
+- `paper`: the authors' path: dense top-P eigenvectors (`stage_a_solver="eigh"`), 10 k-means
+  restarts in both stages, exact graph statistics. Runs up to `--paper-max` patches.
+The reference (NumPy/SciPy, the authors' settings) runs up to `--reference-max` patches.
+
+Features: `--features DIR` holding `val_<size>.npz` (`x`: float32 [B, h, w, E]); missing
+sizes are computed from BSDS500 val with the default backbone (slow at 1792 px: minutes per
+image) and saved there. Without the data or checkpoint: synthetic planted hierarchies.
+Compile time is excluded; each figure is the fastest of `--repeats` runs (a shared machine
+is noisy: read the ratios, measured in one process).
+
+    .venv/bin/python benchmarks/partition_scaling.py [--sizes 448 840 1120 1792] [--images 2]
+        [--features DIR] [--profiles standin paper] [--reference-max 6400] [--batch 4]
+
+Peak memory of one compiled batch, in a fresh process (ru_maxrss, whole process):
+
+    .venv/bin/python benchmarks/partition_scaling.py --memory standin --sizes 1792 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hiseg_jax.spectral import graph, lanczos, reference, synthetic
+from hiseg_jax.spectral import partition as jp
+from hiseg_jax.spectral.config import PartitionConfig
+
+SHARED = Path(
+    os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+STAGES = ("graph stats", "embedding", "k-means", "part graph", "stage B")
+STANDIN_K, STANDIN_STEPS, STANDIN_COORDS = 32, 96, 2.0
+PROFILES = {
+    "standin": PartitionConfig(stage_a_restarts=1),
+    "default": PartitionConfig(),
+    "paper": PartitionConfig(stage_a_solver="eigh", gram_min="exact"),
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Features.
+
+
+def load_features(size: int, count: int, folder: Path | None) -> tuple[np.ndarray, str]:
+    """float32 [count, h, w, E]: cached, else BSDS500 val through the default backbone (then
+    cached), else synthetic planted hierarchies."""
+    from hiseg_jax import features, images
+
+    path = None if folder is None else folder / f"val_{size}.npz"
+    if path is not None and path.is_file():
+        x = np.load(path)["x"]
+        if len(x) >= count:
+            return x[:count], f"BSDS500 val (cached {path})"
+    files = sorted((SHARED / "bsds500" / "images" / "val").glob("*.jpg"))[:count]
+    if files and features.default_checkpoint_path().is_file():
+        model = features.load_default_backbone()
+        out = []
+        for f in files:
+            batch = features.preprocess([images.load_image(f)], size, model.config)
+            out.append(np.asarray(features.extract_features(model, batch))[0])
+        x = np.stack(out)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, x=x, ids=np.asarray([f.stem for f in files]))
+        return x, f"BSDS500 val, {features.DEFAULT_BACKBONE}"
+    grid = (size // 14, size // 14)
+    feats = [synthetic.planted_hierarchy(s, grid=grid, dim=384)[0] for s in range(count)]
+    return np.stack(feats), "synthetic planted hierarchy (no checkpoint or data)"
+
+
+# ------------------------------------------------------------------------------------------
+# The JAX profiles, stage by stage and whole.
+
+
+def standin_embedding(op: graph.LowRankOperator, key: jax.Array, grid: tuple[int, int]):
+    """The stand-in stage-A embedding [N, K + 2]: top-K eigenvectors of A (Lanczos on the
+    low-rank operator), rows normalised, then STANDIN_COORDS x (row / h, col / w)."""
+    h, w = grid
+    n = h * w
+    vecs = lanczos.lanczos_eigsh(op, n, STANDIN_K, STANDIN_STEPS, key)[1]
+    vecs = vecs / jnp.maximum(jnp.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    row, col = jnp.divmod(jnp.arange(n), w)
+    coords = jnp.stack([row / h, col / w], axis=1).astype(vecs.dtype)
+    return jnp.concatenate([vecs, STANDIN_COORDS * coords], axis=1)
+
+
+def stage_functions(
+    profile: str, config: PartitionConfig, grid: tuple[int, int]
+) -> dict[str, Callable]:
+    """The stages of a profile, each jitted on its own, chained as in `partition`."""
+    if profile == "standin":
+
+        def stats(x):
+            return graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
+
+        def embed(a, key):
+            return standin_embedding(a, key, grid)
+
+    else:
+
+        def stats(x):
+            return jp.affinity(x, config)
+
+        def embed(a, key):
+            return jp.spectral_embedding(a, config, key)
+
+    def parts_of(emb, key):
+        return jp.parts_of(emb, config, key).astype(jnp.int32)
+
+    def part_graph(x, parts, a):
+        if isinstance(a, graph.LowRankOperator):
+            return jp.part_graph(x, parts, config, a)
+        return jp.part_graph(x, parts, config)
+
+    def stage_b(w_p, parts, key):
+        sizes = jax.ops.segment_sum(jnp.ones_like(parts), parts, num_segments=config.n_parts)
+        return jp.stage_b(w_p, config, key, sizes > 0)
+
+    return {
+        "graph stats": jax.jit(stats),
+        "embedding": jax.jit(embed),
+        "k-means": jax.jit(parts_of),
+        "part graph": jax.jit(part_graph),
+        "stage B": jax.jit(stage_b),
+    }
+
+
+def standin_partition(x, key, config: PartitionConfig, grid):
+    """The whole stand-in partitioner of one image x [N, E]: (labels [L + 1, N], valid [M])."""
+    a_key, b_key = jax.random.split(key)
+    eig_key, km_key = jax.random.split(a_key)
+    op = graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
+    emb = standin_embedding(op, eig_key, grid)
+    parts = jnp.where(jp.is_constant(x), 0, jp.parts_of(emb, config, km_key)).astype(jnp.int32)
+    w_p = jp.part_graph(x, parts, config, op)
+    sizes = jax.ops.segment_sum(jnp.ones_like(parts), parts, num_segments=config.n_parts)
+    tree = jp.stage_b(w_p, config, b_key, sizes > 0)
+    return tree.node_of_part[:, parts], tree.valid
+
+
+def whole_function(
+    profile: str, config: PartitionConfig, grid: tuple[int, int]
+) -> Callable[[np.ndarray], jax.Array]:
+    """Features [B, h, w, E] -> node-validity [B, M] of the whole partitioner, one jit."""
+    if profile != "standin":
+        return lambda f: jp.partition(f, config).valid
+    one = functools.partial(standin_partition, config=config, grid=grid)
+    batched = jax.jit(jax.vmap(lambda x, key: one(x, key)[1], in_axes=(0, None)))
+    return lambda f: batched(jnp.asarray(f.reshape(f.shape[0], -1, f.shape[-1])), jax.random.key(0))
+
+
+def profile_config(profile: str, args: argparse.Namespace) -> PartitionConfig:
+    """The profile's config with the command line's stage-B solver and node chunk."""
+    return dataclasses.replace(
+        PROFILES[profile], stage_b_solver=args.stage_b_solver, node_chunk=args.chunk
+    )
+
+
+def timed(fn: Callable, *args: object) -> tuple[object, float]:
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def best_of(repeats: int, fn: Callable, *args: object) -> tuple[object, float]:
+    """(result, fastest time) of `repeats` calls after one warm-up (compile) call."""
+    out = jax.block_until_ready(fn(*args))
+    return out, min(timed(fn, *args)[1] for _ in range(repeats))
+
+
+def jax_times(profile: str, feats: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
+    """Mean over images of each stage's time, 'total' (one jit, B = 1), 'batch' (per image
+    of a batch of args.batch) and 'nodes'."""
+    config = profile_config(profile, args)
+    count, h, w, e = feats.shape
+    fns = stage_functions(profile, config, (h, w))
+    whole = whole_function(profile, config, (h, w))
+    key = jax.random.key(0)
+    rows = []
+    for i in range(count):
+        x = jnp.asarray(feats[i].reshape(h * w, e))
+        t = {}
+        a, t["graph stats"] = best_of(args.repeats, fns["graph stats"], x)
+        emb, t["embedding"] = best_of(args.repeats, fns["embedding"], a, key)
+        parts, t["k-means"] = best_of(args.repeats, fns["k-means"], emb, key)
+        w_p, t["part graph"] = best_of(args.repeats, fns["part graph"], x, parts, a)
+        tree, t["stage B"] = best_of(args.repeats, fns["stage B"], w_p, parts, key)
+        t["nodes"] = float(tree.valid.sum())
+        t["total"] = best_of(args.repeats, whole, feats[i : i + 1])[1]
+        rows.append(t)
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    batch = np.resize(feats, (args.batch, h, w, e))
+    out["batch"] = best_of(args.repeats, whole, batch)[1] / args.batch
+    return out
+
+
+def reference_times(feats: np.ndarray) -> dict[str, float]:
+    """Mean stage times of the NumPy reference (authors' settings) over images [B, h, w, E]."""
+    config = PartitionConfig()
+    rows = []
+    for f in feats:
+        x = f.reshape(-1, f.shape[-1])
+        t = {}
+        w, t["graph stats"] = timed(reference.reference_graph, x, config)
+        emb, t["embedding"] = timed(reference.stage_a_embedding, w, config.n_parts, config.eps)
+        parts, t["k-means"] = timed(reference.stage_a_parts, emb, config, 0)
+        n_used = int(parts.max()) + 1
+        w_p, t["part graph"] = timed(reference.part_graph, w, parts, n_used)
+        nodes, t["stage B"] = timed(reference.reference_stage_b, w_p, config, 0)
+        t["nodes"] = float(len(nodes))
+        t["total"] = sum(t[s] for s in STAGES)
+        rows.append(t)
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+# ------------------------------------------------------------------------------------------
+# Reports.
+
+
+def print_size(n: int, results: dict[str, dict[str, float]], count: int, batch: int) -> None:
+    print(f"\nN = {n}, P = 200, {count} images; seconds per image, and reference / JAX")
+    names = list(results)
+    print(f"{'stage':<18}" + "".join(f"{name:>12}" for name in names))
+    ref = results.get("reference")
+    for row in (*STAGES, "total", "batch", "nodes"):
+        label = {"total": "total (one jit)", "batch": f"batch B={batch}"}.get(row, row)
+        line = f"{label:<18}"
+        for name in names:
+            value = results[name].get(row)
+            line += f"{'-':>12}" if value is None else f"{value:>12.3f}"
+        if ref is not None and row != "nodes":
+            ratios = []
+            for name in names:
+                if name == "reference" or row not in results[name]:
+                    continue
+                base = ref["total" if row == "batch" else row]
+                ratios.append(f"{name} {base / results[name][row]:.1f}x")
+            line += "   " + ", ".join(ratios)
+        print(line)
+
+
+def print_exponents(table: dict[int, dict[str, dict[str, float]]]) -> None:
+    """Least-squares slope of log t over log N per profile and stage (sizes where measured)."""
+    print("\nfitted exponent b of t ~ N^b (least squares over the sizes measured)")
+    names = sorted({name for per in table.values() for name in per})
+    for name in names:
+        ns = [n for n in sorted(table) if name in table[n]]
+        if len(ns) < 2:
+            continue
+        parts = []
+        for row in (*STAGES, "total", "batch"):
+            if row not in table[ns[0]][name]:
+                continue
+            ts = [table[n][name][row] for n in ns]
+            slope = np.polyfit(np.log(ns), np.log(np.maximum(ts, 1e-9)), 1)[0]
+            parts.append(f"{row} {slope:.2f}")
+        print(f"{name} (N = {', '.join(map(str, ns))}): " + ", ".join(parts))
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB
+
+
+def memory_run(args: argparse.Namespace) -> None:
+    """One compiled batch of args.batch images at each size; time and the peak RSS."""
+    for size in args.sizes:
+        feats, source = load_features(size, 1, args.features)
+        _, h, w, e = feats.shape
+        batch = np.broadcast_to(feats[:1], (args.batch, h, w, e)).copy()
+        config = profile_config(args.memory, args)
+        whole = whole_function(args.memory, config, (h, w))
+        _, first = timed(whole, batch)
+        _, again = timed(whole, batch)
+        print(
+            f"{args.memory}: N = {h * w}, batch {args.batch} ({source}): first call (compile "
+            f"+ run) {first:.1f} s, run {again:.1f} s ({again / args.batch:.2f} s/image), "
+            f"peak RSS {peak_rss_gib():.2f} GiB"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[448, 840, 1120, 1792])
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--features", type=Path, default=None, help="folder of val_<size>.npz")
+    parser.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), default=["standin"])
+    parser.add_argument(
+        "--reference-max", type=int, default=6400, help="largest N of the reference"
+    )
+    parser.add_argument("--paper-max", type=int, default=3600, help="largest N of 'paper'")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), default="eigh")
+    parser.add_argument("--chunk", type=int, default=2)
+    parser.add_argument("--memory", choices=sorted(PROFILES), help="peak memory of one batch")
+    args = parser.parse_args()
+    print(f"devices: {jax.devices()}, CPU affinity: {sorted(os.sched_getaffinity(0))}")
+    if args.memory:
+        memory_run(args)
+        return
+    for name in args.profiles:
+        changed = {
+            f.name: getattr(PROFILES[name], f.name)
+            for f in dataclasses.fields(PartitionConfig)
+            if getattr(PROFILES[name], f.name) != getattr(PartitionConfig(), f.name)
+        }
+        print(f"profile {name}: PartitionConfig({changed or ''})")
+    table = {}
+    for size in args.sizes:
+        feats, source = load_features(size, args.images, args.features)
+        n = feats.shape[1] * feats.shape[2]
+        print(f"\nfeatures at {size} px: {source}", flush=True)
+        results = {}
+        if n <= args.reference_max:
+            results["reference"] = reference_times(feats)
+        for name in args.profiles:
+            if name == "paper" and n > args.paper_max:
+                continue
+            results[name] = jax_times(name, feats, args)
+        table[n] = results
+        print_size(n, results, len(feats), args.batch)
+        print(f"peak RSS so far {peak_rss_gib():.2f} GiB", flush=True)
+    print_exponents(table)
+
+
+if __name__ == "__main__":
+    main()
