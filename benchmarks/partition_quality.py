@@ -4,15 +4,16 @@ Features: the default backbone at `--size` px (448: N = 1024 patches). The basel
 with three seeds (0, 1, 2): their spread (max - min of the dataset means) is what the
 k-means seeds alone change. A JAX config passes when its area-weighted covering (Best) and
 its NMCovering are each >= the baseline's mean minus that spread. The baseline is the NumPy
-reference (authors' settings), or with `--baseline jax` the JAX partitioner with the
-authors' settings under three PRNG keys: a cheaper stand-in at large N (the reference takes
-~35 s per image at N = 3600), valid because it meets the reference's bar at N = 1024. Scores
-are at the patch grid (GT nearest-sampled at patch centres), with the project's metrics
-(`eval_scoring`).
+reference (authors' settings, `PartitionConfig.paper()`), or with `--baseline jax` the JAX
+partitioner with the authors' settings under three PRNG keys: a cheaper stand-in at large N
+(the reference takes ~35 s per image at N = 3600), valid because it meets the reference's
+bar at N = 1024. Scores are at the patch grid (GT nearest-sampled at patch centres), with
+the project's metrics (`eval_scoring`).
 
     .venv/bin/python benchmarks/partition_quality.py [--images 100] [--size 448]
-        [--baseline reference|jax] [--cache feats.npz]
-        [--variant NAME:FIELD=VALUE,...]   (extra JAX configs, e.g. fast:stage_a_restarts=1)
+        [--baseline reference|jax] [--cache-dir DIR]
+        [--variant NAME:FIELD=VALUE,...]   (extra JAX configs as in partition_sweep.py,
+                                            e.g. default: or fast:@paper,stage_a_restarts=1)
 
 `quality_table` is also used by tests/test_partition_realdata.py on a few images.
 """
@@ -20,14 +21,18 @@ are at the patch grid (GT nearest-sampled at patch centres), with the project's 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bsds_data  # noqa: E402
+from partition_sweep import parse_setting  # noqa: E402
 
 from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.metrics import TreePrediction
@@ -44,40 +49,8 @@ SEEDS = (0, 1, 2)
 
 def bsds_val(shared: Path, count: int) -> tuple[list[str], list[np.ndarray]]:
     """Ids and human segmentations int32 [A, H, W] (ids from 1) of the first val images."""
-    from hiseg_jax.datasets.bsds500 import read_bsds_mat
-
-    root = shared / "bsds500"
-    ids = sorted(p.stem for p in (root / "images" / "val").glob("*.jpg"))[:count]
-    return ids, [read_bsds_mat(root / "groundTruth" / "val" / f"{i}.mat") for i in ids]
-
-
-def bsds_features(
-    shared: Path, ids: Sequence[str], cache: Path | None, size: int = SIZE
-) -> np.ndarray:
-    """float32 [B, size / 14, size / 14, E] default-backbone features of the val images
-    (cached if asked)."""
-    if cache is not None and cache.is_file():
-        data = np.load(cache)
-        if list(data["ids"][: len(ids)]) == list(ids) and data["x"].shape[1] == size // 14:
-            return data["x"][: len(ids)]
-    from hiseg_jax import features, images
-    from hiseg_jax.paths import default_checkpoint_path
-    from hiseg_jax.weights.checkpoint import load_backbone
-
-    model = load_backbone(default_checkpoint_path())
-    folder = shared / "bsds500" / "images" / "val"
-    out = []
-    for start in range(0, len(ids), 4):
-        imgs = [images.load_image(folder / f"{i}.jpg") for i in ids[start : start + 4]]
-        out.append(
-            np.asarray(
-                features.extract_features(model, features.preprocess(imgs, size, model.config))
-            )
-        )
-    x = np.concatenate(out)
-    if cache is not None:
-        np.savez(cache, x=x, ids=np.asarray(ids))
-    return x
+    ids = bsds_data.split_ids("val", count, shared)
+    return ids, bsds_data.segmentations("val", ids, shared)
 
 
 def reference_results(feats: np.ndarray, config: PartitionConfig, seed: int) -> list:
@@ -188,32 +161,18 @@ def verdict(
     return out
 
 
-def parse_variant(text: str) -> tuple[str, PartitionConfig]:
-    """'name:field=value,...' -> (name, PartitionConfig with those fields)."""
-    name, _, assignments = text.partition(":")
-    fields = {f.name: f.type for f in dataclasses.fields(PartitionConfig)}
-    kwargs = {}
-    for item in filter(None, assignments.split(",")):
-        key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"unknown PartitionConfig field {key!r}")
-        default = getattr(PartitionConfig(), key)
-        kwargs[key] = type(default)(value)
-    return name, PartitionConfig(**kwargs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--size", type=int, default=SIZE, help="backbone input px")
     parser.add_argument("--baseline", choices=("reference", "jax"), default="reference")
-    parser.add_argument("--cache", type=Path, default=None, help="features .npz to reuse")
+    parser.add_argument("--cache-dir", type=Path, default=bsds_data.CACHE_DIR)
     parser.add_argument("--variant", action="append", default=[], help="name:field=value,...")
     args = parser.parse_args()
     ids, segmentations = bsds_val(SHARED, args.images)
-    feats = bsds_features(SHARED, ids, args.cache, args.size)
-    config = PartitionConfig()
-    variants = dict(parse_variant(v) for v in args.variant)
+    feats = bsds_data.bsds_features("val", args.images, args.size, args.cache_dir, SHARED)[1]
+    config = PartitionConfig.paper()
+    variants = dict(parse_setting(v) for v in args.variant)
     rows = quality_table(feats, segmentations, config, variants, baseline=args.baseline)
     print(
         f"\nBSDS500 val, {len(ids)} images, {args.size} px "

@@ -7,13 +7,10 @@ batch, the ratio reference / JAX, then the exponent b of a least-squares fit t ~
 profile over the sizes, and the process's peak resident memory.
 
 Profiles (`--profiles`):
-- `standin`: the issue's stand-in for the new stage A, defined here only: the top 32
-  eigenvectors of A from the low-rank operator (96 Lanczos steps), rows normalised, plus
-  2.0 x (row / h, col / w), k-means into P parts with 1 restart; everything else the
-  `PartitionConfig()` defaults (graph statistics by `gram_min`, default "search").
-- `default`: `partition` with `PartitionConfig()` as it is.
-- `paper`: the authors' path: dense top-P eigenvectors (`stage_a_solver="eigh"`), 10 k-means
-  restarts in both stages, exact graph statistics. Runs up to `--paper-max` patches.
+- `default`: `PartitionConfig()`: the top 32 eigenvectors of A by Lanczos on the low-rank
+  operator, coordinates, lattice-started k-means, graph statistics by farthest-pair search.
+- `paper`: `PartitionConfig.paper()`, the authors' stage A: dense top-P eigenvectors, 10
+  k-means++ restarts, exact graph statistics. Runs up to `--paper-max` patches.
 The reference (NumPy/SciPy, the authors' settings) runs up to `--reference-max` patches.
 
 Features: `--features DIR` holding `val_<size>.npz` (`x`: float32 [B, h, w, E]); missing
@@ -23,18 +20,17 @@ Compile time is excluded; each figure is the fastest of `--repeats` runs (a shar
 is noisy: read the ratios, measured in one process).
 
     .venv/bin/python benchmarks/partition_scaling.py [--sizes 448 840 1120 1792] [--images 2]
-        [--features DIR] [--profiles standin paper] [--reference-max 6400] [--batch 4]
+        [--features DIR] [--profiles default paper] [--reference-max 6400] [--batch 4]
 
 Peak memory of one compiled batch, in a fresh process (ru_maxrss, whole process):
 
-    .venv/bin/python benchmarks/partition_scaling.py --memory standin --sizes 1792 --batch 8
+    .venv/bin/python benchmarks/partition_scaling.py --memory default --sizes 1792 --batch 8
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import resource
 import time
@@ -45,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax.spectral import graph, lanczos, reference, synthetic
+from hiseg_jax.spectral import graph, reference, synthetic
 from hiseg_jax.spectral import partition as jp
 from hiseg_jax.spectral.config import PartitionConfig
 
@@ -53,11 +49,9 @@ SHARED = Path(
     os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
 STAGES = ("graph stats", "embedding", "k-means", "part graph", "stage B")
-STANDIN_K, STANDIN_STEPS, STANDIN_COORDS = 32, 96, 2.0
 PROFILES = {
-    "standin": PartitionConfig(stage_a_restarts=1),
     "default": PartitionConfig(),
-    "paper": PartitionConfig(stage_a_solver="eigh", gram_min="exact"),
+    "paper": PartitionConfig.paper(),
 }
 
 
@@ -96,40 +90,17 @@ def load_features(size: int, count: int, folder: Path | None) -> tuple[np.ndarra
 # The JAX profiles, stage by stage and whole.
 
 
-def standin_embedding(op: graph.LowRankOperator, key: jax.Array, grid: tuple[int, int]):
-    """The stand-in stage-A embedding [N, K + 2]: top-K eigenvectors of A (Lanczos on the
-    low-rank operator), rows normalised, then STANDIN_COORDS x (row / h, col / w)."""
-    h, w = grid
-    n = h * w
-    vecs = lanczos.lanczos_eigsh(op, n, STANDIN_K, STANDIN_STEPS, key)[1]
-    vecs = vecs / jnp.maximum(jnp.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    row, col = jnp.divmod(jnp.arange(n), w)
-    coords = jnp.stack([row / h, col / w], axis=1).astype(vecs.dtype)
-    return jnp.concatenate([vecs, STANDIN_COORDS * coords], axis=1)
-
-
-def stage_functions(
-    profile: str, config: PartitionConfig, grid: tuple[int, int]
-) -> dict[str, Callable]:
+def stage_functions(config: PartitionConfig, grid: tuple[int, int]) -> dict[str, Callable]:
     """The stages of a profile, each jitted on its own, chained as in `partition`."""
-    if profile == "standin":
 
-        def stats(x):
-            return graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
+    def stats(x):
+        return jp.affinity(x, config)
 
-        def embed(a, key):
-            return standin_embedding(a, key, grid)
-
-    else:
-
-        def stats(x):
-            return jp.affinity(x, config)
-
-        def embed(a, key):
-            return jp.spectral_embedding(a, config, key)
+    def embed(a, key):
+        return jp.spectral_embedding(a, config, key, grid)
 
     def parts_of(emb, key):
-        return jp.parts_of(emb, config, key).astype(jnp.int32)
+        return jp.parts_of(emb, config, key, grid).astype(jnp.int32)
 
     def part_graph(x, parts, a):
         if isinstance(a, graph.LowRankOperator):
@@ -149,28 +120,9 @@ def stage_functions(
     }
 
 
-def standin_partition(x, key, config: PartitionConfig, grid):
-    """The whole stand-in partitioner of one image x [N, E]: (labels [L + 1, N], valid [M])."""
-    a_key, b_key = jax.random.split(key)
-    eig_key, km_key = jax.random.split(a_key)
-    op = graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
-    emb = standin_embedding(op, eig_key, grid)
-    parts = jnp.where(jp.is_constant(x), 0, jp.parts_of(emb, config, km_key)).astype(jnp.int32)
-    w_p = jp.part_graph(x, parts, config, op)
-    sizes = jax.ops.segment_sum(jnp.ones_like(parts), parts, num_segments=config.n_parts)
-    tree = jp.stage_b(w_p, config, b_key, sizes > 0)
-    return tree.node_of_part[:, parts], tree.valid
-
-
-def whole_function(
-    profile: str, config: PartitionConfig, grid: tuple[int, int]
-) -> Callable[[np.ndarray], jax.Array]:
+def whole_function(config: PartitionConfig) -> Callable[[np.ndarray], jax.Array]:
     """Features [B, h, w, E] -> node-validity [B, M] of the whole partitioner, one jit."""
-    if profile != "standin":
-        return lambda f: jp.partition(f, config).valid
-    one = functools.partial(standin_partition, config=config, grid=grid)
-    batched = jax.jit(jax.vmap(lambda x, key: one(x, key)[1], in_axes=(0, None)))
-    return lambda f: batched(jnp.asarray(f.reshape(f.shape[0], -1, f.shape[-1])), jax.random.key(0))
+    return lambda f: jp.partition(f, config).valid
 
 
 def profile_config(profile: str, args: argparse.Namespace) -> PartitionConfig:
@@ -197,8 +149,8 @@ def jax_times(profile: str, feats: np.ndarray, args: argparse.Namespace) -> dict
     of a batch of args.batch) and 'nodes'."""
     config = profile_config(profile, args)
     count, h, w, e = feats.shape
-    fns = stage_functions(profile, config, (h, w))
-    whole = whole_function(profile, config, (h, w))
+    fns = stage_functions(config, (h, w))
+    whole = whole_function(config)
     key = jax.random.key(0)
     rows = []
     for i in range(count):
@@ -220,7 +172,7 @@ def jax_times(profile: str, feats: np.ndarray, args: argparse.Namespace) -> dict
 
 def reference_times(feats: np.ndarray) -> dict[str, float]:
     """Mean stage times of the NumPy reference (authors' settings) over images [B, h, w, E]."""
-    config = PartitionConfig()
+    config = PartitionConfig.paper()
     rows = []
     for f in feats:
         x = f.reshape(-1, f.shape[-1])
@@ -292,7 +244,7 @@ def memory_run(args: argparse.Namespace) -> None:
         _, h, w, e = feats.shape
         batch = np.broadcast_to(feats[:1], (args.batch, h, w, e)).copy()
         config = profile_config(args.memory, args)
-        whole = whole_function(args.memory, config, (h, w))
+        whole = whole_function(config)
         _, first = timed(whole, batch)
         _, again = timed(whole, batch)
         print(
@@ -307,7 +259,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[448, 840, 1120, 1792])
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--features", type=Path, default=None, help="folder of val_<size>.npz")
-    parser.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), default=["standin"])
+    parser.add_argument(
+        "--profiles", nargs="+", choices=sorted(PROFILES), default=["default", "paper"]
+    )
     parser.add_argument(
         "--reference-max", type=int, default=6400, help="largest N of the reference"
     )

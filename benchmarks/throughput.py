@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from partition_quality import parse_variant  # benchmarks/ is on sys.path when run as a script
+from partition_sweep import parse_setting  # benchmarks/ is on sys.path when run as a script
 
 from hiseg_jax.engine.step import make_step
 from hiseg_jax.features import backbone_features, cast_floating, preprocess
@@ -172,14 +172,16 @@ def load_model(random_weights: bool) -> tuple[ViT, str]:
 # Per-stage programs (each jitted over a batch, as the fused step runs them).
 
 
-def stage_programs(model: ViT, config: PartitionConfig, dtype: Any) -> dict[str, Callable]:
-    """Stage functions of a batch, from the partitioner's public pieces: backbone, graph +
-    eigensolver (`affinity`, `spectral_embedding`), k-means (`parts_of`), stage B
-    (`part_graph` + `stage_b`)."""
+def stage_programs(
+    model: ViT, config: PartitionConfig, dtype: Any, grid: tuple[int, int]
+) -> dict[str, Callable]:
+    """Stage functions of a batch of h x w patch grids, from the partitioner's public pieces:
+    backbone, graph + eigensolver (`affinity`, `spectral_embedding`), k-means (`parts_of`),
+    stage B (`part_graph` + `stage_b`)."""
     _, apply = make_apply(model)
 
     def spectral(x: jax.Array, key: jax.Array) -> jax.Array:
-        return spectral_embedding(affinity(x, config), config, key)
+        return spectral_embedding(affinity(x, config), config, key, grid)
 
     def tree(x: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
         sizes = jax.ops.segment_sum(jnp.ones_like(labels), labels, num_segments=config.n_parts)
@@ -188,7 +190,7 @@ def stage_programs(model: ViT, config: PartitionConfig, dtype: Any) -> dict[str,
     return {
         "backbone": jax.jit(lambda prm, im: backbone_features(apply, prm, im, "tokens", dtype)[0]),
         "graph_eig": jax.jit(jax.vmap(spectral, in_axes=(0, None))),
-        "kmeans": jax.jit(jax.vmap(lambda e, k: parts_of(e, config, k), in_axes=(0, None))),
+        "kmeans": jax.jit(jax.vmap(lambda e, k: parts_of(e, config, k, grid), in_axes=(0, None))),
         "stage_b": jax.jit(jax.vmap(tree, in_axes=(0, 0, None))),
     }
 
@@ -197,7 +199,9 @@ def time_stages(
     model: ViT, config: PartitionConfig, dtype: Any, images: np.ndarray, repeats: int
 ) -> dict[str, Any]:
     """Seconds per batch of each stage, and the backbone's FLOPs per image (XLA)."""
-    programs = stage_programs(model, config, dtype)
+    patch = model.config.patch_size
+    grid = (images.shape[1] // patch, images.shape[2] // patch)
+    programs = stage_programs(model, config, dtype, grid)
     params = cast_floating(nnx.state(model, nnx.Param), dtype)
     key = jax.random.key(0)
     x = programs["backbone"](params, images)
@@ -464,8 +468,8 @@ def main() -> None:
     parser.add_argument(
         "--config",
         default="",
-        help="PartitionConfig fields, e.g. stage_a_restarts=1,stage_b_solver="
-        "lanczos (default: the authors' settings)",
+        help="PartitionConfig fields over the default, e.g. stage_b_solver=lanczos; "
+        "'@paper' first for the authors' stage A, e.g. @paper,stage_a_restarts=1",
     )
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument(
@@ -495,7 +499,7 @@ def main() -> None:
         preset["reference_sizes"] if args.reference_sizes is None else args.reference_sizes
     )
     repeats = args.repeats or preset["repeats"]
-    config = parse_variant(f"cli:{args.config}")[1]
+    config = parse_setting(f"cli:{args.config}")[1]
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     model, model_name = load_model(args.random_weights)
     pictures, paths, source = load_images(max(batches))
@@ -545,11 +549,11 @@ def main() -> None:
         reference = None
         if size in reference_sizes:
             feats = np.asarray(
-                stage_programs(model, config, dtype)["backbone"](
+                stage_programs(model, config, dtype, (1, 1))["backbone"](
                     cast_floating(nnx.state(model, nnx.Param), dtype), images[:1]
                 )
             )[0]
-            reference = time_reference(feats, config)
+            reference = time_reference(feats, PartitionConfig.paper())
         results["stages"].append(
             {
                 "size": size,

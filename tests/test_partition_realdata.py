@@ -26,7 +26,7 @@ from hiseg_jax.spectral.config import PartitionConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.weights]
 
-CONFIG = PartitionConfig()
+CONFIG = PartitionConfig.paper()  # the reference's settings
 IMAGES = 4
 _stage_b = jax.jit(jp.stage_b, static_argnames="config")
 
@@ -48,7 +48,7 @@ def quality() -> ModuleType:
 def bsds(shared_data, default_checkpoint, quality) -> tuple[np.ndarray, list[np.ndarray]]:
     """Features [4, 32, 32, 384] of the first val images, and their human segmentations."""
     ids, segmentations = quality.bsds_val(shared_data, IMAGES)
-    return quality.bsds_features(shared_data, ids, None), segmentations
+    return quality.bsds_data.bsds_features("val", IMAGES, 448, None, shared_data)[1], segmentations
 
 
 @pytest.fixture(scope="module")

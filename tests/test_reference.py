@@ -26,7 +26,7 @@ from hiseg_jax.spectral.reference import (
 )
 from hiseg_jax.spectral.synthetic import planted_hierarchy, planted_part_graph
 
-CFG = PartitionConfig()
+CFG = PartitionConfig.paper()
 
 
 @pytest.fixture(autouse=True)
@@ -237,7 +237,7 @@ def test_depth_budget():
 def planted():
     feats, groups = planted_hierarchy(0, grid=(24, 24))
     with threadpool_limits(1):
-        return feats, groups, reference_partition(feats, PartitionConfig(n_parts=48), seed=0)
+        return feats, groups, reference_partition(feats, PartitionConfig.paper(n_parts=48), seed=0)
 
 
 def test_reference_partition_recovers_planted_hierarchy(planted):
@@ -268,13 +268,13 @@ def test_stage_a_parts_are_contiguous_ids(planted):
     assert result.parts[0] == 0
     with threadpool_limits(1):
         np.testing.assert_array_equal(
-            reference_stage_a(feats, PartitionConfig(n_parts=48), seed=0), result.parts
+            reference_stage_a(feats, PartitionConfig.paper(n_parts=48), seed=0), result.parts
         )
 
 
 def test_deterministic_for_a_seed():
     feats, _ = planted_hierarchy(1, grid=(12, 12), branching=(2, 2))
-    cfg = PartitionConfig(n_parts=12)
+    cfg = PartitionConfig.paper(n_parts=12)
     a, b = (reference_partition(feats, cfg, seed=3) for _ in range(2))
     np.testing.assert_array_equal(a.parts, b.parts)
     assert [(n.parts.tolist(), n.children, n.stop_reason) for n in a.nodes] == [
@@ -285,7 +285,7 @@ def test_deterministic_for_a_seed():
 @pytest.mark.parametrize("value", [1.0, 0.0])
 def test_constant_features_give_a_single_node(value):
     feats = np.full((8, 8, 5), value, dtype=np.float32)
-    cfg = PartitionConfig(n_parts=6)
+    cfg = PartitionConfig.paper(n_parts=6)
     assert not reference_graph(feats, cfg).any()
     result = reference_partition(feats, cfg, seed=0)
     assert len(result.nodes) == 1 and result.nodes[0].stop_reason == "no_edges"
@@ -298,7 +298,7 @@ def test_constant_features_give_a_single_node(value):
         (lambda: reference_graph(np.zeros(5), CFG), "features must be"),
         (lambda: reference_graph(np.full((4, 2), np.nan), CFG), "NaN"),
         (lambda: reference_graph(np.ones((1, 3)), CFG), ">= 2 patches"),
-        (lambda: reference_stage_a(np.eye(5), PartitionConfig(n_parts=6), 0), "exceeds"),
+        (lambda: reference_stage_a(np.eye(5), PartitionConfig.paper(n_parts=6), 0), "exceeds"),
         (lambda: reference_stage_b(np.triu(np.ones((3, 3))), CFG, 0), "symmetric"),
         (lambda: reference_stage_b(-np.ones((3, 3)), CFG, 0), "non-negative"),
         (lambda: part_graph(W4, np.array([0, 1, 2, 3]), 3), "part ids"),

@@ -18,11 +18,17 @@ PARTITION_HELP = {
     "sigma": "width of the 'exp' adjacency",
     "threshold": "affinities below this are set to 0 (0: keep all)",
     "eps": "floor of degrees, volumes and row norms (avoids division by zero)",
+    "gram_min": "largest patch distance of the minmax graph: 'search' (farthest-pair "
+    "search, O(N)) or 'exact' (all pairs, O(N^2))",
     "n_parts": "number of stage-A parts P the patches are first clustered into",
-    "stage_a_solver": "stage-A eigensolver: 'eigh' (dense; top P only on CPU), 'eigh_full' "
-    "(dense, all pairs) or 'lanczos' (low-rank, never forms the N x N graph)",
+    "stage_a_solver": "stage-A eigensolver: 'lanczos' (low-rank, never forms the N x N "
+    "graph), 'eigh' (dense; top k only on CPU) or 'eigh_full' (dense, all pairs)",
+    "stage_a_k": "eigenvectors of the stage-A embedding (the paper: P)",
     "lanczos_iters": "Krylov steps of the stage-A Lanczos solver",
-    "stage_a_restarts": "k-means restarts of stage A (the best inertia is kept)",
+    "stage_a_coords": "weight of the patch coordinates in the stage-A embedding (0: none)",
+    "stage_a_init": "stage-A k-means start: 'lattice' (patches spread over the image, "
+    "deterministic) or 'kmeans++' (best of --stage-a-restarts)",
+    "stage_a_restarts": "k-means++ restarts of stage A (the best inertia is kept)",
     "kmeans_restarts": "k-means restarts of every stage-B k-way cut",
     "kmeans_max_iter": "most Lloyd iterations of every k-means run",
     "kmeans_tol": "k-means stops when the centres move less than this times the data variance",
@@ -35,6 +41,8 @@ PARTITION_HELP = {
     "'lanczos'",
     "stage_b_lanczos_steps": "Krylov steps of the stage-B Lanczos solver (at most P)",
     "node_chunk": "stage-B regions split at once (memory vs speed; results do not change)",
+    "stage_b_node_sizes": "stage-B regions are split on their parts gathered into the "
+    "smallest of these sizes that holds them, comma-separated (speed only)",
 }
 
 
@@ -91,27 +99,63 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'64,16' -> (64, 16)."""
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+
+
+def field_type(field: dataclasses.Field, hint: object) -> typing.Callable[[str], object]:
+    """The argparse type of a `PartitionConfig` field."""
+    if typing.get_origin(hint) is typing.Literal:
+        return str
+    if isinstance(field.default, tuple):
+        return parse_sizes
+    return type(field.default)
+
+
+def format_value(value: object) -> str:
+    """A field value as its option takes it (`parse_sizes` for tuples)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--field-name` option per `PartitionConfig` field, defaulting to the field's."""
+    """`--paper` and one `--field-name` option per `PartitionConfig` field."""
     group = parser.add_argument_group("partition parameters (docs/method.md)")
+    group.add_argument(
+        "--paper",
+        action="store_true",
+        help="the authors' stage A (PartitionConfig.paper(): dense top-P eigenvectors, "
+        "10 k-means++ restarts); the options below still apply on top",
+    )
     hints = typing.get_type_hints(PartitionConfig)
+    paper = PartitionConfig.paper()
     for field in dataclasses.fields(PartitionConfig):
-        choices = typing.get_args(hints[field.name]) or None
+        hint = hints[field.name]
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+        other = getattr(paper, field.name)
+        note = f"; --paper: {format_value(other)}" if other != field.default else ""
         group.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
-            default=field.default,
-            type=str if choices else type(field.default),
+            default=None,
+            type=field_type(field, hint),
             choices=choices,
-            help=f"{PARTITION_HELP[field.name]} (default: %(default)s)",
+            help=f"{PARTITION_HELP[field.name]} (default: {format_value(field.default)}{note})",
         )
 
 
 def partition_config(args: argparse.Namespace) -> PartitionConfig:
-    """The `PartitionConfig` of parsed arguments (ValueError for invalid values)."""
-    return PartitionConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(PartitionConfig)}
-    )
+    """The `PartitionConfig` of parsed arguments (ValueError for invalid values): the
+    default, or with `--paper` the authors' stage A, with the options given replacing it."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(PartitionConfig)
+        if getattr(args, f.name) is not None
+    }
+    return PartitionConfig.paper(**given) if args.paper else PartitionConfig(**given)
 
 
 def partition_flags(config: PartitionConfig) -> list[str]:
@@ -120,5 +164,5 @@ def partition_flags(config: PartitionConfig) -> list[str]:
     for field in dataclasses.fields(PartitionConfig):
         value = getattr(config, field.name)
         if value != field.default:
-            flags += ["--" + field.name.replace("_", "-"), str(value)]
+            flags += ["--" + field.name.replace("_", "-"), format_value(value)]
     return flags

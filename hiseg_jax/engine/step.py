@@ -236,7 +236,7 @@ def make_step(
     model = backbone if isinstance(backbone, ViT) else load_backbone(backbone)
     patch = model.config.patch_size
     hw = image_size(size, patch)
-    check_grid((hw[0] // patch, hw[1] // patch), config.n_parts)
+    check_grid((hw[0] // patch, hw[1] // patch), config)
     mesh = data_mesh() if mesh is None else mesh
     _warn_cpu_mesh(mesh)
     graphdef, params = nnx.split(model)

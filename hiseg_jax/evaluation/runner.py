@@ -227,7 +227,7 @@ def _check_size(settings: EvalSettings) -> None:
     variant = read_metadata(resolve_checkpoint(settings.backbone))["variant"]
     patch = get_config(variant).patch_size
     height, width = image_size(settings.size, patch)
-    check_grid((height // patch, width // patch), settings.partition.n_parts)
+    check_grid((height // patch, width // patch), settings.partition)
 
 
 def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-StageASolver = Literal["eigh", "eigh_full", "lanczos"]
+StageASolver = Literal["lanczos", "eigh", "eigh_full"]
+StageAInit = Literal["lattice", "kmeans++"]
 StageBSolver = Literal["eigh", "lanczos"]
 
 
@@ -29,13 +30,22 @@ class PartitionConfig:
     # tested (`graph.gram_min_search`); "exact": all pairs in blocks, O(N^2 E) (the paper's).
     # The dense path (stage_a_solver "eigh"/"eigh_full") always takes the exact one.
     gram_min: Literal["search", "exact"] = "search"
-    # Stage A (section 2).
+    # Stage A (section 2). The defaults are this project's (docs/method.md section 9:
+    # measured on BSDS500 train); `PartitionConfig.paper()` gives the authors' stage A.
     n_parts: int = 200  # P; Cityscapes uses 300
-    # "eigh": dense, top P only where the platform can (CPU); "eigh_full": dense, all N pairs
-    # on every platform; "lanczos": Krylov on the low-rank operator (see partition.py).
-    stage_a_solver: StageASolver = "eigh"
-    lanczos_iters: int = 300  # Krylov steps when stage_a_solver == "lanczos"
-    stage_a_restarts: int = 10  # k-means restarts of stage A (the authors': 10)
+    # Eigensolver of the top stage_a_k pairs of A: "lanczos" (Krylov on the low-rank
+    # operator, never forms an N x N array), "eigh" (dense A; LAPACK's top-k subset driver
+    # on CPU, the full eigh elsewhere) or "eigh_full" (dense A, the full eigh everywhere).
+    stage_a_solver: StageASolver = "lanczos"
+    stage_a_k: int = 32  # eigenvectors in the embedding, at most N (the paper's: P)
+    lanczos_iters: int = 96  # Krylov steps of the "lanczos" solver (clipped to [k, N])
+    # Weight of the patch coordinates (row / h, col / w) appended to the unit-row embedding:
+    # parts become spatially coherent (0: the paper's, coordinates unused).
+    stage_a_coords: float = 2.0
+    # k-means start of stage A: "lattice" (one Lloyd run from P patches spread evenly over
+    # the grid: deterministic, no key) or "kmeans++" (the authors': best of stage_a_restarts).
+    stage_a_init: StageAInit = "lattice"
+    stage_a_restarts: int = 10  # k-means++ restarts of stage A (the authors': 10)
     kmeans_restarts: int = 10  # k-means restarts of stage B's k-way cuts
     kmeans_max_iter: int = 600
     kmeans_tol: float = 1e-6
@@ -60,6 +70,7 @@ class PartitionConfig:
         if self.max_kways < 2:
             raise ValueError(f"max_kways must be >= 2, got {self.max_kways}")
         positive = (
+            "stage_a_k",
             "stage_a_restarts",
             "kmeans_restarts",
             "kmeans_max_iter",
@@ -77,6 +88,12 @@ class PartitionConfig:
                 "stage_a_solver must be 'eigh', 'eigh_full' or 'lanczos', "
                 f"got {self.stage_a_solver!r}"
             )
+        if self.stage_a_init not in ("lattice", "kmeans++"):
+            raise ValueError(
+                f"stage_a_init must be 'lattice' or 'kmeans++', got {self.stage_a_init!r}"
+            )
+        if not self.stage_a_coords >= 0:
+            raise ValueError(f"stage_a_coords must be >= 0, got {self.stage_a_coords}")
         if self.stage_b_solver not in ("eigh", "lanczos"):
             raise ValueError(
                 f"stage_b_solver must be 'eigh' or 'lanczos', got {self.stage_b_solver!r}"
@@ -88,10 +105,28 @@ class PartitionConfig:
         if self.adjacency not in ("minmax", "exp"):
             raise ValueError(f"adjacency must be 'minmax' or 'exp', got {self.adjacency!r}")
 
+    @classmethod
+    def paper(cls, **overrides: object) -> PartitionConfig:
+        """The authors' stage A (docs/method.md section 2): the top P eigenvectors of the
+        dense A, rows normalised, no coordinates, the best of 10 k-means++ runs, and the
+        exact graph statistics. `overrides` replace any field (`stage_a_k` follows
+        `n_parts` unless given); stage B is the same as the default's.
+        """
+        paper = dict(
+            gram_min="exact",
+            stage_a_solver="eigh",
+            stage_a_k=overrides.get("n_parts", cls.n_parts),
+            lanczos_iters=300,
+            stage_a_coords=0.0,
+            stage_a_init="kmeans++",
+            stage_a_restarts=10,
+        )
+        return cls(**(paper | overrides))
 
-def check_grid(grid: tuple[int, int], n_parts: int) -> None:
-    """ValueError unless a patch grid (h, w) holds at least `n_parts` patches: stage A
+
+def check_grid(grid: tuple[int, int], config: PartitionConfig) -> None:
+    """ValueError unless a patch grid (h, w) holds at least `config.n_parts` patches: stage A
     clusters the patches into n_parts parts."""
     h, w = (int(s) for s in grid)
-    if h * w < n_parts:
-        raise ValueError(f"{h}x{w} = {h * w} patches are fewer than n_parts = {n_parts}")
+    if h * w < config.n_parts:
+        raise ValueError(f"{h}x{w} = {h * w} patches are fewer than n_parts = {config.n_parts}")

@@ -51,7 +51,14 @@ def _mask_or_ones(mask: jax.Array | None, n: int) -> jax.Array:
 
 def normalize_rows(x: jax.Array, eps: float = NORM_EPS) -> jax.Array:
     """Rows scaled to unit L2 norm, norms clamped to >= eps (all-zero rows stay zero).
-    [N, E] -> [N, E]; `reference.normalize_rows` is its NumPy twin."""
+    [N, E] -> [N, E]; `reference.normalize_rows` is its NumPy twin.
+
+    Each row is first divided by the power of two of its largest magnitude (exact), so the
+    squares neither overflow nor underflow: features scaled by 1e20 or 1e-20 keep their
+    directions.
+    """
+    _, exponent = jnp.frexp(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+    x = jnp.ldexp(x, -exponent)
     norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
     return x / jnp.maximum(norm, eps)
 

@@ -192,11 +192,14 @@ def kmeans(
     n_init: int = 10,
     max_iter: int = 600,
     tol: float = 1e-6,
+    init: jax.Array | None = None,
 ) -> KMeansResult:
     """k-means of points x [n, d] into k (traced int, clipped to [1, k_max]) clusters.
 
     mask: bool [n] or None (all valid). The best of n_init seedings by inertia is returned.
     Deterministic for a given key. See the module docstring for the exact rules.
+    init: initial centers [k_max, d] (rows >= k unused) instead of k-means++ seeding: one
+    Lloyd run; key and n_init are then unused.
     """
     if x.ndim != 2:
         raise ValueError(f"points must be [n, d], got shape {x.shape}")
@@ -211,8 +214,10 @@ def kmeans(
         raise ValueError(f"k must be in [1, k_max={k_max}], got {k}")
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-
-    return _kmeans(x, k, key, mask, tol, k_max=k_max, n_init=n_init, max_iter=max_iter)
+    if init is not None and init.shape != (k_max, x.shape[1]):
+        raise ValueError(f"init must have shape ({k_max}, {x.shape[1]}), got {init.shape}")
+    n_init = 1 if init is not None else n_init
+    return _kmeans(x, k, key, mask, tol, init, k_max=k_max, n_init=n_init, max_iter=max_iter)
 
 
 @functools.partial(jax.jit, static_argnames=("k_max", "n_init", "max_iter"))
@@ -222,6 +227,7 @@ def _kmeans(
     key: jax.Array,
     mask: jax.Array | None,
     tol: float,
+    init: jax.Array | None,
     *,
     k_max: int,
     n_init: int,
@@ -240,7 +246,10 @@ def _kmeans(
     live = jnp.arange(k_max) < k
 
     def one_init(init_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        centers = _seed(xc, x_sq, weight, k, k_max, init_key)
+        if init is None:
+            centers = _seed(xc, x_sq, weight, k, k_max, init_key)
+        else:
+            centers = jnp.where(live[:, None], init - mean, 0.0)
         return _lloyd(xc, x_sq, weight, centers, live, max_iter, tol_abs)
 
     labels, centers, inertia = jax.vmap(one_init)(jax.random.split(key, n_init))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -79,27 +80,77 @@ def affinity(x: jax.Array, config: PartitionConfig) -> graph.LowRankOperator | j
     return graph.normalized_adjacency(w, eps=config.eps)[0]
 
 
-def spectral_embedding(
+def top_eigenvectors(
     a: graph.LowRankOperator | jax.Array, config: PartitionConfig, key: jax.Array
 ) -> jax.Array:
-    """Section 2: the top-P eigenvectors of A, rows normalised to unit length: [N, P].
+    """Orthonormal top K = min(`config.stage_a_k`, N) eigenvectors of A: [N, K].
 
-    "eigh": dense A [N, N], LAPACK's top-P subset driver on CPU, the full eigh elsewhere
-    (`dense_eigh`); "eigh_full": the full eigh everywhere; "lanczos": `config.lanczos_iters`
-    Lanczos steps (clipped to [P, N]).
+    "lanczos": `config.lanczos_iters` Lanczos steps (clipped to [K, N]) on the operator;
+    "eigh": dense A [N, N], LAPACK's top-K subset driver on CPU, the full eigh elsewhere
+    (`dense_eigh`); "eigh_full": the full eigh everywhere.
     """
+    n = a.shape[0] if isinstance(a, jax.Array) else a.b.shape[0]
+    k = min(config.stage_a_k, n)
     if config.stage_a_solver in ("eigh", "eigh_full"):
-        subset = config.stage_a_solver == "eigh"
-        emb = dense_eigh.top_eigenvectors(a, config.n_parts, subset=subset)
-    else:
-        n = a.shape[0] if isinstance(a, jax.Array) else a.b.shape[0]
-        steps = min(max(config.lanczos_iters, config.n_parts), n)
-        emb = lanczos.lanczos_eigsh(a, n, config.n_parts, steps, key)[1]
-    return graph.normalize_rows(emb, config.eps)
+        return dense_eigh.top_eigenvectors(a, k, subset=config.stage_a_solver == "eigh")
+    steps = min(max(config.lanczos_iters, k), n)
+    return lanczos.lanczos_eigsh(a, n, k, steps, key)[1]
 
 
-def parts_of(emb: jax.Array, config: PartitionConfig, key: jax.Array) -> jax.Array:
-    """Section 2: k-means of the embedding [N, P] into P parts: int32 [N]."""
+def grid_coordinates(grid: tuple[int, int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """(row / h, col / w) of every patch centre of an h x w grid, row-major: [h * w, 2]."""
+    h, w = grid
+    rows = (jnp.arange(h, dtype=dtype) + 0.5) / h
+    cols = (jnp.arange(w, dtype=dtype) + 0.5) / w
+    return jnp.stack([jnp.repeat(rows, w), jnp.tile(cols, h)], axis=1)
+
+
+def spectral_embedding(
+    a: graph.LowRankOperator | jax.Array,
+    config: PartitionConfig,
+    key: jax.Array,
+    grid: tuple[int, int],
+) -> jax.Array:
+    """Section 2: stage A's k-means input for an h x w grid, [N, K] or [N, K + 2].
+
+    The top-K eigenvectors of A with rows normalised to unit length (Ng-Jordan-Weiss), then,
+    when `config.stage_a_coords` > 0, that weight times the patch coordinates
+    (`grid_coordinates`) appended: patches far apart on the image are kept apart by k-means
+    (docs/method.md section 9).
+    """
+    emb = graph.normalize_rows(top_eigenvectors(a, config, key), config.eps)
+    if config.stage_a_coords == 0:
+        return emb
+    coords = config.stage_a_coords * grid_coordinates(grid, emb.dtype)
+    return jnp.concatenate([emb, coords], axis=1)
+
+
+def lattice_patches(grid: tuple[int, int], count: int) -> np.ndarray:
+    """Row-major indices of `count` <= h * w distinct patches spread evenly over an h x w
+    grid: R rows of patches (R ~ sqrt(count h / w)), each of ~count / R evenly spaced ones."""
+    h, w = grid
+    rows = min(h, max(1, round(math.sqrt(count * h / w))))
+    while -(-count // rows) > w:  # ceil(count / rows) must fit in a grid row
+        rows += 1
+    per_row = [count // rows + (r < count % rows) for r in range(rows)]
+    return np.asarray(
+        [
+            int((r + 0.5) * h / rows) * w + int((c + 0.5) * w / n)
+            for r, n in enumerate(per_row)
+            for c in range(n)
+        ]
+    )
+
+
+def parts_of(
+    emb: jax.Array, config: PartitionConfig, key: jax.Array, grid: tuple[int, int]
+) -> jax.Array:
+    """Section 2: k-means of the embedding [N, D] of an h x w grid into P parts: int32 [N].
+
+    "lattice": one Lloyd run from the embedding rows of `lattice_patches` (no randomness);
+    "kmeans++": the best of `stage_a_restarts` k-means++ runs.
+    """
+    lattice = config.stage_a_init == "lattice"
     return kmeans(
         emb,
         config.n_parts,
@@ -108,6 +159,7 @@ def parts_of(emb: jax.Array, config: PartitionConfig, key: jax.Array) -> jax.Arr
         n_init=config.stage_a_restarts,
         max_iter=config.kmeans_max_iter,
         tol=config.kmeans_tol,
+        init=emb[lattice_patches(grid, config.n_parts)] if lattice else None,
     ).labels
 
 
@@ -140,15 +192,17 @@ def part_graph(
     return jnp.where(jnp.eye(n_parts, dtype=bool), 0.0, w_p)
 
 
-def stage_a(x: jax.Array, config: PartitionConfig, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Sections 1-3: features x [N, E] -> (parts int32 [N] in [0, P), W_P [P, P]).
+def stage_a(
+    x: jax.Array, config: PartitionConfig, key: jax.Array, grid: tuple[int, int]
+) -> tuple[jax.Array, jax.Array]:
+    """Sections 1-3: features x [N, E] of an h x w grid -> (parts int32 [N] in [0, P), W_P).
 
     A constant image (`is_constant`) gets parts = 0: a single part, hence a single node.
     """
     eig_key, km_key = jax.random.split(key)
     a = affinity(x, config)
-    emb = spectral_embedding(a, config, eig_key)
-    parts = jnp.where(is_constant(x), 0, parts_of(emb, config, km_key)).astype(jnp.int32)
+    emb = spectral_embedding(a, config, eig_key, grid)
+    parts = jnp.where(is_constant(x), 0, parts_of(emb, config, km_key, grid)).astype(jnp.int32)
     op = a if isinstance(a, graph.LowRankOperator) else None
     return parts, part_graph(x, parts, config, op)
 
@@ -517,22 +571,26 @@ def stage_b(
 # Entry point.
 
 
-def _partition_one(x: jax.Array, key: jax.Array, config: PartitionConfig) -> tuple[jax.Array, ...]:
-    """One image x [N, E] -> (labels [L + 1, N], parent, depth, is_leaf, valid [M], parts)."""
+def _partition_one(
+    x: jax.Array, key: jax.Array, config: PartitionConfig, grid: tuple[int, int]
+) -> tuple[jax.Array, ...]:
+    """One image x [N, E] of an h x w grid -> (labels [L + 1, N], parent, depth, is_leaf,
+    valid [M], parts)."""
     a_key, b_key = jax.random.split(key)
-    parts, w_p = stage_a(x, config, a_key)
+    parts, w_p = stage_a(x, config, a_key, grid)
     sizes = jax.ops.segment_sum(jnp.ones_like(parts), parts, num_segments=config.n_parts)
     tree = stage_b(w_p, config, b_key, sizes > 0)
     labels = tree.node_of_part[:, parts]
     return labels, tree.parent, tree.depth, tree.is_leaf, tree.valid, parts
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jax.jit, static_argnames=("config", "grid"))
 def _partition_batch(
-    x: jax.Array, key: jax.Array, config: PartitionConfig
+    x: jax.Array, key: jax.Array, config: PartitionConfig, grid: tuple[int, int]
 ) -> tuple[jax.Array, ...]:
-    """Features [B, N, E] -> the Tree arrays, every image with the same key."""
-    return jax.vmap(_partition_one, in_axes=(0, None, None))(x, key, config)
+    """Features [B, N, E] of h x w grids -> the Tree arrays, every image with the same key."""
+    one = functools.partial(_partition_one, config=config, grid=grid)
+    return jax.vmap(one, in_axes=(0, None))(x, key)
 
 
 def partition_arrays(features: jax.Array, key: jax.Array, config: PartitionConfig) -> Tree:
@@ -543,11 +601,13 @@ def partition_arrays(features: jax.Array, key: jax.Array, config: PartitionConfi
     image uses `key`, so image b's tree depends only on its features, the key and `config`.
     """
     batch, h, w, e = features.shape
-    arrays = _partition_batch(features.reshape(batch, h * w, e), key, config)
+    arrays = _partition_batch(features.reshape(batch, h * w, e), key, config, (h, w))
     return Tree(*arrays, grid=(h, w))
 
 
-def check_features(features: np.ndarray | jax.Array | Sequence, n_parts: int) -> np.ndarray:
+def check_features(
+    features: np.ndarray | jax.Array | Sequence, config: PartitionConfig
+) -> np.ndarray:
     """Validated float32 [B, h, w, E] from [B, h, w, E], [h, w, E] or a list of [h, w, E].
 
     ValueError for: mixed grid sizes in a list, a wrong rank, non-float data, NaN/inf
@@ -570,7 +630,7 @@ def check_features(features: np.ndarray | jax.Array | Sequence, n_parts: int) ->
     finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
     if not finite.all():
         raise ValueError(f"features of batch index {int(np.argmin(finite))} contain NaN or inf")
-    check_grid(x.shape[1:3], n_parts)
+    check_grid(x.shape[1:3], config)
     return x.astype(np.float32)
 
 
@@ -587,6 +647,6 @@ def partition(
     (default `jax.random.key(0)`), so image b's tree depends only on its features and the key.
     """
     config = PartitionConfig() if config is None else config
-    x = check_features(features, config.n_parts)
+    x = check_features(features, config)
     key = jax.random.key(0) if key is None else key
     return partition_arrays(jnp.asarray(x), key, config)

@@ -134,7 +134,17 @@ def stage_a_embedding(w: np.ndarray, n_parts: int, eps: float) -> np.ndarray:
 
 
 def parts_from_graph(w: np.ndarray, config: PartitionConfig, seed: int) -> np.ndarray:
-    """Section 2 on a given adjacency W [N, N]: part id int [N] of each patch."""
+    """Section 2 on a given adjacency W [N, N]: part id int [N] of each patch.
+
+    The authors' stage A only: ValueError for a config with another (use
+    `PartitionConfig.paper()`; `reference_embedding` is the oracle of the default's).
+    """
+    paper = PartitionConfig.paper(n_parts=config.n_parts)
+    if any(
+        getattr(config, f) != getattr(paper, f)
+        for f in ("stage_a_k", "stage_a_coords", "stage_a_init")
+    ):
+        raise ValueError("the NumPy reference runs the paper's stage A: PartitionConfig.paper()")
     if config.n_parts > w.shape[0]:
         raise ValueError(f"n_parts={config.n_parts} exceeds the number of patches {w.shape[0]}")
     return stage_a_parts(stage_a_embedding(w, config.n_parts, config.eps), config, seed)

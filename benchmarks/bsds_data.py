@@ -1,0 +1,125 @@
+"""BSDS500 images, human segmentations and cached default-backbone features for benchmarks.
+
+Features are computed once per (split, size) and stored as one .npz per split and size:
+`<cache_dir>/bsds500_<split>_<size>px_<backbone>_tokens.npz` holding
+`x` float32 [B, size / 14, size / 14, E] and `ids` (image ids, sorted by name, the first
+`count` of the split). Exact preprocessing: `images.load_image`, then `features.preprocess`
+(antialiased bilinear resize to size x size, aspect ratio not kept, ImageNet normalisation),
+then `features.extract_features(model, x, kind="tokens")` of the default backbone
+(`dinov2_vits14_imgfocus`), always in batches of `BATCH` images (a short last batch is
+padded with copies), so an image's features do not depend on how many images were cached.
+A cache with fewer images than asked is extended; one with other ids is recomputed.
+
+    .venv/bin/python benchmarks/bsds_data.py --split train --count 200 --size 448
+        [--cache-dir DIR (default $HISEG_FEATURE_CACHE, else $HISEG_HOME/features)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hiseg_jax.paths import home
+
+SHARED = Path(
+    os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+CACHE_DIR = Path(os.environ.get("HISEG_FEATURE_CACHE", home() / "features"))
+BATCH = 4
+BACKBONE = "dinov2_vits14_imgfocus"
+
+
+def split_ids(split: str, count: int | None = None, shared: Path = SHARED) -> list[str]:
+    """The first `count` image ids of a BSDS500 split, sorted by name."""
+    folder = shared / "bsds500" / "images" / split
+    ids = sorted(p.stem for p in folder.glob("*.jpg"))
+    if not ids:
+        raise FileNotFoundError(f"no BSDS500 images in {folder} (set HISEG_SHARED_DATA)")
+    return ids[:count]
+
+
+def segmentations(split: str, ids: Sequence[str], shared: Path = SHARED) -> list[np.ndarray]:
+    """Human segmentations int32 [A, H, W] (ids from 1) of the images."""
+    from hiseg_jax.datasets.bsds500 import read_bsds_mat
+
+    root = shared / "bsds500" / "groundTruth" / split
+    return [read_bsds_mat(root / f"{i}.mat") for i in ids]
+
+
+def cache_path(split: str, size: int, cache_dir: Path = CACHE_DIR) -> Path:
+    return cache_dir / f"bsds500_{split}_{size}px_{BACKBONE}_tokens.npz"
+
+
+def compute_features(
+    split: str, ids: Sequence[str], size: int, shared: Path = SHARED
+) -> np.ndarray:
+    """float32 [B, size / 14, size / 14, E] features of the images, BATCH at a time."""
+    from hiseg_jax import features, images
+    from hiseg_jax.paths import default_checkpoint_path
+    from hiseg_jax.weights.checkpoint import load_backbone
+
+    model = load_backbone(default_checkpoint_path())
+    folder = shared / "bsds500" / "images" / split
+    out = []
+    for start in range(0, len(ids), BATCH):
+        chunk = [images.load_image(folder / f"{i}.jpg") for i in ids[start : start + BATCH]]
+        count = len(chunk)
+        chunk += chunk[-1:] * (BATCH - count)
+        x = features.extract_features(model, features.preprocess(chunk, size, model.config))
+        out.append(np.asarray(x)[:count])
+    return np.concatenate(out)
+
+
+def bsds_features(
+    split: str,
+    count: int | None,
+    size: int,
+    cache_dir: Path | None = CACHE_DIR,
+    shared: Path = SHARED,
+) -> tuple[list[str], np.ndarray]:
+    """(ids, features) of the first `count` images of a split, from the cache when it has
+    them (the cache is written or extended otherwise; `cache_dir=None`: no cache)."""
+    ids = split_ids(split, count, shared)
+    path = None if cache_dir is None else cache_path(split, size, cache_dir)
+    have_ids, have = [], None
+    if path is not None and path.is_file():
+        data = np.load(path)
+        have_ids, have = list(data["ids"]), data["x"]
+        if have_ids[: min(len(ids), len(have_ids))] != ids[: len(have_ids)]:
+            have_ids, have = [], None
+        if len(have_ids) >= len(ids):
+            return ids, have[: len(ids)]
+    start = len(have_ids) - len(have_ids) % BATCH  # recompute a partial last batch
+    new = compute_features(split, ids[start:], size, shared)
+    x = new if have is None else np.concatenate([have[:start], new])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x, ids=np.asarray(ids), size=size, backbone=BACKBONE, kind="tokens")
+        tmp.replace(path)
+    return ids, x
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--count", type=int, default=None)
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    ids, x = bsds_features(args.split, args.count, args.size, args.cache_dir)
+    print(
+        f"{args.split} {args.size} px: {len(ids)} images {x.shape} "
+        f"-> {cache_path(args.split, args.size, args.cache_dir)} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
