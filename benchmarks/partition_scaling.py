@@ -13,14 +13,14 @@ Profiles (`--profiles`):
   k-means++ restarts, exact graph statistics. Runs up to `--paper-max` patches.
 The reference (NumPy/SciPy, the authors' settings) runs up to `--reference-max` patches.
 
-Features: `--features DIR` holding `val_<size>.npz` (`x`: float32 [B, h, w, E]); missing
-sizes are computed from BSDS500 val with the default backbone (slow at 1792 px: minutes per
-image) and saved there. Without the data or checkpoint: synthetic planted hierarchies.
+Features: the first `--images` BSDS500 val images through the default backbone, from the
+`bsds_data.py` cache in `--cache-dir` (computed and saved there when missing: minutes per
+image at 1792 px). Without the data or checkpoint: synthetic planted hierarchies.
 Compile time is excluded; each figure is the fastest of `--repeats` runs (a shared machine
 is noisy: read the ratios, measured in one process).
 
     .venv/bin/python benchmarks/partition_scaling.py [--sizes 448 840 1120 1792] [--images 2]
-        [--features DIR] [--profiles default paper] [--reference-max 6400] [--batch 4]
+        [--cache-dir DIR] [--profiles default paper] [--reference-max 6400] [--batch 4]
 
 Peak memory of one compiled batch, in a fresh process (ru_maxrss, whole process):
 
@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bsds_data  # noqa: E402
+
+from hiseg_jax.paths import default_checkpoint_path  # noqa: E402
 from hiseg_jax.spectral import graph, reference, synthetic
-from hiseg_jax.spectral import partition as jp
-from hiseg_jax.spectral.config import PartitionConfig
+from hiseg_jax.spectral import partition as jp  # noqa: E402
+from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 
 SHARED = Path(
     os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -59,28 +64,12 @@ PROFILES = {
 # Features.
 
 
-def load_features(size: int, count: int, folder: Path | None) -> tuple[np.ndarray, str]:
-    """float32 [count, h, w, E]: cached, else BSDS500 val through the default backbone (then
-    cached), else synthetic planted hierarchies."""
-    from hiseg_jax import features, images
-
-    path = None if folder is None else folder / f"val_{size}.npz"
-    if path is not None and path.is_file():
-        x = np.load(path)["x"]
-        if len(x) >= count:
-            return x[:count], f"BSDS500 val (cached {path})"
-    files = sorted((SHARED / "bsds500" / "images" / "val").glob("*.jpg"))[:count]
-    if files and features.default_checkpoint_path().is_file():
-        model = features.load_default_backbone()
-        out = []
-        for f in files:
-            batch = features.preprocess([images.load_image(f)], size, model.config)
-            out.append(np.asarray(features.extract_features(model, batch))[0])
-        x = np.stack(out)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, x=x, ids=np.asarray([f.stem for f in files]))
-        return x, f"BSDS500 val, {features.DEFAULT_BACKBONE}"
+def load_features(size: int, count: int, cache_dir: Path) -> tuple[np.ndarray, str]:
+    """float32 [count, h, w, E]: BSDS500 val through the default backbone (`bsds_data.py`,
+    cached in `cache_dir`), else synthetic planted hierarchies."""
+    if default_checkpoint_path().is_file() and (SHARED / "bsds500").is_dir():
+        _, x = bsds_data.bsds_features("val", count, size, cache_dir, SHARED)
+        return x, f"BSDS500 val, {bsds_data.BACKBONE}"
     grid = (size // 14, size // 14)
     feats = [synthetic.planted_hierarchy(s, grid=grid, dim=384)[0] for s in range(count)]
     return np.stack(feats), "synthetic planted hierarchy (no checkpoint or data)"
@@ -240,7 +229,7 @@ def peak_rss_gib() -> float:
 def memory_run(args: argparse.Namespace) -> None:
     """One compiled batch of args.batch images at each size; time and the peak RSS."""
     for size in args.sizes:
-        feats, source = load_features(size, 1, args.features)
+        feats, source = load_features(size, 1, args.cache_dir)
         _, h, w, e = feats.shape
         batch = np.broadcast_to(feats[:1], (args.batch, h, w, e)).copy()
         config = profile_config(args.memory, args)
@@ -258,7 +247,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[448, 840, 1120, 1792])
     parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--features", type=Path, default=None, help="folder of val_<size>.npz")
+    parser.add_argument("--cache-dir", type=Path, default=bsds_data.CACHE_DIR, help="features")
     parser.add_argument(
         "--profiles", nargs="+", choices=sorted(PROFILES), default=["default", "paper"]
     )
@@ -285,7 +274,7 @@ def main() -> None:
         print(f"profile {name}: PartitionConfig({changed or ''})")
     table = {}
     for size in args.sizes:
-        feats, source = load_features(size, args.images, args.features)
+        feats, source = load_features(size, args.images, args.cache_dir)
         n = feats.shape[1] * feats.shape[2]
         print(f"\nfeatures at {size} px: {source}", flush=True)
         results = {}

@@ -42,7 +42,7 @@ PARTITION_HELP = {
     "stage_b_lanczos_steps": "Krylov steps of the stage-B Lanczos solver (at most P)",
     "node_chunk": "stage-B regions split at once (memory vs speed; results do not change)",
     "stage_b_node_sizes": "stage-B regions are split on their parts gathered into the "
-    "smallest of these sizes that holds them, comma-separated (speed only)",
+    "smallest of these sizes that holds them, e.g. 64,16 (speed only)",
 }
 
 
