@@ -2,7 +2,7 @@
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
                   [--batch-size B] [--features tokens|keys] [--seed N] [--solver eigh|lanczos]
-                  [--crf]
+                  [--crf] [--no-viewer]
                   [--levels L --n-parts P --max-kways K ... (every PartitionConfig field)]
 
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
@@ -11,6 +11,9 @@ searched recursively for image files. Each image gets `DIR/<name>/` with the fil
 name) without its extension. An image whose folder already holds a completion marker for
 the same source file and settings is skipped, so an interrupted run resumes. A file that
 cannot be read is reported and skipped; the run goes on and exits with status 1 at the end.
+Each image's folder gets an interactive page (`viewer.html`), and `DIR/index.html` links
+every finished image in DIR (rewritten at the end of every run, resumed ones included);
+`--no-viewer` writes neither.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from hiseg_jax import export
+from hiseg_jax import export, viewer
 from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE, patch_level_labels, segment
 from hiseg_jax.commands.options import add_partition_arguments, parse_size, partition_config
 from hiseg_jax.config import PartitionConfig
@@ -72,6 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crf", action="store_true",
                         help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
                         "on a CPU: it runs at every image's full size)")
+    parser.add_argument("--no-viewer", action="store_true",
+                        help="write no interactive viewer page per image and no index.html")
     add_partition_arguments(parser)
 
 
@@ -94,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # settings that fit no image: bad size, too few patches
             print(f"hiseg segment: error: {err}", file=sys.stderr)
             return 2
+    if not args.no_viewer and args.out.is_dir():
+        viewer.write_gallery(args.out, export.finished_folders(args.out))
     print(
         f"hiseg segment: {len(todo) - len(failures)} segmented, "
         f"{len(jobs) - len(todo)} skipped (already done), {len(failures)} failed -> {args.out}"
@@ -157,6 +164,7 @@ def _segment_batch(
             folder, image, result.level_labels[b], patch_levels[b],
             {name: row[b] for name, row in rows.items()}, result.leaf_descriptors[b],
             {"image": job.name, "source": job.source, "settings": settings},
+            with_viewer=not args.no_viewer,
         )
         export.mark_done(folder, job.source, settings)
 
