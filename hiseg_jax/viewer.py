@@ -135,7 +135,8 @@ def page_data(
     """The JSON the page reads (module docstring); arguments as in `page_html`."""
     image = np.asarray(image)
     levels = np.asarray(levels)
-    parent, depth, valid = (np.asarray(a) for a in (parent, depth, valid))
+    parent, depth = (np.asarray(a).astype(np.int64) for a in (parent, depth))
+    valid = np.asarray(valid, bool)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
     if levels.ndim != 3 or levels.shape[1:] != image.shape[:2]:
@@ -192,7 +193,8 @@ def leaf_ancestors(
 
 
 def write_gallery(out: str | os.PathLike[str], folders: list[Path]) -> Path:
-    """Write `out/index.html` (atomically) linking the image `folders` (inside `out`).
+    """Write `out/index.html` (atomically, unless it already says this) linking the image
+    `folders` (inside `out`).
 
     Each card shows the image's first level picture and links its viewer page (or, for an
     image written without one, its overview picture).
@@ -208,7 +210,8 @@ def write_gallery(out: str | os.PathLike[str], folders: list[Path]) -> Path:
         CARDS="\n".join(cards) or '<p class="empty">No finished image yet.</p>',
     )
     path = out / GALLERY
-    write_text_atomic(path, document)
+    if not path.is_file() or path.read_text(encoding="utf-8") != document:
+        write_text_atomic(path, document)  # unchanged: left as it is (a no-op rerun stays one)
     return path
 
 

@@ -372,3 +372,20 @@ def test_large_page_thick_outlines_and_many_leaves(browser, tmp_path):
         np.testing.assert_array_equal(_canvas(browser, "fill"), _expected_fill(case, levels[d]))
         edge = _canvas(browser, "edges")[..., 3] == 255
         np.testing.assert_array_equal(edge, pictures.boundary_mask(levels[d], 2))
+
+
+def test_a_tree_that_never_split(browser, tmp_path):
+    """Only the root: one region, the slider disabled, clicking explains it is a leaf."""
+    image = np.full((30, 40, 3), 200, np.uint8)
+    levels = np.zeros((3, 30, 40), np.int32)
+    valid = np.zeros(5, bool)
+    valid[0] = True
+    path = tmp_path / "root.html"
+    path.write_text(viewer.page_html(image, levels, np.full(5, -1), np.zeros(5), valid, title="r"))
+    browser.get_log("browser")
+    _open(browser, path)
+    assert _cut(browser) == [0]
+    assert browser.execute_script("return document.getElementById('depth').disabled")
+    _keys(browser, "\ue014", "\ue007")
+    assert "leaf" in browser.find_element("css selector", "#info .hint").text
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
