@@ -4,10 +4,11 @@ Segments, with the default settings (default backbone, size 448), a BSDS500 val 
 own 481 x 321 and an ADE20K street photo centre-cropped to 16:9 and resized to 1920 x 1080
 (scikit-image's astronaut stands in for either where ../shared/data is absent), then builds
 each page and prints its size in bytes, split into the photo (JPEG, base64), the leaf map
-(zlib, base64) and the rest (code, style, tree), and the seconds `page_html` took. With
-`--browser`, each page is also opened in headless Chromium (Debian's chromium and chromedriver)
-and the script reports the seconds until the page is ready, and the milliseconds the page's
-own code takes for a depth change and for a hover over a new region (median of a few).
+(zlib, base64) and the rest (code, style, tree), and the seconds building it took. With
+`--browser`, each page is also opened in headless Chromium (Debian's chromium and
+chromedriver) and the script reports the seconds until the page is ready, and the
+milliseconds the page's own code takes for a depth change and for a hover over a new region
+(median of a few).
 
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/viewer_size.py [--crf] [--browser] [--out DIR]
 """
@@ -119,9 +120,9 @@ def main() -> None:
             np.asarray(r[0]) for r in (result.tree.parent, result.tree.depth, result.tree.valid)
         ]
         start = time.perf_counter()
-        page = viewer.page_html(image, result.level_labels[0], *rows, title=name)
-        seconds = time.perf_counter() - start
         data = viewer.page_data(image, result.level_labels[0], *rows, title=name)
+        page = viewer.page_html(data)
+        seconds = time.perf_counter() - start
         total, photo, leaves = len(page.encode()), len(data["image"]), len(data["leaves"])
         print(
             f"{name:>32} {int(rows[2].sum()):>5} {len(data['leafIds']):>6} {total:>9} "

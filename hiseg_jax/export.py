@@ -132,7 +132,8 @@ def write_image_outputs(
     page = folder / viewer.PAGE
     if with_viewer:
         title = str(info.get("image", folder.name))
-        _write_text(page, viewer.page_html(image, levels, parent, depth, valid, title=title))
+        data = viewer.page_data(image, levels, parent, depth, valid, title=title)
+        _write_text(page, viewer.page_html(data))
     else:
         page.unlink(missing_ok=True)
 

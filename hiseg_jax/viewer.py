@@ -10,7 +10,7 @@ opens by double-click in any current browser:
            (`pictures.region_colors`, so the page matches the PNGs).
 Every level's label map follows from the leaves and the tree (a pixel at depth d shows its
 leaf's ancestor at depth d, or the leaf itself where it stopped splitting above d), which
-`page_html` checks against the given `levels [L + 1, H, W]` so that the page shows exactly
+`page_data` checks against the given `levels [L + 1, H, W]` so that the page shows exactly
 `labels.npz`. The page's code and style live in `viewer_assets/` (package data).
 
     page = hiseg_jax.viewer_page(result, 0, image)   # in a notebook: displays inline
@@ -82,7 +82,8 @@ def viewer_page(
         np.asarray(row[index]) for row in (result.tree.parent, result.tree.depth, result.tree.valid)
     )
     title = f"image {index}" if title is None else title
-    return ViewerPage(page_html(image, result.level_labels[index], *rows, title=title), title)
+    data = page_data(image, result.level_labels[index], *rows, title=title)
+    return ViewerPage(page_html(data), title)
 
 
 def write_viewer(
@@ -98,31 +99,6 @@ def write_viewer(
     return viewer_page(result, index, image, title=name).save(path)
 
 
-def page_html(
-    image: np.ndarray,
-    levels: np.ndarray,
-    parent: np.ndarray,
-    depth: np.ndarray,
-    valid: np.ndarray,
-    *,
-    title: str,
-) -> str:
-    """The whole HTML document of one image's viewer.
-
-    image: uint8 [H, W, 3]; levels: int [L + 1, H, W] node id of every pixel at every depth
-    (the `labels.npz` maps); parent, depth, valid: the tree's [M] rows of this image.
-    ValueError if a level does not follow from the leaves and the tree.
-    """
-    data = page_data(image, levels, parent, depth, valid, title=title)
-    return _fill(
-        "page.html",
-        TITLE=html.escape(title),
-        STYLE=_asset("viewer.css"),
-        SCRIPT=_asset("viewer.js"),
-        DATA=_script_json(data),
-    )
-
-
 def page_data(
     image: np.ndarray,
     levels: np.ndarray,
@@ -132,7 +108,12 @@ def page_data(
     *,
     title: str,
 ) -> dict[str, Any]:
-    """The JSON the page reads (module docstring); arguments as in `page_html`."""
+    """The JSON the page reads (module docstring), checked against the label maps.
+
+    image: uint8 [H, W, 3]; levels: int [L + 1, H, W] node id of every pixel at every depth
+    (the `labels.npz` maps); parent, depth, valid: the tree's [M] rows of this image.
+    ValueError if a level does not follow from the leaves and the tree.
+    """
     image = np.asarray(image)
     levels = np.asarray(levels)
     parent, depth = (np.asarray(a).astype(np.int64) for a in (parent, depth))
@@ -177,6 +158,17 @@ def page_data(
             "color": ["#{:02x}{:02x}{:02x}".format(*colors[m]) for m in nodes],
         },
     }
+
+
+def page_html(data: dict[str, Any]) -> str:
+    """The whole HTML document of one image's viewer, from its `page_data`."""
+    return _fill(
+        "page.html",
+        TITLE=html.escape(data["title"]),
+        STYLE=_asset("viewer.css"),
+        SCRIPT=_asset("viewer.js"),
+        DATA=_script_json(data),
+    )
 
 
 def leaf_ancestors(

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from viewer_cases import random_hierarchy
+from viewer_cases import page_text, random_hierarchy
 
 import hiseg_jax
 from hiseg_jax import export, pictures, viewer
@@ -38,9 +38,9 @@ def _args(tree: dict, image: np.ndarray) -> tuple:
     return image, tree["levels"], tree["parent"], tree["depth"], tree["valid"]
 
 
-def _embedded(page: str) -> dict:
+def _embedded(text: str) -> dict:
     """The JSON of a page's #hiseg-data element."""
-    found = re.search(r'<script id="hiseg-data" type="application/json">(.*?)</script>', page)
+    found = re.search(r'<script id="hiseg-data" type="application/json">(.*?)</script>', text)
     assert found is not None
     return json.loads(found[1])
 
@@ -101,25 +101,25 @@ def test_bad_input_is_refused_with_one_line():
     }
     for message, (picture, levels) in cases.items():
         with pytest.raises(ValueError, match=re.escape(message)):
-            viewer.page_html(picture, levels, *_args(tree, image)[2:], title="t")
+            viewer.page_data(picture, levels, *_args(tree, image)[2:], title="t")
     unused = int(np.flatnonzero(~tree["valid"])[0])
     with pytest.raises(ValueError, match="not nodes of the tree"):
-        viewer.page_html(image, tree["levels"] * 0 + unused, *_args(tree, image)[2:], title="t")
+        viewer.page_data(image, tree["levels"] * 0 + unused, *_args(tree, image)[2:], title="t")
 
 
 def test_page_is_self_contained_and_under_1_mb():
     tree = random_hierarchy(HEIGHT, WIDTH, seed=4, split=0.75)
     assert 25 <= tree["valid"].sum() <= 60
-    page = viewer.page_html(*_args(tree, _photo(HEIGHT, WIDTH)), title="<b>cat</b>")
-    size = len(page.encode("utf-8"))
+    text = page_text(*_args(tree, _photo(HEIGHT, WIDTH)), title="<b>cat</b>")
+    size = len(text.encode("utf-8"))
     print(f"viewer page for a {WIDTH} x {HEIGHT} image, {tree['valid'].sum()} nodes: {size} bytes")
     assert size < 1_000_000
-    assert "<title>&lt;b&gt;cat&lt;/b&gt; · hiseg viewer</title>" in page
-    references = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', page)
+    assert "<title>&lt;b&gt;cat&lt;/b&gt; · hiseg viewer</title>" in text
+    references = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', text)
     assert all(ref.startswith("data:") for ref in references), references
-    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", page)
-    assert "@import" not in page and "url(" not in page
-    assert "default-src 'none'" in page  # the page forbids itself any fetch
+    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text)
+    assert "@import" not in text and "url(" not in text
+    assert "default-src 'none'" in text  # the page forbids itself any fetch
 
 
 def _result(images: list[np.ndarray], grid: tuple[int, int] = (16, 16)) -> SegmentationResult:
@@ -148,33 +148,26 @@ def _result(images: list[np.ndarray], grid: tuple[int, int] = (16, 16)) -> Segme
     return SegmentationResult(tree, levels, np.zeros((len(images), valid.shape[1], 4), np.float32))
 
 
+def _page_of(result: SegmentationResult, b: int, image: np.ndarray, title: str) -> str:
+    rows = (
+        np.asarray(row[b]) for row in (result.tree.parent, result.tree.depth, result.tree.valid)
+    )
+    return page_text(image, result.level_labels[b], *rows, title=title)
+
+
 def test_python_api_writes_and_displays_a_page(tmp_path):
     images = [_photo(90, 120), _photo(64, 64)]
     result = _result(images)
-    page = hiseg_jax.viewer_page(result, 1, images[1], title="second")
-    expected = viewer.page_html(
-        images[1],
-        result.level_labels[1],
-        np.asarray(result.tree.parent[1]),
-        np.asarray(result.tree.depth[1]),
-        np.asarray(result.tree.valid[1]),
-        title="second",
-    )
-    assert page.html == expected
-    shown = page._repr_html_()
+    shown = hiseg_jax.viewer_page(result, 1, images[1], title="second")
+    expected = _page_of(result, 1, images[1], "second")
+    assert shown.html == expected
+    shown = shown._repr_html_()
     assert (
         shown.startswith("<iframe")
         and html.unescape(re.search(r'srcdoc="([^"]*)"', shown)[1]) == expected
     )
     path = hiseg_jax.write_viewer(tmp_path / "cat.html", result, 0, images[0])
-    assert path.read_text(encoding="utf-8") == viewer.page_html(
-        images[0],
-        result.level_labels[0],
-        np.asarray(result.tree.parent[0]),
-        np.asarray(result.tree.depth[0]),
-        np.asarray(result.tree.valid[0]),
-        title="cat",
-    )
+    assert path.read_text(encoding="utf-8") == _page_of(result, 0, images[0], "cat")
     assert [p.name for p in tmp_path.iterdir()] == ["cat.html"]
     with pytest.raises(ValueError, match="index 2 is out of range"):
         hiseg_jax.viewer_page(result, 2, images[0])
@@ -193,11 +186,11 @@ def test_gallery_links_every_folder(tmp_path):
         if with_page:
             (folder / viewer.PAGE).write_text("<html></html>")
     folders = [tmp_path / "a b", tmp_path / "nested/c&d"]
-    page = viewer.write_gallery(tmp_path, folders).read_text(encoding="utf-8")
-    assert "2 images" in page
-    assert 'href="a%20b/viewer.html"' in page and 'src="a%20b/level_01.png"' in page
-    assert 'href="nested/c%26d/overview.png"' in page and "nested/c&amp;d" in page
-    assert "4 × 3 px · 5 nodes · 3 leaves · 2 levels" in page
+    gallery = viewer.write_gallery(tmp_path, folders).read_text(encoding="utf-8")
+    assert "2 images" in gallery
+    assert 'href="a%20b/viewer.html"' in gallery and 'src="a%20b/level_01.png"' in gallery
+    assert 'href="nested/c%26d/overview.png"' in gallery and "nested/c&amp;d" in gallery
+    assert "4 × 3 px · 5 nodes · 3 leaves · 2 levels" in gallery
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a b", "index.html", "nested"]
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
-from viewer_cases import random_hierarchy
+from viewer_cases import page_text, random_hierarchy
 
-from hiseg_jax import pictures, viewer
+from hiseg_jax import pictures
 
 HEIGHT, WIDTH = 321, 481
 SHADE = (16, 19, 26, 165)  # viewer.js: pixels outside the open region
@@ -71,7 +71,7 @@ def case(tmp_path_factory) -> dict:
     tree = random_hierarchy(HEIGHT, WIDTH, seed=4)
     path = tmp_path_factory.mktemp("page") / "viewer.html"
     args = (image, tree["levels"], tree["parent"], tree["depth"], tree["valid"])
-    path.write_text(viewer.page_html(*args, title="test page"), encoding="utf-8")
+    path.write_text(page_text(*args, title="test page"), encoding="utf-8")
     colors = pictures.region_colors(len(tree["valid"]))
     valid_colors = {tuple(c) for c in colors[tree["valid"]]}
     assert len(valid_colors) == tree["valid"].sum(), "colours must tell the nodes apart"
@@ -363,7 +363,7 @@ def test_large_page_thick_outlines_and_many_leaves(browser, tmp_path):
     levels = np.stack([np.zeros_like(leaf), 1 + leaf % 5, 301 + leaf])
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
     path = tmp_path / "large.html"
-    path.write_text(viewer.page_html(image, levels, parent, depth, valid, title="large"))
+    path.write_text(page_text(image, levels, parent, depth, valid, title="large"))
     _open(browser, path)
     case = {"colors": pictures.region_colors(slots)}
     for d in (1, 2):
@@ -381,7 +381,7 @@ def test_a_tree_that_never_split(browser, tmp_path):
     valid = np.zeros(5, bool)
     valid[0] = True
     path = tmp_path / "root.html"
-    path.write_text(viewer.page_html(image, levels, np.full(5, -1), np.zeros(5), valid, title="r"))
+    path.write_text(page_text(image, levels, np.full(5, -1), np.zeros(5), valid, title="r"))
     browser.get_log("browser")
     _open(browser, path)
     assert _cut(browser) == [0]

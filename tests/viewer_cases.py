@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hiseg_jax import viewer
+
 
 def random_hierarchy(
     height: int,
@@ -68,3 +70,9 @@ def _ancestor_at(leaf: np.ndarray, parent: np.ndarray, depth: np.ndarray, d: int
     while (depth[node] > d).any():
         node = np.where(depth[node] > d, parent[node], node)
     return node
+
+
+def page_text(*arrays: np.ndarray, title: str) -> str:
+    """The viewer page's HTML of `viewer.page_data(*arrays)` (image, levels, parent, depth,
+    valid)."""
+    return viewer.page_html(viewer.page_data(*arrays, title=title))
