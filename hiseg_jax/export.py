@@ -14,6 +14,7 @@ Layout of an image's folder (what `hiseg segment` writes, `done.json` last):
   level_XX.png    depth XX = 01..L: the image with that depth's regions (render_level).
   overview.png    the image and all depths side by side (render_overview).
   tree.png        the tree with region thumbnails (render_tree).
+  viewer.html     the interactive viewer (hiseg_jax.viewer; unless turned off).
   done.json       completion marker: {"source", "settings"}, written last, atomically.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from hiseg_jax import pictures
+from hiseg_jax import pictures, viewer
 from hiseg_jax.files import write_text
 
 MARKER = "done.json"
@@ -84,12 +85,15 @@ def write_image_outputs(
     tree_rows: dict[str, np.ndarray],
     descriptors: np.ndarray,
     info: dict[str, Any],
+    *,
+    with_viewer: bool = True,
 ) -> None:
     """Write one image's files (module docstring) into `folder`, except the marker.
 
     image: uint8 [H, W, 3]; levels: int32 [L + 1, H, W]; patch_levels: int32 [L + 1, h, w];
     tree_rows: the tree's "parent", "depth", "valid", "is_leaf" [M] and "parts" [N] of this
-    image; descriptors: float32 [M, E] (leaf rows used); info: extra top-level JSON fields.
+    image; descriptors: float32 [M, E] (leaf rows used); info: extra top-level JSON fields
+    ("image", if given, titles the viewer page).
     """
     folder.mkdir(parents=True, exist_ok=True)
     parent, depth, valid, is_leaf = (tree_rows[k] for k in ("parent", "depth", "valid", "is_leaf"))
@@ -123,6 +127,13 @@ def write_image_outputs(
     pictures.save_png(folder / "overview.png", pictures.render_overview(image, levels))
     tree_picture = pictures.render_tree(image, levels, parent, depth, valid)
     pictures.save_png(folder / "tree.png", tree_picture)
+    page = folder / viewer.PAGE
+    if with_viewer:
+        title = str(info.get("image", folder.name))
+        data = viewer.page_data(image, levels, parent, depth, valid, title=title)
+        write_text(page, viewer.page_html(data))
+    else:
+        page.unlink(missing_ok=True)
 
 
 def is_done(folder: Path, source: str, settings: dict[str, Any]) -> bool:
@@ -132,6 +143,16 @@ def is_done(folder: Path, source: str, settings: dict[str, Any]) -> bool:
     except (OSError, ValueError):
         return False
     return marker == {"source": source, "settings": settings}
+
+
+def finished_folders(out: Path) -> list[Path]:
+    """The image folders under `out` that hold a completion marker, sorted; hidden folders
+    (temporary ones) are skipped."""
+    return sorted(
+        marker.parent
+        for marker in out.rglob(MARKER)
+        if not any(part.startswith(".") for part in marker.relative_to(out).parts)
+    )
 
 
 def clear_marker(folder: Path) -> None:

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yields a temporary path beside `path` (`.<name>.part`, hidden) to write; when the
-    block ends normally it replaces `path` in one rename, otherwise it is deleted."""
+    """Yields a temporary path beside `path` (`.<name>.<random>.part`, hidden, unique, so
+    that concurrent writers of one file never share it) to write; when the block ends
+    normally it replaces `path` in one rename, otherwise it is deleted."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.part")
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(descriptor)
+    partial = Path(name)
     try:
         yield partial
         os.replace(partial, path)

@@ -1,7 +1,7 @@
 """`hiseg segment`: images and folders in, one folder of files per image out.
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
-                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf]
+                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf] [--no-viewer]
                   [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
@@ -11,6 +11,9 @@ name) without its extension. An image whose folder already holds a completion ma
 the same source file and settings is skipped, so an interrupted run resumes. A file that
 cannot be read is reported and skipped; the run goes on and exits with status 1 at the end.
 Images are decoded in the engine's prefetch thread while the device runs (`engine.stream`).
+Each image's folder gets an interactive page (`viewer.html`), and `DIR/index.html` links
+every finished image in DIR (rewritten at the end of every run, resumed ones included);
+`--no-viewer` writes neither.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from hiseg_jax import export
+from hiseg_jax import export, viewer
 from hiseg_jax.api import ImageSegmentation, segment_stream
 from hiseg_jax.commands.options import (
     add_partition_arguments,
@@ -77,6 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
         "on a CPU: it runs at every image's full size)",
     )
+    parser.add_argument(
+        "--no-viewer",
+        action="store_true",
+        help="write no interactive viewer page per image and no index.html",
+    )
     add_partition_arguments(parser)
 
 
@@ -99,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:  # settings that fit no image: bad size, too few patches
             print(f"hiseg segment: error: {err}", file=sys.stderr)
             return 2
+    if not args.no_viewer and args.out.is_dir():
+        viewer.write_gallery(args.out, export.finished_folders(args.out))
     print(
         f"hiseg segment: {len(todo) - len(failures)} segmented, "
         f"{len(jobs) - len(todo)} skipped (already done), {len(failures)} failed -> {args.out}"
@@ -138,7 +148,7 @@ def _segment_jobs(
                 failures.append(result.error)
                 bar.write(f"hiseg segment: skipping {result.error}")
             else:
-                _write(result, settings, args.out)
+                _write(result, settings, args)
             bar.update()
     return failures
 
@@ -152,10 +162,10 @@ def _items(todo: list[Job]) -> Iterator[Item | Failure]:
             yield Failure(job.name, str(err), job)
 
 
-def _write(result: ImageSegmentation, settings: dict[str, Any], out: Path) -> None:
-    """Write one image's folder, marker last."""
+def _write(result: ImageSegmentation, settings: dict[str, Any], args: argparse.Namespace) -> None:
+    """Write one image's folder (with its viewer page unless --no-viewer), marker last."""
     job = result.item.payload
-    folder = out / job.name
+    folder = args.out / job.name
     rows = {name: np.asarray(getattr(result.tree, name))[0] for name in _TREE_ROWS}
     export.clear_marker(folder)
     export.write_image_outputs(
@@ -166,6 +176,7 @@ def _write(result: ImageSegmentation, settings: dict[str, Any], out: Path) -> No
         rows,
         result.leaf_descriptors,
         {"image": job.name, "source": job.source, "settings": settings},
+        with_viewer=not args.no_viewer,
     )
     export.mark_done(folder, job.source, settings)
 
