@@ -35,6 +35,10 @@ PARTITION_HELP = {
     "'lanczos'",
     "stage_b_lanczos_steps": "Krylov steps of the stage-B Lanczos solver (at most P)",
     "node_chunk": "stage-B regions split at once (memory vs speed; results do not change)",
+    "gram_min": "the minmax adjacency's largest patch distance on the low-rank path: 'search' "
+    "(farthest-pair search, O(N E)) or 'exact' (all pairs in blocks, O(N^2 E))",
+    "stage_b_node_sizes": "a region is split on its own parts, gathered into the smallest of "
+    "these sizes that holds it, comma-separated (speed only; results do not change)",
 }
 
 
@@ -54,6 +58,21 @@ def parse_size(text: str) -> int | tuple[int, int]:
 def format_size(size: int | tuple[int, int]) -> str:
     """The inverse of `parse_size`."""
     return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+    """'64,16' -> (64, 16)."""
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def format_value(value: object) -> str:
+    """A `PartitionConfig` value as its option's text (the inverse of the option's type)."""
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,14 +115,15 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("partition parameters (docs/method.md)")
     hints = typing.get_type_hints(PartitionConfig)
     for field in dataclasses.fields(PartitionConfig):
-        choices = typing.get_args(hints[field.name]) or None
+        is_tuple = isinstance(field.default, tuple)
+        choices = None if is_tuple else typing.get_args(hints[field.name]) or None
         group.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
             default=field.default,
-            type=str if choices else type(field.default),
+            type=parse_ints if is_tuple else str if choices else type(field.default),
             choices=choices,
-            help=f"{PARTITION_HELP[field.name]} (default: %(default)s)",
+            help=f"{PARTITION_HELP[field.name]} (default: {format_value(field.default)})",
         )
 
 
@@ -120,5 +140,5 @@ def partition_flags(config: PartitionConfig) -> list[str]:
     for field in dataclasses.fields(PartitionConfig):
         value = getattr(config, field.name)
         if value != field.default:
-            flags += ["--" + field.name.replace("_", "-"), str(value)]
+            flags += ["--" + field.name.replace("_", "-"), format_value(value)]
     return flags
