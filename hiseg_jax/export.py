@@ -1,5 +1,10 @@
 """One image's segmentation as files: `tree.json`, `labels.npz` and the pictures.
 
+`image_folder(final, source, settings)` yields a temporary folder for one image's files and,
+when its block completes, writes the completion marker into it and renames it to `final`
+(`atomic.staged_folder`): every file written for an image goes through it, so an image
+folder either holds all of its files, marker included, or does not exist.
+
 Layout of an image's folder (what `hiseg segment` writes, `done.json` last):
   tree.json       image size, patch grid, settings, and a flat node list sorted by id:
                   {"id", "parent" (null for the root), "depth", "children" (ids),
@@ -14,20 +19,21 @@ Layout of an image's folder (what `hiseg segment` writes, `done.json` last):
   level_XX.png    depth XX = 01..L: the image with that depth's regions (render_level).
   overview.png    the image and all depths side by side (render_overview).
   tree.png        the tree with region thumbnails (render_tree).
-  done.json       completion marker: {"source", "settings"}, written last, atomically.
+  done.json       completion marker: {"source", "settings"}, written last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from hiseg_jax import pictures
+from hiseg_jax import atomic, pictures
 
 MARKER = "done.json"
 
@@ -106,7 +112,7 @@ def write_image_outputs(
         "n_leaves": int(is_leaf.sum()),
         "nodes": nodes,
     }
-    _write_text(folder / "tree.json", _json_one_node_per_line(document))
+    atomic.write_text(folder / "tree.json", _json_one_node_per_line(document))
     leaf_ids = np.flatnonzero(is_leaf).astype(np.int32)
     np.savez_compressed(
         folder / "labels.npz",
@@ -116,14 +122,13 @@ def write_image_outputs(
         leaf_ids=leaf_ids,
         leaf_descriptors=descriptors[leaf_ids].astype(np.float32),
     )
-    for stale in folder.glob("level_*.png"):
-        stale.unlink()
-    colors = pictures.region_colors(len(valid))
+    colors = pictures.node_colors(levels)
     for d in range(1, levels.shape[0]):
         picture = pictures.render_level(image, levels[d], colors=colors)
         pictures.save_png(folder / f"level_{d:02d}.png", picture)
-    pictures.save_png(folder / "overview.png", pictures.render_overview(image, levels))
-    tree_picture = pictures.render_tree(image, levels, parent, depth, valid)
+    overview = pictures.render_overview(image, levels, colors=colors)
+    pictures.save_png(folder / "overview.png", overview)
+    tree_picture = pictures.render_tree(image, levels, parent, depth, valid, colors=colors)
     pictures.save_png(folder / "tree.png", tree_picture)
 
 
@@ -136,14 +141,26 @@ def is_done(folder: Path, source: str, settings: dict[str, Any]) -> bool:
     return marker == {"source": source, "settings": settings}
 
 
-def clear_marker(folder: Path) -> None:
-    """Remove a previous completion marker before rewriting the folder."""
-    (folder / MARKER).unlink(missing_ok=True)
-
-
 def mark_done(folder: Path, source: str, settings: dict[str, Any]) -> None:
     """Write the completion marker (atomically: a reader sees all of it or none)."""
-    _write_text(folder / MARKER, json.dumps({"source": source, "settings": settings}, indent=1))
+    text = json.dumps({"source": source, "settings": settings}, indent=1)
+    atomic.write_text(folder / MARKER, text)
+
+
+@contextlib.contextmanager
+def image_folder(final: Path, source: str, settings: dict[str, Any]) -> Iterator[Path]:
+    """Yield the temporary folder of one image's files; when the block completes, write the
+    marker there and rename the folder to `final` (an exception discards it).
+
+    The caller must hold the image's lock (`image_lock_path`)."""
+    with atomic.staged_folder(final) as folder:
+        yield folder
+        mark_done(folder, source, settings)
+
+
+def image_lock_path(final: Path) -> Path:
+    """The lock file of the image folder `final`: a hidden sibling of it."""
+    return final.with_name(f".{final.name}.lock")
 
 
 def _json_one_node_per_line(document: dict[str, Any]) -> str:
@@ -151,10 +168,3 @@ def _json_one_node_per_line(document: dict[str, Any]) -> str:
     head = json.dumps({k: v for k, v in document.items() if k != "nodes"}, indent=1)
     nodes = ",\n  ".join(json.dumps(node) for node in document["nodes"])
     return f'{head[:-2]},\n "nodes": [\n  {nodes}\n ]\n}}\n'
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so no half-written file is ever visible."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

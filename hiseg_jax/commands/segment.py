@@ -8,9 +8,17 @@
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
 searched recursively for image files. Each image gets `DIR/<name>/` with the files listed in
 `hiseg_jax.export`; `<name>` is the image's path inside the folder given (or the file's
-name) without its extension. An image whose folder already holds a completion marker for
-the same source file and settings is skipped, so an interrupted run resumes. A file that
-cannot be read is reported and skipped; the run goes on and exits with status 1 at the end.
+name) without its extension. `DIR` is checked (created, written) before any model is loaded.
+
+Each image folder is written in a temporary folder and renamed into place when complete,
+so after a kill an image folder is either complete or absent. An image whose folder already
+holds a completion marker for the same source file and settings is skipped, so an
+interrupted run resumes. Runs sharing `DIR` take a lock per image: an image that another
+live run is segmenting is skipped (not waited for), with a line saying so. A file that
+cannot be read is reported and skipped; the run goes on.
+
+Exit status: 0; 1 when files could not be read; 2 for bad input (no images found, bad
+settings, an output folder that cannot be written, an unusable checkpoint).
 """
 
 from __future__ import annotations
@@ -28,13 +36,20 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from hiseg_jax import export
+from hiseg_jax import export, locks
 from hiseg_jax.api import DEFAULT_BATCH_SIZE, DEFAULT_SIZE, patch_level_labels, segment
+from hiseg_jax.atomic import check_output_dir
 from hiseg_jax.commands.options import add_partition_arguments, parse_size, partition_config
 from hiseg_jax.config import PartitionConfig
 from hiseg_jax.crf import CRFConfig
 from hiseg_jax.features import DEFAULT_BACKBONE, FEATURE_KINDS, image_size
-from hiseg_jax.images import ImageLoadError, iter_images, load_image, sample_images
+from hiseg_jax.images import (
+    IMAGE_EXTENSIONS,
+    ImageLoadError,
+    iter_images,
+    load_image,
+    sample_images,
+)
 from hiseg_jax.models.vit import ViT
 from hiseg_jax.weights.checkpoint import load_backbone
 
@@ -76,31 +91,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment every job not already done, then print a summary; 1 if any file failed."""
+    """Segment every job not already done, then print a summary (module docstring: status)."""
     try:
         config = partition_config(args)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        jobs = _jobs(args.images)
+        if jobs:
+            check_output_dir(args.out, "--out folder")
     except ValueError as err:
         print(f"hiseg segment: error: {err}", file=sys.stderr)
         return 2
+    if not jobs:
+        where = ", ".join(str(p) for p in args.images)
+        print(f"hiseg segment: warning: no images found in {where} (looked for "
+              f"{' '.join(sorted(IMAGE_EXTENSIONS))}); nothing segmented", file=sys.stderr)
+        return 2
     settings = _settings(args, config)
-    jobs = _jobs(args.images)
-    todo = [job for job in jobs if not export.is_done(args.out / job.name, job.source, settings)]
-    failures: list[str] = []
+    todo = []
+    for job in jobs:
+        if export.is_done(args.out / job.name, job.source, settings):
+            locks.clear_stale(export.image_lock_path(args.out / job.name))  # a killed run's
+        else:
+            todo.append(job)
+    outcome = Outcome()
     if todo:
         try:
-            failures = _segment_jobs(todo, load_backbone(args.backbone), config, settings, args)
-        except ValueError as err:  # settings that fit no image: bad size, too few patches
+            model = load_backbone(args.backbone)
+            _segment_jobs(todo, model, config, settings, args, outcome)
+        except ValueError as err:  # a bad checkpoint; settings that fit no image
             print(f"hiseg segment: error: {err}", file=sys.stderr)
             return 2
+    busy = f", {len(outcome.busy)} left to another run" if outcome.busy else ""
     print(
-        f"hiseg segment: {len(todo) - len(failures)} segmented, "
-        f"{len(jobs) - len(todo)} skipped (already done), {len(failures)} failed -> {args.out}"
+        f"hiseg segment: {len(outcome.written)} segmented, "
+        f"{len(jobs) - len(todo) + len(outcome.done)} skipped (already done), "
+        f"{len(outcome.failures)} failed{busy} -> {args.out}"
     )
-    for failure in failures:
+    for failure in outcome.failures:
         print(f"  failed: {failure}")
-    return 1 if failures else 0
+    return 1 if outcome.failures else 0
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of the jobs a run took on (names, or failure messages)."""
+
+    written: list[str] = dataclasses.field(default_factory=list)
+    done: list[str] = dataclasses.field(default_factory=list)  # finished by another run
+    busy: list[str] = dataclasses.field(default_factory=list)  # locked by another live run
+    failures: list[str] = dataclasses.field(default_factory=list)
 
 
 def _segment_jobs(
@@ -109,40 +149,70 @@ def _segment_jobs(
     config: PartitionConfig,
     settings: dict[str, Any],
     args: argparse.Namespace,
-) -> list[str]:
-    """Load, segment (in batches) and write every job; returns the failures' messages.
+    outcome: Outcome,
+) -> None:
+    """Lock, load, segment (in batches) and write every job, recording each in `outcome`.
 
-    ValueError (not ImageLoadError) means the settings fit no image; it ends the run.
+    An image locked by another run is skipped; one that another run finished meanwhile
+    counts as done. ValueError (not ImageLoadError) means the settings fit no image; it
+    ends the run. Locks are released when their image is written or the run stops.
     """
     image_size(args.size, model.config.patch_size)
     batch = min(args.batch_size, len(todo))
-    failures: list[str] = []
-    pending: list[tuple[Job, np.ndarray]] = []
+    pending: list[tuple[Job, np.ndarray, locks.Lock]] = []
     with tqdm(total=len(todo), unit="image", desc="hiseg segment") as bar:
-        for index, job in enumerate(todo):
-            try:
-                pending.append((job, job.load()))
-            except ImageLoadError as err:
-                failures.append(str(err))
-                bar.write(f"hiseg segment: skipping {err}")
-                bar.update()
-            if pending and (len(pending) == batch or index == len(todo) - 1):
-                _segment_batch(pending, model, config, settings, args, batch)
-                bar.update(len(pending))
-                pending = []
-    return failures
+        try:
+            for index, job in enumerate(todo):
+                taken = _take(job, args.out, settings, outcome, bar)
+                if taken is not None:
+                    pending.append(taken)
+                if pending and (len(pending) == batch or index == len(todo) - 1):
+                    _segment_batch(pending, model, config, settings, args, batch)
+                    outcome.written += [job.name for job, _, _ in pending]
+                    bar.update(len(pending))
+                    pending = []
+        finally:
+            for _, _, lock in pending:
+                lock.release()
+
+
+def _take(
+    job: Job, out: Path, settings: dict[str, Any], outcome: Outcome, bar: tqdm
+) -> tuple[Job, np.ndarray, locks.Lock] | None:
+    """Lock and load one job; None (recorded in `outcome`, bar advanced) when another run
+    holds it or finished it, or its file cannot be read."""
+    lock_path = export.image_lock_path(out / job.name)
+    lock = locks.try_lock(lock_path)
+    if lock is None:
+        pid = locks.holder(lock_path)
+        who = "another hiseg segment run" + (f" (pid {pid})" if pid else "")
+        bar.write(f"hiseg segment: skipping {job.name}: {who} is segmenting it")
+        outcome.busy.append(job.name)
+    elif export.is_done(out / job.name, job.source, settings):
+        outcome.done.append(job.name)
+    else:
+        try:
+            return job, job.load(), lock
+        except ImageLoadError as err:
+            outcome.failures.append(str(err))
+            bar.write(f"hiseg segment: skipping {err}")
+    if lock is not None:
+        lock.release()
+    bar.update()
+    return None
 
 
 def _segment_batch(
-    pending: list[tuple[Job, np.ndarray]],
+    pending: list[tuple[Job, np.ndarray, locks.Lock]],
     model: ViT,
     config: PartitionConfig,
     settings: dict[str, Any],
     args: argparse.Namespace,
     batch: int,
 ) -> None:
-    """Segment one batch of loaded images and write each image's folder, marker last."""
-    images = [image for _, image in pending]
+    """Segment one batch of loaded images and write each image's folder (export.image_folder:
+    a temporary folder renamed into place, marker last), releasing its lock once it is."""
+    images = [image for _, image, _ in pending]
     result = segment(
         images, model, args.size, batch_size=batch, features=args.features,
         key=jax.random.key(args.seed), solver=args.solver, config=config,
@@ -150,15 +220,14 @@ def _segment_batch(
     )
     patch_levels = np.asarray(patch_level_labels(result.tree))
     rows = {name: np.asarray(getattr(result.tree, name)) for name in _TREE_ROWS}
-    for b, (job, image) in enumerate(pending):
-        folder = args.out / job.name
-        export.clear_marker(folder)
-        export.write_image_outputs(
-            folder, image, result.level_labels[b], patch_levels[b],
-            {name: row[b] for name, row in rows.items()}, result.leaf_descriptors[b],
-            {"image": job.name, "source": job.source, "settings": settings},
-        )
-        export.mark_done(folder, job.source, settings)
+    for b, (job, image, lock) in enumerate(pending):
+        with export.image_folder(args.out / job.name, job.source, settings) as folder:
+            export.write_image_outputs(
+                folder, image, result.level_labels[b], patch_levels[b],
+                {name: row[b] for name, row in rows.items()}, result.leaf_descriptors[b],
+                {"image": job.name, "source": job.source, "settings": settings},
+            )
+        lock.release()
 
 
 def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, Any]:
