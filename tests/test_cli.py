@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import hiseg_jax
 from hiseg_jax import cli
 from hiseg_jax.commands import benchmark
 
@@ -26,3 +27,10 @@ def test_benchmark_unknown_name_names_the_valid_ones(capsys):
     assert cli.main(["benchmark", "no_such_bench"]) == 2
     err = capsys.readouterr().err
     assert "no_such_bench" in err and "metrics" in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hiseg {hiseg_jax.__version__}"
