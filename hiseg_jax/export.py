@@ -98,9 +98,7 @@ def write_image_outputs(
     image; descriptors: float32 [M, E] (leaf rows used); info: extra top-level JSON fields.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    parent, depth, valid, is_leaf = (
-        tree_rows[k] for k in ("parent", "depth", "valid", "is_leaf")
-    )
+    parent, depth, valid, is_leaf = (tree_rows[k] for k in ("parent", "depth", "valid", "is_leaf"))
     nodes = node_records(levels, patch_levels, parent, depth, valid, is_leaf)
     document = {
         **info,

@@ -22,8 +22,9 @@ ROOT = os.geteuid() == 0
 def run_python(code: str) -> subprocess.Popen:
     """Start `code` in a fresh interpreter that imports this checkout's hiseg_jax."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
 # --- output locations -------------------------------------------------------------------

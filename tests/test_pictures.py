@@ -98,8 +98,9 @@ def test_overview_has_one_panel_per_changing_level():
 
 
 def shares(levels, depth, valid) -> np.ndarray:
-    return np.array([(levels[depth[m]] == m).mean() if valid[m] else 0.0
-                     for m in range(len(valid))])
+    return np.array(
+        [(levels[depth[m]] == m).mean() if valid[m] else 0.0 for m in range(len(valid))]
+    )
 
 
 def chain_tree() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -179,8 +180,9 @@ def test_tree_picture_outlines_a_small_scattered_region():
     share = (levels[1] == 2).mean()
     assert 0.005 < share < 0.02
     colors = np.array([[128, 128, 128], [10, 200, 10], [200, 10, 10]], np.uint8)
-    out = render_tree(gray_image(), levels, parent, depth, valid, colors=colors,
-                      limits=TreeLimits(thumb=48))
+    out = render_tree(
+        gray_image(), levels, parent, depth, valid, colors=colors, limits=TreeLimits(thumb=48)
+    )
     frame = 48 * 48 - 42 * 42
     assert (out == colors[2]).all(-1).sum() > frame + 50  # the frame and outlines
 

