@@ -7,7 +7,7 @@ opens by double-click in any current browser:
            uint16 little-endian past 256 leaves) compressed with zlib, decoded in the page
            by `DecompressionStream` (no canvas read-back, which privacy settings may blur);
   tree     every node's id, parent, depth and area in pixels, and its colour
-           (`pictures.region_colors`, so the page matches the PNGs).
+           (`pictures.node_colors`, so the page matches the PNGs).
 Every level's label map follows from the leaves and the tree (a pixel at depth d shows its
 leaf's ancestor at depth d, or the leaf itself where it stopped splitting above d), which
 `page_data` checks against the given `levels [L + 1, H, W]` so that the page shows exactly
@@ -140,7 +140,8 @@ def page_data(
         counts = np.bincount(levels[d].ravel(), minlength=len(valid))[: len(valid)]
         here = valid & (depth == d)
         area[here] = counts[here]
-    colors = pictures.region_colors(len(valid))
+    colors = pictures.node_colors(levels)  # grey for ids found in no level, as there
+    colors = np.pad(colors, ((0, max(0, len(valid) - len(colors))), (0, 0)), constant_values=128)
     cells = leaf_index.astype("<u2" if len(leaf_ids) > 256 else np.uint8)
     return {
         "title": title,

@@ -74,7 +74,7 @@ def test_embedded_data_is_exactly_the_label_maps(seed):
     assert data["nodes"]["id"] == nodes.tolist()
     for m, area in zip(nodes, data["nodes"]["area"], strict=True):
         assert area == (tree["levels"][tree["depth"][m]] == m).sum() > 0
-    colors = pictures.region_colors(len(tree["valid"]))
+    colors = pictures.node_colors(tree["levels"])  # the colours of the PNGs
     assert data["nodes"]["color"] == ["#{:02x}{:02x}{:02x}".format(*colors[m]) for m in nodes]
 
 

@@ -72,9 +72,12 @@ def case(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("page") / "viewer.html"
     args = (image, tree["levels"], tree["parent"], tree["depth"], tree["valid"])
     path.write_text(page_text(*args, title="test page"), encoding="utf-8")
-    colors = pictures.region_colors(len(tree["valid"]))
-    valid_colors = {tuple(c) for c in colors[tree["valid"]]}
-    assert len(valid_colors) == tree["valid"].sum(), "colours must tell the nodes apart"
+    colors = pictures.node_colors(tree["levels"])
+    for level in tree["levels"]:
+        shown = np.unique(level)
+        assert len({tuple(c) for c in colors[shown]}) == len(shown), (
+            "colours must tell each depth's regions apart"
+        )
     return {**tree, "path": path, "colors": colors, "image": image}
 
 
@@ -365,7 +368,7 @@ def test_large_page_thick_outlines_and_many_leaves(browser, tmp_path):
     path = tmp_path / "large.html"
     path.write_text(page_text(image, levels, parent, depth, valid, title="large"))
     _open(browser, path)
-    case = {"colors": pictures.region_colors(slots)}
+    case = {"colors": pictures.node_colors(levels)}
     for d in (1, 2):
         if d == 2:
             _keys(browser, "\ue015")
