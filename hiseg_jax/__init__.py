@@ -9,6 +9,8 @@ _LAZY = {
     "SegmentationResult": "hiseg_jax.api",
     "upsample_labels": "hiseg_jax.tree",
     "load_image": "hiseg_jax.images",
+    "viewer_page": "hiseg_jax.viewer",
+    "write_viewer": "hiseg_jax.viewer",
 }
 
 

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from hiseg_jax import __version__
+
 COMMANDS = ("segment", "evaluate", "convert", "benchmark")
 
 
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hiseg", description="Unsupervised hierarchy-agnostic image segmentation in JAX."
     )
+    parser.add_argument("--version", action="version", version=f"hiseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:

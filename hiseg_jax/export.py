@@ -1,5 +1,10 @@
 """One image's segmentation as files: `tree.json`, `labels.npz` and the pictures.
 
+`image_folder(final, source, settings)` yields a temporary folder for one image's files and,
+when its block completes, writes the completion marker into it and renames it to `final`
+(`files.staged_folder`): every file written for an image goes through it, so an image
+folder either holds all of its files, marker included, or does not exist.
+
 Layout of an image's folder (what `hiseg segment` writes, `done.json` last):
   tree.json       image size, patch grid, settings, and a flat node list sorted by id:
                   {"id", "parent" (null for the root), "depth", "children" (ids),
@@ -14,20 +19,23 @@ Layout of an image's folder (what `hiseg segment` writes, `done.json` last):
   level_XX.png    depth XX = 01..L: the image with that depth's regions (render_level).
   overview.png    the image and all depths side by side (render_overview).
   tree.png        the tree with region thumbnails (render_tree).
-  done.json       completion marker: {"source", "settings"}, written last, atomically.
+  viewer.html     the interactive viewer (hiseg_jax.viewer; unless turned off).
+  done.json       completion marker: {"source", "settings"}, written last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from hiseg_jax import pictures
-from hiseg_jax.files import write_text
+from hiseg_jax import pictures, viewer
+from hiseg_jax.files import staged_folder, write_text
 
 MARKER = "done.json"
 
@@ -84,12 +92,15 @@ def write_image_outputs(
     tree_rows: dict[str, np.ndarray],
     descriptors: np.ndarray,
     info: dict[str, Any],
+    *,
+    with_viewer: bool = True,
 ) -> None:
     """Write one image's files (module docstring) into `folder`, except the marker.
 
     image: uint8 [H, W, 3]; levels: int32 [L + 1, H, W]; patch_levels: int32 [L + 1, h, w];
     tree_rows: the tree's "parent", "depth", "valid", "is_leaf" [M] and "parts" [N] of this
-    image; descriptors: float32 [M, E] (leaf rows used); info: extra top-level JSON fields.
+    image; descriptors: float32 [M, E] (leaf rows used); info: extra top-level JSON fields
+    ("image", if given, titles the viewer page).
     """
     folder.mkdir(parents=True, exist_ok=True)
     parent, depth, valid, is_leaf = (tree_rows[k] for k in ("parent", "depth", "valid", "is_leaf"))
@@ -114,15 +125,18 @@ def write_image_outputs(
         leaf_ids=leaf_ids,
         leaf_descriptors=descriptors[leaf_ids].astype(np.float32),
     )
-    for stale in folder.glob("level_*.png"):
-        stale.unlink()
-    colors = pictures.region_colors(len(valid))
+    colors = pictures.node_colors(levels)
     for d in range(1, levels.shape[0]):
         picture = pictures.render_level(image, levels[d], colors=colors)
         pictures.save_png(folder / f"level_{d:02d}.png", picture)
-    pictures.save_png(folder / "overview.png", pictures.render_overview(image, levels))
-    tree_picture = pictures.render_tree(image, levels, parent, depth, valid)
+    overview = pictures.render_overview(image, levels, colors=colors)
+    pictures.save_png(folder / "overview.png", overview)
+    tree_picture = pictures.render_tree(image, levels, parent, depth, valid, colors=colors)
     pictures.save_png(folder / "tree.png", tree_picture)
+    if with_viewer:
+        title = str(info.get("image", folder.name))
+        data = viewer.page_data(image, levels, parent, depth, valid, title=title)
+        write_text(folder / viewer.PAGE, viewer.page_html(data))
 
 
 def is_done(folder: Path, source: str, settings: dict[str, Any]) -> bool:
@@ -134,14 +148,35 @@ def is_done(folder: Path, source: str, settings: dict[str, Any]) -> bool:
     return marker == {"source": source, "settings": settings}
 
 
-def clear_marker(folder: Path) -> None:
-    """Remove a previous completion marker before rewriting the folder."""
-    (folder / MARKER).unlink(missing_ok=True)
+def finished_folders(out: Path) -> list[Path]:
+    """The image folders under `out` that hold a completion marker, sorted; hidden folders
+    (temporary ones) are skipped."""
+    return sorted(
+        marker.parent
+        for marker in out.rglob(MARKER)
+        if not any(part.startswith(".") for part in marker.relative_to(out).parts)
+    )
 
 
 def mark_done(folder: Path, source: str, settings: dict[str, Any]) -> None:
     """Write the completion marker (atomically: a reader sees all of it or none)."""
     write_text(folder / MARKER, json.dumps({"source": source, "settings": settings}, indent=1))
+
+
+@contextlib.contextmanager
+def image_folder(final: Path, source: str, settings: dict[str, Any]) -> Iterator[Path]:
+    """Yield the temporary folder of one image's files; when the block completes, write the
+    marker there and rename the folder to `final` (an exception discards it).
+
+    The caller must hold the image's lock (`image_lock_path`)."""
+    with staged_folder(final) as folder:
+        yield folder
+        mark_done(folder, source, settings)
+
+
+def image_lock_path(final: Path) -> Path:
+    """The lock file of the image folder `final`: a hidden sibling of it."""
+    return final.with_name(f".{final.name}.lock")
 
 
 def _json_one_node_per_line(document: dict[str, Any]) -> str:

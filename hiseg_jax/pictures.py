@@ -3,8 +3,10 @@
 Everything works on plain NumPy arrays at pixel resolution (the per-level node-id maps
 `level_labels: int [L + 1, H, W]` and the tree's `parent`, `depth`, `valid` rows of one
 image), renders with Pillow and returns `uint8 [h, w, 3]`; `save_png` writes one. A node
-has the same colour in every picture (`region_colors`, indexed by node id), so a region in
-a level picture can be found in the tree picture by its colour.
+has the same colour in every picture (`node_colors`, indexed by node id), so a region in
+a level picture can be found in the tree picture by its colour; a region keeps its colour
+from level to level while it does not split (its largest child inherits the colour), and
+the children of a split take shades of their parent's colour, so splits can be followed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,68 @@ def region_colors(n: int) -> np.ndarray:
         value = (0.95, 0.75)[(i // 3) % 2]
         colors.append(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value)))
     return np.asarray(colors[:n], dtype=np.uint8).reshape(n, 3)
+
+
+def node_colors(level_labels: np.ndarray) -> np.ndarray:
+    """`uint8 [K, 3]` colours of node ids 0..K-1 (K = largest id + 1) that follow the tree.
+
+    The tree is read from the nested label maps `level_labels: int [L + 1, H, W]` (a node's
+    parent is the node its pixels belong to one level up). The root is grey; its children
+    take distinct hues (golden-ratio steps, largest first); below, each node's largest child
+    keeps its parent's colour and the others take shades of it (the hue shifted a little,
+    alternately lighter and darker, more so for smaller siblings; `_shade`).
+    """
+    levels = np.asarray(level_labels)
+    parent, born, area = _tree_from_levels(levels)
+    hsv = np.zeros((len(parent), 3))
+    colors = np.full((len(parent), 3), 128, np.uint8)
+    for d in range(1, levels.shape[0]):
+        new = np.flatnonzero(born == d)
+        for p in np.unique(parent[new]):
+            kids = sorted(new[parent[new] == p], key=lambda m: (-area[m], m))
+            for rank, m in enumerate(kids):
+                hsv[m] = _first_level_color(rank) if p == 0 else _shade(hsv[p], rank, d)
+                colors[m] = [round(255 * c) for c in colorsys.hsv_to_rgb(*hsv[m])]
+    return colors
+
+
+def _first_level_color(rank: int) -> tuple[float, float, float]:
+    """HSV of the `rank`-th largest child of the root: hues apart by the golden ratio."""
+    return ((0.6 + rank * _GOLDEN) % 1.0, (0.8, 0.6)[rank // 6 % 2], (0.9, 0.75)[rank // 12 % 2])
+
+
+def _shade(parent: np.ndarray, rank: int, depth: int) -> tuple[float, float, float]:
+    """HSV of the `rank`-th largest child, born at `depth`, of a node coloured `parent`: rank
+    0 keeps it, odd ranks are lighter and even ranks darker, the hue moving further for
+    smaller siblings (by a step that varies with the depth, so that shades of one colour
+    made at different depths differ)."""
+    hue, saturation, value = parent
+    if rank == 0:
+        return hue, saturation, value
+    step = (rank + 1) // 2 * (0.05 + 0.02 * (depth % 3))
+    if rank % 2:
+        lighter = min(1.0, value * 1.2 + 0.1)
+        return (hue + step) % 1.0, max(0.3, saturation * 0.55 ** ((rank + 1) // 2)), lighter
+    return (hue - step) % 1.0, saturation, max(0.3, value * 0.6 ** (rank // 2))
+
+
+def _tree_from_levels(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(parent, depth of birth, pixel area), each `[K]` over ids 0..K-1, of the nodes in
+    nested label maps; -1 / 0 / 0 for ids that occur nowhere (and the root's parent)."""
+    size = int(levels.max()) + 1
+    parent, born = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    area = np.zeros(size, np.int64)
+    born[np.unique(levels[0])] = 0
+    area[0] = levels[0].size
+    for d in range(1, levels.shape[0]):
+        upper, here = levels[d - 1].ravel(), levels[d].ravel()
+        counts = np.bincount(here, minlength=size)
+        new = np.flatnonzero((counts > 0) & (born < 0))
+        born[new], area[new] = d, counts[new]
+        pixel = np.zeros(size, np.int64)
+        pixel[here] = np.arange(len(here))  # some pixel of each id (all share one parent)
+        parent[new] = upper[pixel[new]]
+    return parent, np.maximum(born, 0), area
 
 
 def boundary_mask(labels: np.ndarray, width: int = 1) -> np.ndarray:
@@ -80,12 +144,18 @@ def render_level(
 
 
 def render_overview(
-    image: np.ndarray, level_labels: np.ndarray, *, panel_height: int = 240, columns: int = 5
+    image: np.ndarray,
+    level_labels: np.ndarray,
+    *,
+    panel_height: int = 240,
+    columns: int = 5,
+    colors: np.ndarray | None = None,
 ) -> np.ndarray:
     """`uint8 [h, w, 3]`: the image, then every level 1..L as `render_level`, side by side.
 
     Trailing levels identical to the one before (nothing split any more) are not repeated:
     the last panel's title says which levels it stands for. Panels wrap after `columns`.
+    `colors` (by node id) defaults to `node_colors`.
     """
     image = _check_image(image)
     levels = _check_levels(level_labels, image)
@@ -93,7 +163,7 @@ def render_overview(
     scale = panel_height / image.shape[0]
     size = (max(1, round(image.shape[1] * scale)), panel_height)
     small_image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-    colors = region_colors(int(levels.max()) + 1)
+    colors = node_colors(levels) if colors is None else colors
     panels = [(small_image, "image")]
     for depth in range(1, last + 1):
         small = _resize_labels(levels[depth], size)
@@ -109,15 +179,27 @@ def render_overview(
 class TreeLimits:
     """What `render_tree` shows, so that the picture stays legible (about 100 tiles at most).
 
-    Whole depths are added top-down while the picture stays within `max_nodes` tiles and
-    `max_columns` tiles across; nodes covering less than `min_area` of the image are left
-    out (their parent's caption counts the hidden children as "+k").
+    Regions covering less than `min_area` of the image get no tile (their parent's caption
+    counts them as "+k"); rows of tiles are added top-down, one depth at a time, while the
+    picture stays within `max_nodes` tiles and `max_columns` tiles across.
     """
 
     max_nodes: int = 100
     max_columns: int = 40
     min_area: float = 0.005
     thumb: int = 96
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeTile:
+    """One tile of the tree picture: node `top`, drawn at its depth, standing for the chain
+    `top` .. `end` of nodes that each split into one region of at least `min_area` (plus
+    smaller pieces, counted in `hidden` with every other child not drawn)."""
+
+    top: int
+    end: int
+    children: list[int]  # `top`s of the tiles drawn below this one, largest first
+    hidden: int
 
 
 def render_tree(
@@ -128,56 +210,145 @@ def render_tree(
     valid: np.ndarray,
     *,
     limits: TreeLimits | None = None,
+    colors: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`uint8 [h, w, 3]`: the tree as tiles laid out by depth, each joined to its parent.
+    """`uint8 [h, w, 3]`: the tree as tiles in rows by depth, each joined to its parent,
+    with a legend below.
 
     A tile shows its node's region: the image cropped to the region's bounding box with
-    everything outside the region faded, framed in the node's colour and captioned with
-    its id and share of the image. Siblings are ordered by area, largest first.
+    everything outside the region faded and the region outlined, framed in the node's
+    colour (`colors` by node id, default `node_colors`) and captioned with its id and share
+    of the image. A region is drawn once, at the depth where it appears: a node whose only
+    split is into one region of at least `min_area` plus smaller pieces is the same region
+    one level down, so its chain is one tile ("to #k, depth d") and the next tiles below it
+    are the regions it finally splits into. Siblings are ordered by area, largest first.
     """
     image = _check_image(image)
     levels = _check_levels(level_labels, image)
     limits = TreeLimits() if limits is None else limits
     parent, depth, valid = (np.asarray(a) for a in (parent, depth, valid))
+    colors = node_colors(levels) if colors is None else colors
     area = _node_areas(levels, depth, valid)
-    shown = _select_nodes(parent, depth, valid, area / area[0], limits)
-    children = {m: [] for m in shown}
-    for m in sorted(shown, key=lambda m: (-area[m], m)):
-        if m != 0:
-            children[int(parent[m])].append(m)
-    hidden = {m: int(np.sum(valid & (parent == m))) - len(children[m]) for m in shown}
-    column = _tidy_columns(children)
-    colors = region_colors(max(len(valid), 1))
-    thumb, gap, caption, row_gap = limits.thumb, limits.thumb // 6, 20, limits.thumb // 2
-    rows = int(max(depth[m] for m in shown)) + 1
-    n_columns = max(column.values()) + 1
-    width, height = n_columns * (thumb + gap) + gap, rows * (thumb + caption + row_gap)
+    tiles = tree_tiles(parent, depth, valid, area / area[0], limits)
+    column = _tidy_columns({m: tile.children for m, tile in tiles.items()})
+    thumb, gap, row_gap, margin = limits.thumb, limits.thumb // 6, limits.thumb // 2, 60
+    font, small = ImageFont.load_default(size=13), ImageFont.load_default(size=11)
+    caption = 34
+    rows = int(max(depth[m] for m in tiles)) + 1
+    width = max(margin + (max(column.values()) + 1) * (thumb + gap) + gap, 480)
+    legend = _wrap(tree_legend(limits), small, width - 2 * gap)
+    row_height = thumb + caption + row_gap
+    height = rows * row_height + len(legend) * 14 + gap
     canvas = Image.new("RGB", (round(width), height), _WHITE)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=13)
 
     def top_left(m: int) -> tuple[int, int]:
-        x = gap + column[m] * (thumb + gap)
-        return round(x), row_gap // 2 + int(depth[m]) * (thumb + caption + row_gap)
+        return round(margin + gap + column[m] * (thumb + gap)), row_gap // 2 + int(
+            depth[m]
+        ) * row_height
 
-    for m in shown:
-        if m == 0:
-            continue
-        (px, py), (cx, cy) = top_left(int(parent[m])), top_left(m)
-        mid = py + thumb + caption + row_gap // 4
-        path = [(px + thumb // 2, py + thumb + caption - 2), (px + thumb // 2, mid)]
-        path += [(cx + thumb // 2, mid), (cx + thumb // 2, cy - 2)]
-        draw.line(path, fill=_EDGE, width=2)
-    small, small_levels = _thumbnail_source(image, levels, thumb)
-    for m in shown:
+    for d in range(rows):
+        draw.text(
+            (4, row_gap // 2 + d * row_height + thumb // 2),
+            f"depth {d}",
+            fill=_EDGE,
+            font=small,
+            anchor="lm",
+        )
+    for m, tile in tiles.items():
+        (px, py) = top_left(m)
+        for child in tile.children:
+            cx, cy = top_left(child)
+            mid = cy - row_gap // 4 - 2
+            path = [(px + thumb // 2, py + thumb + caption - 2), (px + thumb // 2, mid)]
+            path += [(cx + thumb // 2, mid), (cx + thumb // 2, cy - 2)]
+            draw.line(path, fill=_EDGE, width=2)
+    source, source_levels = _thumbnail_source(image, levels, thumb)
+    for m, tile in tiles.items():
         x, y = top_left(m)
-        mask = small_levels[depth[m]] == m
-        tile = _region_tile(small, mask, thumb - 6)
-        draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill=tuple(colors[m].tolist()))
-        canvas.paste(Image.fromarray(tile), (x + 3, y + 3))
-        text = f"#{m} {_percent(area[m] / area[0])}" + (f" +{hidden[m]}" if hidden[m] else "")
+        color = tuple(int(c) for c in colors[m])
+        mask = source_levels[depth[m]] == m
+        draw.rectangle([x, y, x + thumb - 1, y + thumb - 1], fill=color)
+        canvas.paste(Image.fromarray(_region_tile(source, mask, thumb - 6, color)), (x + 3, y + 3))
+        text = f"#{m} {_percent(area[m] / area[0])}" + (f" +{tile.hidden}" if tile.hidden else "")
         draw.text((x + thumb / 2, y + thumb + 2), text, fill=_INK, font=font, anchor="ma")
+        if tile.end != m:
+            chain = f"to #{tile.end}, depth {depth[tile.end]}"
+            draw.text((x + thumb / 2, y + thumb + 18), chain, fill=_EDGE, font=small, anchor="ma")
+    for i, line in enumerate(legend):
+        draw.text((gap, rows * row_height + i * 14), line, fill=_INK, font=small)
     return np.asarray(canvas)
+
+
+def tree_tiles(
+    parent: np.ndarray,
+    depth: np.ndarray,
+    valid: np.ndarray,
+    share: np.ndarray,
+    limits: TreeLimits,
+) -> dict[int, TreeTile]:
+    """The tiles of `render_tree`, by top node (see `TreeTile`): the root's, then the tiles
+    born at each next depth while the picture stays within `limits`.
+
+    parent, depth, valid: the tree's `[M]` rows; share: `[M]` each node's share of the image.
+    """
+    kids: dict[int, list[int]] = {int(m): [] for m in np.flatnonzero(valid)}
+    for m in sorted(np.flatnonzero(valid & (parent >= 0)), key=lambda m: (-share[m], m)):
+        kids[int(parent[m])].append(int(m))
+
+    def drawable(m: int) -> list[int]:
+        return [c for c in kids[m] if share[c] >= limits.min_area]
+
+    def chain(m: int) -> list[int]:
+        nodes = [m]
+        while len(drawable(nodes[-1])) == 1:
+            nodes.append(drawable(nodes[-1])[0])
+        return nodes
+
+    chains = {0: chain(0)}
+    below: dict[int, list[int]] = {0: []}
+    for d in range(1, int(depth[valid].max(initial=0)) + 1):
+        row = [(t, c) for t in chains for c in drawable(chains[t][-1]) if depth[c] == d]
+        if not row:
+            continue
+        fathers = {t for t, _ in row} | {t for t in below if below[t]}
+        if len(chains) + len(row) > limits.max_nodes or (
+            len(chains) + len(row) - len(fathers) > limits.max_columns
+        ):
+            break
+        for t, c in row:
+            below[t].append(c)
+            below[c], chains[c] = [], chain(c)
+    tiles = {}
+    for t, nodes in chains.items():
+        children = sum(len(kids[n]) for n in nodes)
+        hidden = children - (len(nodes) - 1) - len(below[t])
+        tiles[t] = TreeTile(t, nodes[-1], below[t], hidden)
+    return tiles
+
+
+def tree_legend(limits: TreeLimits) -> str:
+    """The text printed below the tree picture: what a tile, "to #k" and "+n" mean."""
+    small = _percent(limits.min_area)
+    return (
+        "Each tile: a region (its pixels, the rest faded), framed in its colour in overview.png "
+        "and level_XX.png; #id and share of the image. A region is drawn once, at the depth "
+        f'where it appears; "to #k, depth d": it stays one region (pieces under {small} '
+        "aside) down to depth d, where it is node #k, and the tiles below it are its parts. "
+        f"+n: n pieces split off that are not drawn (under {small} of the image, or deeper "
+        "than the picture goes)."
+    )
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """`text` broken into lines no wider than `width` pixels (greedy, at spaces)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def _percent(share: float) -> str:
@@ -252,37 +423,6 @@ def _node_areas(levels: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> np.
     return area
 
 
-def _select_nodes(
-    parent: np.ndarray,
-    depth: np.ndarray,
-    valid: np.ndarray,
-    share: np.ndarray,
-    limits: TreeLimits,
-) -> list[int]:
-    """Node ids to draw: the root, then whole depths while the limits allow (TreeLimits)."""
-    shown = [0]
-    for d in range(1, int(depth[valid].max(initial=0)) + 1):
-        shown_set = set(shown)
-        row = [
-            int(m)
-            for m in np.flatnonzero(valid & (depth == d))
-            if int(parent[m]) in shown_set and share[m] >= limits.min_area
-        ]
-        if not row:
-            break
-        columns = len(_displayed_leaves(parent, shown + row))
-        if len(shown) + len(row) > limits.max_nodes or columns > limits.max_columns:
-            break
-        shown += row
-    return shown
-
-
-def _displayed_leaves(parent: np.ndarray, nodes: list[int]) -> list[int]:
-    """Nodes of `nodes` that are nobody's parent within `nodes`."""
-    parents = {int(parent[m]) for m in nodes if m != 0}
-    return [m for m in nodes if m not in parents]
-
-
 def _tidy_columns(children: dict[int, list[int]]) -> dict[int, float]:
     """Column of each node: leaves take consecutive columns left to right in depth-first
     order, a parent sits midway between its first and last child."""
@@ -316,9 +456,13 @@ def _thumbnail_source(
     return small, np.stack([_resize_labels(level, size) for level in levels])
 
 
-def _region_tile(image: np.ndarray, mask: np.ndarray, side: int) -> np.ndarray:
+def _region_tile(
+    image: np.ndarray, mask: np.ndarray, side: int, color: tuple[int, ...] = _INK
+) -> np.ndarray:
     """`uint8 [side, side, 3]`: the region's bounding box (a little padded) scaled to fit,
-    pixels outside the region faded to a pale grey, centred on a light background."""
+    pixels outside the region faded to a pale grey, centred on a light background. A region
+    filling under a fifth of its box (small or scattered) is also outlined in `color`, so
+    that a region of a few pixels still shows."""
     tile = Image.new("RGB", (side, side), (235, 235, 235))
     if not mask.any():
         return np.asarray(tile)
@@ -332,6 +476,10 @@ def _region_tile(image: np.ndarray, mask: np.ndarray, side: int) -> np.ndarray:
     crop = crop.astype(np.uint8)
     scale = side / max(crop.shape[:2])
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    crop_image = Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS)
-    tile.paste(crop_image, ((side - size[0]) // 2, (side - size[1]) // 2))
+    scaled = np.array(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS))
+    region = _resize_labels(inside[..., 0].astype(np.int8), size) > 0
+    if inside.mean() < 0.2:
+        grown = ndimage.binary_dilation(region, iterations=1)
+        scaled[ndimage.binary_dilation(grown, iterations=1) & ~grown] = color
+    tile.paste(Image.fromarray(scaled), ((side - size[0]) // 2, (side - size[1]) // 2))
     return np.asarray(tile)

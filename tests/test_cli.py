@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+import hiseg_jax
 from hiseg_jax import cli
 from hiseg_jax.commands import benchmark
 from hiseg_jax.commands.options import PARTITION_HELP
@@ -49,3 +50,10 @@ def test_every_partition_option_says_what_it_changes(command, capsys):
         assert "--" + name.replace("_", "-") in out
         assert " ".join(meaning.split()) in out
     assert "--solver" not in out and "hiseg_jax/" not in out and "hiseg_jax." not in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hiseg {hiseg_jax.__version__}"

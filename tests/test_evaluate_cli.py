@@ -1,16 +1,21 @@
 """`hiseg evaluate` from the command line: clean errors with exit status 2 for a missing or
-malformed dataset folder and bad settings; an interrupted run (Ctrl-C) that resumes; the
-printed table, skipped image and report; the recorded command line reproduces the settings."""
+malformed dataset folder, bad settings and an unwritable output folder (checked before the
+dataset is read); no tensorflow-datasets noise; a resume refusal that lists only the fields
+that differ; an interrupted run (Ctrl-C) that resumes; the printed table, skipped image and
+report; the recorded command line reproduces the settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shlex
 from pathlib import Path
 
 import pytest
 from evaluate_cases import SMALL, SMALL_FLAGS, make_voc_pairs
 
+from hiseg_jax import datasets
 from hiseg_jax.cli import build_parser, main
 from hiseg_jax.commands.evaluate import command_line, settings_from_args
 from hiseg_jax.crf.dense_crf import CRFConfig
@@ -75,6 +80,54 @@ def test_bad_settings(tmp_path, capsys, flags, message):
     assert code == 2 and message in err
 
 
+def test_unwritable_out_stops_before_the_dataset_is_read(tmp_path, capsys, monkeypatch):
+    def load(*args):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(evaluation, "load", load)
+    (tmp_path / "afile").write_text("x")
+    code, out, err = evaluate(
+        capsys,
+        "--dataset",
+        "voc2012",
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "afile" / "run"),
+    )
+    assert code == 2 and "Traceback" not in out + err
+    assert err.strip() == (
+        f"hiseg evaluate: error: cannot write the output folder "
+        f"{tmp_path / 'afile' / 'run'}: {tmp_path / 'afile'} is a file, "
+        "not a folder"
+    )
+
+
+def test_preparing_a_local_dataset_prints_one_line_of_ours(tmp_path, capfd, caplog):
+    caplog.set_level(logging.DEBUG)
+    source = make_voc_pairs(tmp_path / "voc")
+    assert len(datasets.load("voc2012", source, "val", tmp_path / "prepared")) == 6
+    out, err = capfd.readouterr()
+    assert out == "" and err.strip().splitlines() == [
+        f"hiseg: preparing voc2012 val from {source} (first use only) into "
+        f"{tmp_path / 'prepared' / 'voc2012' / 'val' / '1.0.0'}"
+    ]
+    assert not [r for r in caplog.records if r.name == "absl" and r.levelno < logging.ERROR]
+    assert len(datasets.load("voc2012", source, "val", tmp_path / "prepared")) == 6
+    assert capfd.readouterr() == ("", "")  # prepared: silent
+
+
+def test_settings_differences_name_only_the_fields_that_differ():
+    old = {"seed": 0, "partition": {"levels": 9, "n_parts": 200}, "crf": None, "gone": 1}
+    new = {"seed": 2, "partition": {"levels": 3, "n_parts": 200}, "crf": {"n_iter": 5}}
+    assert evaluation.settings_differences(old, new) == [
+        ("crf", "null", '{"n_iter": 5}'),
+        ("gone", "1", "(absent)"),
+        ("partition.levels", "9", "3"),
+        ("seed", "0", "2"),
+    ]
+
+
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> list[str]:
     """Flags naming the fake VOC dataset and where to prepare it."""
@@ -94,6 +147,23 @@ def test_size_not_fitting_the_patch(voc, tmp_path, capsys, default_checkpoint):
         capsys, *voc, *SMALL_FLAGS, "--size", "100", "--out", str(tmp_path / "o")
     )
     assert code == 2 and "multiple of the patch size 14" in err
+
+
+def test_resume_refusal_lists_only_the_changed_fields(voc, tmp_path, capsys, default_checkpoint):
+    out = tmp_path / "run"
+    args = build_parser().parse_args(["evaluate", *voc, *SMALL_FLAGS, "--out", str(out)])
+    settings = settings_from_args(args)
+    old = dataclasses.replace(
+        settings, seed=4, partition=dataclasses.replace(settings.partition, levels=5)
+    )
+    out.mkdir()
+    (out / evaluation.SETTINGS).write_text(json.dumps(old.to_json()))
+    (out / evaluation.RESULTS).write_text('{"index": 0, "name": "0"}\n')
+    code, _, err = evaluate(capsys, *voc, *SMALL_FLAGS, "--out", str(out), "--resume")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"hiseg evaluate: error: {out} holds a run with other settings: partition.levels 5 "
+        "there, 3 now; seed 4 there, 0 now. Use another --out, or --overwrite to discard it"
+    )
 
 
 def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_checkpoint):

@@ -1,6 +1,9 @@
-"""Pictures from a hand-made tree: colours per region, borders where labels change, layout."""
+"""Pictures from hand-made trees: colours that follow the tree, borders where labels change,
+the tree picture's tiles (each region once, chains of unsplit regions collapsed)."""
 
 from __future__ import annotations
+
+import colorsys
 
 import numpy as np
 import pytest
@@ -9,10 +12,13 @@ from hiseg_jax import pictures
 from hiseg_jax.pictures import (
     TreeLimits,
     boundary_mask,
+    node_colors,
     region_colors,
     render_level,
     render_overview,
     render_tree,
+    tree_legend,
+    tree_tiles,
 )
 
 H, W = 60, 90
@@ -91,34 +97,102 @@ def test_overview_has_one_panel_per_changing_level():
     assert wrapped.shape[0] > out.shape[0] and wrapped.shape[1] < out.shape[1]
 
 
-def test_tree_picture_draws_every_node_in_its_colour():
+def shares(levels, depth, valid) -> np.ndarray:
+    return np.array(
+        [(levels[depth[m]] == m).mean() if valid[m] else 0.0 for m in range(len(valid))]
+    )
+
+
+def chain_tree() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """root 0 -> left 1 (60 columns), right 2; 1 splits off a 1-pixel crumb at depth 2
+    (3 = 1 less the crumb, 4 = the crumb) and again at depth 3 (5, 6), then 5 splits into
+    7 (top half less the crumbs) and 8 (bottom half) at depth 4.
+    Returns level_labels [5, H, W], parent, depth, valid [M = 9]."""
+    y, x = np.mgrid[:H, :W]
+    levels = np.zeros((5, H, W), np.int32)
+    levels[1] = np.where(x < 60, 1, 2)
+    levels[2] = np.where(levels[1] == 1, 3, 2)
+    levels[2][0, 0] = 4
+    levels[3] = np.where(levels[2] == 3, 5, levels[2])
+    levels[3][1, 0] = 6
+    levels[4] = np.where(levels[3] == 5, np.where(y < H // 2, 7, 8), levels[3])
+    parent = np.array([-1, 0, 0, 1, 1, 3, 3, 5, 5])
+    depth = np.array([0, 1, 1, 2, 2, 3, 3, 4, 4])
+    return levels, parent, depth, np.ones(9, bool)
+
+
+def test_node_colors_follow_the_tree():
+    levels, parent, depth, valid = chain_tree()
+    colors = node_colors(levels).astype(int)
+    assert colors.shape == (9, 3) and (colors[0] == 128).all()
+    for continuation, region in ((3, 1), (5, 3), (8, 5)):  # the largest child keeps it
+        np.testing.assert_array_equal(colors[continuation], colors[region])
+    assert np.abs(colors[1] - colors[2]).sum() > 150  # the root's children: other hues
+    hsv = {m: colorsys.rgb_to_hsv(*(colors[m] / 255)) for m in range(1, 9)}
+    for m in (4, 6, 7):  # a shade of the parent's colour: a nearby hue, visibly different
+        hue_gap = abs(hsv[m][0] - hsv[int(parent[m])][0])
+        assert min(hue_gap, 1 - hue_gap) < 0.1
+        assert np.abs(colors[m] - colors[parent[m]]).sum() > 40
+
+
+def test_tree_tiles_collapse_chains_of_unsplit_regions():
+    levels, parent, depth, valid = chain_tree()
+    tiles = tree_tiles(parent, depth, valid, shares(levels, depth, valid), TreeLimits())
+    assert sorted(tiles) == [0, 1, 2, 7, 8]  # 3 and 5 are 1 less a crumb: one tile with 1
+    assert (tiles[1].end, tiles[1].children, tiles[1].hidden) == (5, [8, 7], 2)
+    assert tiles[0].children == [1, 2] and tiles[0].end == 0 and tiles[0].hidden == 0
+    assert tiles[2].children == [] and tiles[7].end == 7
+
+
+def test_tree_tiles_of_a_tree_without_chains_and_the_limits():
     levels, parent, depth, valid = handmade_tree()
-    limits = TreeLimits(thumb=48)
-    out = render_tree(gray_image(), levels, parent, depth, valid, limits=limits)
-    n_columns, n_rows = 5, 4  # leaves 5, 6, 7, 4, 2 side by side; depths 0..3
-    assert out.shape[0] == n_rows * (48 + 20 + 24)
-    assert out.shape[1] == n_columns * (48 + 8) + 8
-    colors = region_colors(10)
-    for m in range(8):
-        assert (out == colors[m]).all(-1).sum() > 40, f"frame of node {m} missing"
-    for m in (8, 9):
+    share = shares(levels, depth, valid)
+    tiles = tree_tiles(parent, depth, valid, share, TreeLimits())
+    assert sorted(tiles) == list(range(8))
+    assert tiles[3].children == [5, 6, 7] and all(t.hidden == 0 for t in tiles.values())
+    few = tree_tiles(parent, depth, valid, share, TreeLimits(max_nodes=6))  # depth 3: 8 tiles
+    assert sorted(few) == [0, 1, 2, 3, 4] and few[3].hidden == 3
+    narrow = tree_tiles(parent, depth, valid, share, TreeLimits(max_columns=4))
+    assert sorted(narrow) == [0, 1, 2, 3, 4]  # depth 3 would make 5 columns
+    big = tree_tiles(parent, depth, valid, share, TreeLimits(min_area=0.2))  # 5-7: 1/12 each
+    assert sorted(big) == [0, 1, 2, 3, 4] and big[3].hidden == 3
+
+
+def test_tree_picture_draws_each_tile_once_framed_in_its_colour():
+    levels, parent, depth, valid = chain_tree()
+    colors = node_colors(levels)
+    out = render_tree(gray_image(), levels, parent, depth, valid, limits=TreeLimits(thumb=48))
+    frame = 48 * 48 - 42 * 42
+    for m, tiles in ((2, 1), (7, 1), (8, 2)):  # 8 continues 1's region and colour
+        count = (out == colors[m]).all(-1).sum()
+        assert tiles * frame <= count < (tiles + 1) * frame, f"node {m}: {count} pixels"
+    for m in (4, 6):  # the crumbs get no tile
         assert not (out == colors[m]).all(-1).any()
+    deeper = render_tree(gray_image(), *handmade_tree(), limits=TreeLimits(thumb=48))
+    assert out.shape[0] > deeper.shape[0]  # rows go by depth: 0..4 here, 0..3 there
 
 
-def test_tree_picture_limits_depth_by_node_budget():
-    levels, parent, depth, valid = handmade_tree()
-    limits = TreeLimits(thumb=48, max_nodes=6)  # depth 3 would make 8 nodes
-    out = render_tree(gray_image(), levels, parent, depth, valid, limits=limits)
-    assert out.shape[0] == 3 * (48 + 20 + 24)
-    colors = region_colors(10)
-    assert not (out == colors[5]).all(-1).any()
+def test_tree_picture_outlines_a_small_scattered_region():
+    y, x = np.mgrid[:H, :W]
+    levels = np.zeros((2, H, W), np.int32)
+    levels[1] = np.where((y % 20 < 3) & (x % 30 < 3), 2, 1)  # nine 3 x 3 specks
+    parent, depth, valid = np.array([-1, 0, 0]), np.array([0, 1, 1]), np.ones(3, bool)
+    share = (levels[1] == 2).mean()
+    assert 0.005 < share < 0.02
+    colors = np.array([[128, 128, 128], [10, 200, 10], [200, 10, 10]], np.uint8)
+    out = render_tree(
+        gray_image(), levels, parent, depth, valid, colors=colors, limits=TreeLimits(thumb=48)
+    )
+    frame = 48 * 48 - 42 * 42
+    assert (out == colors[2]).all(-1).sum() > frame + 50  # the frame and outlines
 
 
-def test_tree_picture_hides_tiny_regions():
-    levels, parent, depth, valid = handmade_tree()
-    limits = TreeLimits(thumb=48, min_area=0.2)  # nodes 5, 6, 7 cover 1/12 of the image
-    out = render_tree(gray_image(), levels, parent, depth, valid, limits=limits)
-    assert out.shape[0] == 3 * (48 + 20 + 24)
+def test_tree_picture_explains_its_marks():
+    levels, parent, depth, valid = chain_tree()
+    out = render_tree(gray_image(), levels, parent, depth, valid, limits=TreeLimits(thumb=48))
+    bottom = out[-40:]  # the legend: dark text below the last row
+    assert (bottom.sum(-1) < 200).any()
+    assert "+n" in tree_legend(TreeLimits()) and "0.5%" in tree_legend(TreeLimits())
 
 
 def test_save_png(tmp_path):
@@ -131,6 +205,6 @@ def test_root_only_tree_renders():
     levels = np.zeros((3, H, W), np.int32)
     parent, depth, valid = np.array([-1, -1]), np.array([0, 0]), np.array([True, False])
     tree = render_tree(gray_image(), levels, parent, depth, valid, limits=TreeLimits(thumb=48))
-    assert tree.shape == (48 + 20 + 24, 48 + 2 * 8, 3)
+    assert tree.shape[1] == 480 and 48 < tree.shape[0] < 200  # one tile and the legend
     overview = render_overview(gray_image(), levels, panel_height=120)
     assert overview.shape[1] == 2 * (180 + 8) + 8  # the image and one (unsplit) level

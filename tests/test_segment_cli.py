@@ -1,8 +1,16 @@
-"""`hiseg segment` on real images (and broken files) writes every promised, consistent file."""
+"""`hiseg segment` on real images (and broken files) writes every promised, consistent file;
+its output folder is checked first, image folders appear whole or not at all (kill -9), and
+runs sharing an output folder skip each other's images."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +18,30 @@ import pytest
 from PIL import Image
 from segment_cases import SMALL_FLAGS, check_hierarchy, write_bad_files
 
-from hiseg_jax import export
+from hiseg_jax import export, locks
 from hiseg_jax.cli import main
+from hiseg_jax.commands import segment as segment_command
 from hiseg_jax.commands.segment import find_jobs, output_names
+from hiseg_jax.engine.batches import Failure
 from hiseg_jax.images import SAMPLE_NAMES, load_image
 from hiseg_jax.tree import upsample_labels
 
 GOOD = {"chelsea": "chelsea.png", "nested/coffee": "nested/coffee.jpg", "gray": "gray.png"}
+
+
+def small_run(images: Path, out: Path, checkpoint: Path) -> list[str]:
+    """`hiseg segment` arguments: `images` into `out`, batches of 2, the small settings."""
+    return [
+        "segment",
+        str(images),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--backbone",
+        str(checkpoint),
+        *SMALL_FLAGS,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +57,7 @@ def batch_run(default_checkpoint, tmp_path_factory) -> dict:
     Image.fromarray(skimage.data.camera()[::2, ::3]).save(folder / GOOD["gray"])
     bad = write_bad_files(folder)
     out = tmp_path_factory.mktemp("out")
-    argv = [
-        "segment",
-        str(folder),
-        "--out",
-        str(out),
-        "--batch-size",
-        "2",
-        "--backbone",
-        str(default_checkpoint),
-        *SMALL_FLAGS,
-    ]
+    argv = small_run(folder, out, default_checkpoint)
     return {"folder": folder, "out": out, "bad": bad, "argv": argv, "rc": main(argv)}
 
 
@@ -128,8 +143,6 @@ def test_marker_requires_same_source_and_settings(tmp_path):
     assert export.is_done(tmp_path, "a.png", settings)
     assert not export.is_done(tmp_path, "b.png", settings)
     assert not export.is_done(tmp_path, "a.png", {**settings, "size": 448})
-    export.clear_marker(tmp_path)
-    assert not export.is_done(tmp_path, "a.png", settings)
     (tmp_path / export.MARKER).write_text('{"source": "a.png", "sett')  # torn write
     assert not export.is_done(tmp_path, "a.png", settings)
 
@@ -166,3 +179,134 @@ def test_bad_settings_exit_with_a_message(tmp_path, capsys, default_checkpoint):
     assert "levels must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--adjacency", "cosine"])
+
+
+def tiny_images(folder: Path, count: int) -> list[str]:
+    """`count` small distinct PNG crops of a sample image in `folder`; their stems."""
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = skimage.data.astronaut()
+    names = []
+    for i in range(count):
+        name = f"crop{i}"
+        Image.fromarray(source[40 * i : 40 * i + 200, 30 * i : 30 * i + 240]).save(
+            folder / f"{name}.png"
+        )
+        names.append(name)
+    return names
+
+
+def finished(out: Path) -> list[Path]:
+    """Image folders of `out` in place (not the hidden temporary ones) with a marker."""
+    return [p for p in out.glob(f"*/{export.MARKER}") if not p.parent.name.startswith(".")]
+
+
+def no_model(monkeypatch) -> None:
+    """Make loading a backbone fail the test: the command must stop before it."""
+
+    def load(name):
+        raise AssertionError(f"a model was loaded: {name}")
+
+    monkeypatch.setattr(segment_command, "load_backbone", load)
+
+
+def test_unwritable_out_stops_before_any_model_is_loaded(tmp_path, capsys, monkeypatch):
+    no_model(monkeypatch)
+    tiny_images(tmp_path / "in", 1)
+    (tmp_path / "afile").write_text("x")
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "afile/out")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines == [
+        f"hiseg segment: error: cannot write the --out folder "
+        f"{tmp_path / 'afile/out'}: {tmp_path / 'afile'} is a file, not a folder"
+    ]
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_no_images_found_warns_and_fails(tmp_path, capsys, monkeypatch):
+    no_model(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "warning: no images found in" in err and str(tmp_path / "empty") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_another_live_run_holds_are_skipped(tmp_path, capsys, monkeypatch):
+    names = tiny_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    held = [locks.try_lock(export.image_lock_path(out / name)) for name in names]
+    model = types.SimpleNamespace(config=types.SimpleNamespace(patch_size=14))
+    monkeypatch.setattr(segment_command, "load_backbone", lambda name: model)
+
+    def segment_stream(items, *args, **kwargs):
+        for item in items:
+            assert isinstance(item, Failure), "an image held by another run was segmented"
+            yield item
+
+    monkeypatch.setattr(segment_command, "segment_stream", segment_stream)
+    try:
+        assert main(["segment", str(tmp_path / "in"), "--out", str(out)]) == 0
+    finally:
+        for lock in held:
+            lock.release()
+    captured = capsys.readouterr()
+    for name in names:
+        assert (
+            f"skipping {name}: another hiseg segment run (pid {os.getpid()}) is segmenting it"
+        ) in captured.out
+    assert "0 segmented, 0 skipped (already done), 0 failed, 2 left to another run" in (
+        captured.out
+    )
+    assert not any((out / name).exists() for name in names)
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+def test_kill_9_leaves_only_complete_image_folders_and_the_rerun_finishes(
+    default_checkpoint, tmp_path, capsys
+):
+    names = tiny_images(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    argv = small_run(tmp_path / "in", out, default_checkpoint)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log = tmp_path / "child.log"
+    with open(log, "w") as sink:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "hiseg_jax.cli", *argv],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while not finished(out) and child.poll() is None:
+            assert time.monotonic() < deadline, "no image finished in 10 minutes"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        code = child.wait(timeout=60)
+    assert code == -signal.SIGKILL, f"the run ended by itself ({code}): {log.read_text()}"
+    visible = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert visible, "the run was killed before its first image folder appeared"
+    promised = {
+        "tree.json",
+        "labels.npz",
+        "overview.png",
+        "tree.png",
+        "level_01.png",
+        "level_03.png",
+        "viewer.html",
+        export.MARKER,
+    }
+    for folder in visible:
+        assert promised <= {p.name for p in folder.iterdir()}, f"{folder} is incomplete"
+    capsys.readouterr()
+    assert main(argv) == 0
+    summary = capsys.readouterr().out
+    assert f"{6 - len(visible)} segmented, {len(visible)} skipped (already done)" in summary
+    # no partial folder, no lock left; the gallery beside the image folders
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.html"])

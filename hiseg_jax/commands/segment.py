@@ -1,16 +1,28 @@
 """`hiseg segment`: images and folders in, one folder of files per image out.
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
-                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf]
+                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf] [--no-viewer]
                   [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
 searched recursively for image files. Each image gets `DIR/<name>/` with the files listed in
 `hiseg_jax.export`; `<name>` is the image's path inside the folder given (or the file's
-name) without its extension. An image whose folder already holds a completion marker for
-the same source file and settings is skipped, so an interrupted run resumes. A file that
-cannot be read is reported and skipped; the run goes on and exits with status 1 at the end.
+name) without its extension. `DIR` is checked (created, written) before any model is loaded.
 Images are decoded in the engine's prefetch thread while the device runs (`engine.stream`).
+
+Each image folder is written in a temporary folder and renamed into place when complete,
+so after a kill an image folder is either complete or absent. An image whose folder already
+holds a completion marker for the same source file and settings is skipped, so an
+interrupted run resumes. Runs sharing `DIR` take a lock per image: an image that another
+live run is segmenting is skipped (not waited for), with a line saying so. A file that
+cannot be read is reported and skipped; the run goes on.
+
+Each image's folder gets an interactive page (`viewer.html`), and `DIR/index.html` links
+every finished image in DIR (rewritten at the end of every run, resumed ones included);
+`--no-viewer` writes neither.
+
+Exit status: 0; 1 when files could not be read; 2 for bad input (no images found, bad
+settings, an output folder that cannot be written, an unusable checkpoint).
 """
 
 from __future__ import annotations
@@ -22,13 +34,13 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from hiseg_jax import export
+from hiseg_jax import export, locks, viewer
 from hiseg_jax.api import ImageSegmentation, segment_stream
 from hiseg_jax.commands.options import (
     add_partition_arguments,
@@ -37,7 +49,14 @@ from hiseg_jax.commands.options import (
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.engine.batches import Failure, Item
-from hiseg_jax.images import ImageLoadError, iter_images, load_image, sample_images
+from hiseg_jax.files import check_output_dir
+from hiseg_jax.images import (
+    IMAGE_EXTENSIONS,
+    ImageLoadError,
+    iter_images,
+    load_image,
+    sample_images,
+)
 from hiseg_jax.models.vit import ViT
 from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.weights.checkpoint import load_backbone
@@ -77,35 +96,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
         "on a CPU: it runs at every image's full size)",
     )
+    parser.add_argument(
+        "--no-viewer",
+        action="store_true",
+        help="write no interactive viewer page per image and no index.html",
+    )
     add_partition_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment every job not already done, then print a summary; 1 if any file failed."""
+    """Segment every job not already done, then print a summary (module docstring: status)."""
     try:
         config = partition_config(args)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        jobs = find_jobs(args.images)
+        if jobs:
+            check_output_dir(args.out, "--out folder")
     except ValueError as err:
         print(f"hiseg segment: error: {err}", file=sys.stderr)
         return 2
+    if not jobs:
+        where = ", ".join(str(p) for p in args.images)
+        print(
+            f"hiseg segment: warning: no images found in {where} (looked for "
+            f"{' '.join(sorted(IMAGE_EXTENSIONS))}); nothing segmented",
+            file=sys.stderr,
+        )
+        return 2
     settings = _settings(args, config)
-    jobs = find_jobs(args.images)
-    todo = [job for job in jobs if not export.is_done(args.out / job.name, job.source, settings)]
-    failures: list[str] = []
+    todo = []
+    for job in jobs:
+        if export.is_done(args.out / job.name, job.source, settings):
+            locks.clear_stale(export.image_lock_path(args.out / job.name))  # a killed run's
+        else:
+            todo.append(job)
+    outcome = Outcome()
     if todo:
         try:
-            failures = _segment_jobs(todo, load_backbone(args.backbone), config, settings, args)
-        except ValueError as err:  # settings that fit no image: bad size, too few patches
+            model = load_backbone(args.backbone)
+            _segment_jobs(todo, model, config, settings, args, outcome)
+        except ValueError as err:  # a bad checkpoint; settings that fit no image
             print(f"hiseg segment: error: {err}", file=sys.stderr)
             return 2
+    if not args.no_viewer and args.out.is_dir():
+        viewer.write_gallery(args.out, export.finished_folders(args.out))
+    busy = f", {len(outcome.busy)} left to another run" if outcome.busy else ""
     print(
-        f"hiseg segment: {len(todo) - len(failures)} segmented, "
-        f"{len(jobs) - len(todo)} skipped (already done), {len(failures)} failed -> {args.out}"
+        f"hiseg segment: {len(outcome.written)} segmented, "
+        f"{len(jobs) - len(todo) + len(outcome.done)} skipped (already done), "
+        f"{len(outcome.failures)} failed{busy} -> {args.out}"
     )
-    for failure in failures:
+    for failure in outcome.failures:
         print(f"  failed: {failure}")
-    return 1 if failures else 0
+    return 1 if outcome.failures else 0
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of the jobs a run took on (names, or failure messages)."""
+
+    written: list[str] = dataclasses.field(default_factory=list)
+    done: list[str] = dataclasses.field(default_factory=list)  # finished by another run
+    busy: list[str] = dataclasses.field(default_factory=list)  # locked by another live run
+    failures: list[str] = dataclasses.field(default_factory=list)
+
+
+class Skip(NamedTuple):
+    """The payload of a `Failure` that reports a job not taken: `reason` "busy" (another
+    live run holds its lock) or "done" (another run finished it meanwhile)."""
+
+    reason: Literal["busy", "done"]
 
 
 def _segment_jobs(
@@ -114,16 +175,19 @@ def _segment_jobs(
     config: PartitionConfig,
     settings: dict[str, Any],
     args: argparse.Namespace,
-) -> list[str]:
-    """Load (in the engine's prefetch thread), segment (in batches) and write every job;
-    returns the failures' messages.
+    outcome: Outcome,
+) -> None:
+    """Lock, load (both in the engine's prefetch thread), segment (in batches) and write
+    every job, recording each in `outcome`.
 
-    ValueError (not ImageLoadError) means the settings fit no image; it ends the run.
+    An image locked by another run is skipped; one that another run finished meanwhile
+    counts as done. ValueError (not ImageLoadError) means the settings fit no image; it
+    ends the run. A lock is released when its image is written, or when the run stops.
     """
-    failures: list[str] = []
+    held: dict[str, locks.Lock] = {}  # filled by the prefetch thread, emptied here
     with tqdm(total=len(todo), unit="image", desc="hiseg segment") as bar:
         results = segment_stream(
-            _items(todo),
+            _items(todo, args.out, settings, held),
             model,
             args.size,
             batch_size=args.batch_size,
@@ -133,41 +197,69 @@ def _segment_jobs(
             crf=CRFConfig() if args.crf else None,
             notify=bar.set_postfix_str,
         )
-        for result in results:
-            if isinstance(result, Failure):
-                failures.append(result.error)
-                bar.write(f"hiseg segment: skipping {result.error}")
-            else:
-                _write(result, settings, args.out)
-            bar.update()
-    return failures
+        try:
+            for result in results:
+                name = result.item.name if isinstance(result, ImageSegmentation) else result.name
+                if isinstance(result, ImageSegmentation):
+                    _write(result, settings, args)
+                    outcome.written.append(name)
+                elif isinstance(result.payload, Skip) and result.payload.reason == "done":
+                    outcome.done.append(name)
+                elif isinstance(result.payload, Skip):
+                    outcome.busy.append(name)
+                    bar.write(f"hiseg segment: skipping {name}: {result.error}")
+                else:
+                    outcome.failures.append(result.error)
+                    bar.write(f"hiseg segment: skipping {result.error}")
+                if name in held:
+                    held.pop(name).release()
+                bar.update()
+        finally:
+            results.close()  # stops the prefetch thread: no lock is taken after this
+            for lock in held.values():
+                lock.release()
 
 
-def _items(todo: list[Job]) -> Iterator[Item | Failure]:
-    """The jobs' images, loaded lazily (the engine runs this in its prefetch thread)."""
+def _items(
+    todo: list[Job], out: Path, settings: dict[str, Any], held: dict[str, locks.Lock]
+) -> Iterator[Item | Failure]:
+    """Lock and load each job (the engine runs this in its prefetch thread): an `Item`, or
+    a `Failure` for a job another run holds or finished (payload `Skip`) or whose file
+    cannot be read. A lock taken is put in `held` under the job's name."""
     for job in todo:
+        lock_path = export.image_lock_path(out / job.name)
+        lock = locks.try_lock(lock_path)
+        if lock is None:
+            pid = locks.holder(lock_path)
+            who = "another hiseg segment run" + (f" (pid {pid})" if pid else "")
+            yield Failure(job.name, f"{who} is segmenting it", Skip("busy"))
+            continue
+        held[job.name] = lock
+        if export.is_done(out / job.name, job.source, settings):
+            yield Failure(job.name, "finished by another run", Skip("done"))
+            continue
         try:
             yield Item(job.name, job.load(), payload=job)
         except ImageLoadError as err:
             yield Failure(job.name, str(err), job)
 
 
-def _write(result: ImageSegmentation, settings: dict[str, Any], out: Path) -> None:
-    """Write one image's folder, marker last."""
+def _write(result: ImageSegmentation, settings: dict[str, Any], args: argparse.Namespace) -> None:
+    """Write one image's folder (`export.image_folder`: a temporary folder renamed into
+    place, marker last), with its viewer page unless --no-viewer."""
     job = result.item.payload
-    folder = out / job.name
     rows = {name: np.asarray(getattr(result.tree, name))[0] for name in _TREE_ROWS}
-    export.clear_marker(folder)
-    export.write_image_outputs(
-        folder,
-        result.item.image,
-        result.level_labels,
-        result.patch_levels,
-        rows,
-        result.leaf_descriptors,
-        {"image": job.name, "source": job.source, "settings": settings},
-    )
-    export.mark_done(folder, job.source, settings)
+    with export.image_folder(args.out / job.name, job.source, settings) as folder:
+        export.write_image_outputs(
+            folder,
+            result.item.image,
+            result.level_labels,
+            result.patch_levels,
+            rows,
+            result.leaf_descriptors,
+            {"image": job.name, "source": job.source, "settings": settings},
+            with_viewer=not args.no_viewer,
+        )
 
 
 def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, Any]:

@@ -10,8 +10,12 @@ hierarchy: `BUILDERS[name].HIERARCHY`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import io
+import logging
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +89,30 @@ def load(
     """A random-access source of `split`, preparing its ArrayRecord files on first use. A
     missing or malformed `data_dir` raises DatasetLayoutError naming what is missing and
     where it was expected."""
-    b, config = builder(name, data_dir, prepared_dir, split=split)
-    if not b.is_prepared():
-        b.check_layout(Path(data_dir), split)
-        b.download_and_prepare(download_config=config)
-    return b.as_data_source(split=split)
+    with quiet_tfds():
+        b, config = builder(name, data_dir, prepared_dir, split=split)
+        if not b.is_prepared():
+            b.check_layout(Path(data_dir), split)
+            print(
+                f"hiseg: preparing {name} {split} from {data_dir} (first use only) into "
+                f"{b.data_dir}",
+                file=sys.stderr,
+            )
+            b.download_and_prepare(download_config=config)
+        return b.as_data_source(split=split)
+
+
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """Silence tensorflow-datasets while preparing: its stdout messages ("Downloading and
+    preparing dataset Unknown size ..."), progress bars and absl warnings below ERROR."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(True)
+        absl.setLevel(level)

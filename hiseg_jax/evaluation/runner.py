@@ -47,7 +47,7 @@ from hiseg_jax.evaluation import report as eval_report
 from hiseg_jax.evaluation import results_log
 from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.features import DEFAULT_SIZE, FeatureKind, image_size
-from hiseg_jax.files import write_text
+from hiseg_jax.files import check_output_dir, write_text
 from hiseg_jax.hierarchies import Hierarchy, LabelSpace, label_space, parse_hierarchy
 from hiseg_jax.images import ImageLoadError
 from hiseg_jax.models.vit import get_config
@@ -160,6 +160,7 @@ def evaluate(settings: EvalSettings, options: RunOptions) -> dict[str, Any]:
     Raises DatasetLayoutError (missing / malformed dataset folder), EvaluationError (output
     folder holding another run), ValueError (settings that fit no image)."""
     start = time.perf_counter()
+    check_output_dir(options.out)
     source = load(settings.dataset, settings.data_dir, settings.split, options.prepared_dir)
     space = None if settings.kind == "bsds" else label_space(dataset_hierarchy(settings))
     _check_size(settings)
@@ -249,15 +250,11 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
         raise EvaluationError(f"{log} has no {SETTINGS} beside it: cannot check its settings")
     if held:
         previous = json.loads(saved.read_text(encoding="utf-8"))
-        differ = sorted(
-            k for k in previous.keys() | settings.keys() if previous.get(k) != settings.get(k)
-        )
+        differ = settings_differences(previous, settings)
         if differ:
             raise EvaluationError(
-                f"{out} holds a run with other settings ({', '.join(differ)}): "
-                + "; ".join(
-                    f"{k}: {previous.get(k)!r} there, {settings.get(k)!r} now" for k in differ
-                )
+                f"{out} holds a run with other settings: "
+                + "; ".join(f"{name} {old} there, {new} now" for name, old, new in differ)
                 + ". Use another --out, or --overwrite to discard it"
             )
     else:
@@ -270,6 +267,28 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
             file=sys.stderr,
         )
     return results_log.read(log)[0]
+
+
+def settings_differences(
+    old: dict[str, Any], new: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, str, str]]:
+    """(dotted field name, old value, new value) of every leaf field that differs between two
+    JSON settings, nested dicts compared field by field; a missing field reads "(absent)"."""
+    differ = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b, name = old.get(key, _ABSENT), new.get(key, _ABSENT), prefix + key
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += settings_differences(a, b, name + ".")
+        elif a != b:
+            differ.append((name, _show(a), _show(b)))
+    return differ
+
+
+_ABSENT = object()
+
+
+def _show(value: object) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 class Example(NamedTuple):

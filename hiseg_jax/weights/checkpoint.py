@@ -5,8 +5,9 @@ A file holds the FLAT Flax params (keys: the nnx state paths joined by '/', valu
 arrays) and, as safetensors string metadata, what is needed to rebuild and trace it:
 `format` (`FORMAT`), `variant` (a `hiseg_jax.models.vit` variant name), `source` (what it
 was converted from), `source_sha256` (hash of that source file) and `hiseg_jax_version`.
-Loading reads NumPy arrays only: PyTorch is never imported on this path.
-See checkpoints/README.md.
+Loading reads NumPy arrays only: PyTorch is never imported on this path, and checks them
+(`check_params`: the variant's keys and shapes, finite values), so a corrupt file is named
+when it is loaded, not when its features come out NaN. See checkpoints/README.md.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safetensors.numpy import save_file
 
 from hiseg_jax import __version__
 from hiseg_jax.files import atomic_path
-from hiseg_jax.models.vit import ViT, get_config, vit_from_flat
+from hiseg_jax.models.vit import ViT, get_config, param_shapes, vit_from_flat
 from hiseg_jax.paths import checkpoint_dir
 
 FORMAT = "hiseg_jax.flat_params.v1"
@@ -70,7 +71,36 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[str, dict[str, np.nda
             flat = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         except SafetensorError as err:
             raise CheckpointError(f"{path}: cannot read the arrays ({err})") from err
+    check_params(flat, metadata["variant"], path)
     return metadata["variant"], flat
+
+
+def check_params(flat: dict[str, np.ndarray], variant: str, where: str | os.PathLike[str]) -> None:
+    """CheckpointError naming `where` unless `flat` holds exactly the keys and shapes of
+    `variant`'s params and only finite values."""
+    try:
+        expected = param_shapes(get_config(variant))
+    except ValueError as err:
+        raise CheckpointError(f"{where}: {err}") from err
+    missing, unexpected = sorted(expected.keys() - flat.keys()), sorted(flat.keys() - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: does not fit variant {variant}: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}"
+        )
+    for key in sorted(expected):
+        if tuple(flat[key].shape) != expected[key]:
+            raise CheckpointError(
+                f"{where}: param {key!r} has shape {tuple(flat[key].shape)}, variant "
+                f"{variant} expects {expected[key]}"
+            )
+    bad = [key for key in sorted(flat) if not np.isfinite(flat[key]).all()]
+    if bad:
+        raise CheckpointError(
+            f"{where}: {len(bad)} of {len(flat)} params hold NaN or infinite values "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the weights are "
+            "corrupt: convert them again with `hiseg convert`"
+        )
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
@@ -91,8 +121,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
 def load_backbone(name_or_path: str | os.PathLike[str]) -> ViT:
     """The ViT of a checkpoint (name or path), built for its variant with its params loaded.
 
-    A missing or unexpected key, or a param whose shape differs from the variant's, raises
-    ValueError naming it (from `load_flat_params`).
+    A missing or unexpected key, a param whose shape differs from the variant's or one
+    holding NaN or inf raises CheckpointError naming the file and the param.
     """
     variant, flat = load_checkpoint(resolve_checkpoint(name_or_path))
     return vit_from_flat(get_config(variant), flat)

