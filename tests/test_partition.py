@@ -196,11 +196,14 @@ _stage_b = jax.jit(jp.stage_b, static_argnames="config")
 ALL_PARTS = jnp.ones((200,), bool)
 
 
+@pytest.mark.parametrize("solver", ["lanczos", "eigh"])
 @pytest.mark.parametrize("seed", range(4))
-def test_stage_b_equals_reference_on_planted_part_graphs(seed):
-    """P = 200 (2 x 5 x 2 groups of 10 parts): same nodes, same order, same decisions."""
+def test_stage_b_equals_reference_on_planted_part_graphs(seed, solver):
+    """P = 200 (2 x 5 x 2 groups of 10 parts): same nodes, same order, same decisions, with
+    either stage-B eigensolver."""
     wp, groups = synthetic.planted_part_graph(seed, branching=(2, 5, 2), leaf_size=10)
-    res = _stage_b(jnp.asarray(wp, jnp.float32), CONFIG, jax.random.key(seed), ALL_PARTS)
+    config = dataclasses.replace(CONFIG, stage_b_solver=solver)
+    res = _stage_b(jnp.asarray(wp, jnp.float32), config, jax.random.key(seed), ALL_PARTS)
     want = _ref_nodes(reference.reference_stage_b(wp, CONFIG, seed))
     assert _jax_nodes(res) == want
     regions = {frozenset(n[0]) for n in want}
