@@ -24,25 +24,28 @@ import shlex
 import sys
 from pathlib import Path
 
+import jax
+
 from hiseg_jax.commands.options import (
     add_partition_arguments,
+    add_process_arguments,
     add_run_arguments,
     format_size,
     partition_config,
     partition_flags,
+    start_processes,
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.datasets import BUILDERS
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.evaluation.report import results_table
-from hiseg_jax.evaluation.results_log import read
 from hiseg_jax.evaluation.runner import (
     MATCHINGS,
     RESOLUTIONS,
-    RESULTS,
     EvalSettings,
     RunOptions,
     evaluate,
+    read_records,
 )
 from hiseg_jax.features import DEFAULT_SIZE
 from hiseg_jax.paths import DEFAULT_BACKBONE
@@ -115,6 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_process_arguments(parser)
     add_partition_arguments(parser)
 
 
@@ -178,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table; see the module docstring for the exit status."""
     out = args.out or Path("runs") / f"{args.dataset}-{args.split}"
     try:
+        start_processes(args)
         settings = settings_from_args(args)
         options = RunOptions(
             out=out,
@@ -191,9 +196,9 @@ def run(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, command=command_line(settings, options))
         report = evaluate(settings, options)
     except KeyboardInterrupt:
-        count = len(read(out / RESULTS)[0])
+        count = len(read_records(out))
         print(
-            f"\nhiseg evaluate: interrupted; {count} images recorded in {out / RESULTS}. "
+            f"\nhiseg evaluate: interrupted; {count} images recorded in {out}. "
             "Continue with the same command and --resume.",
             file=sys.stderr,
         )
@@ -202,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hiseg evaluate: error: {err}", file=sys.stderr)
         return 2
     run_info = report["run"]
+    if jax.process_index() != 0:  # process 0 prints the run's table
+        return 1 if run_info["skipped"] else 0
     print(
         f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
         f"{run_info['skipped']} skipped ({settings.resolution} resolution"
