@@ -31,6 +31,7 @@ from hiseg_jax.commands.options import (
     add_process_arguments,
     add_run_arguments,
     format_size,
+    local_path,
     partition_config,
     partition_flags,
     start_processes,
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         required=True,
-        type=Path,
+        type=local_path,
         help="the dataset's folder, as its official download unpacks (a folder "
         "that does not fit gets an error naming what is missing)",
     )
@@ -84,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, help="score only the first N images of the split"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: runs/DATASET-SPLIT)"
+        "--out", type=local_path, default=None, help="output folder (default: runs/DATASET-SPLIT)"
     )
     again = parser.add_mutually_exclusive_group()
     again.add_argument(
@@ -98,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
         "--hierarchy",
-        type=Path,
+        type=local_path,
         default=None,
         help="a label hierarchy file replacing the dataset's own, one node a "
         "line as 'parent/child | pixel value | foreground|background|ignore' "
@@ -106,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prepared-dir",
-        type=Path,
+        type=local_path,
         default=None,
         help="where the dataset's ArrayRecord files are prepared (default: "
         "$HISEG_TFDS_DIR, else $HISEG_HOME/tfds)",

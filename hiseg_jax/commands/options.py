@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 
 from hiseg_jax.engine.sharding import initialize_distributed
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
@@ -59,6 +60,15 @@ def parse_size(text: str) -> int | tuple[int, int]:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise argparse.ArgumentTypeError(f"size must be S or HxW, got {text!r}")
+
+
+def local_path(text: str) -> Path:
+    """A local path option; object-store URLs are refused (only `hiseg segment` takes them)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text}: only local paths here (gs:// and s3:// work with hiseg segment)"
+        )
+    return Path(text)
 
 
 def format_size(size: int | tuple[int, int]) -> str:

@@ -30,10 +30,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -52,7 +52,7 @@ from hiseg_jax.commands.options import (
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.sharding import gather, local_mesh, process_share
-from hiseg_jax.files import check_output_dir
+from hiseg_jax.files import AnyPath, absolute, as_path, check_output_dir
 from hiseg_jax.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
@@ -82,15 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "images",
         nargs="*",
-        type=Path,
         metavar="IMAGES_OR_FOLDERS",
-        help="image files and folders (recursive); none: the sample images",
+        help="image files and folders (recursive; local, gs:// or s3://); none: the sample images",
     )
     parser.add_argument(
         "--out",
-        type=Path,
-        default=Path("out"),
-        help="output folder, one sub-folder per image (default: %(default)s)",
+        default="out",
+        help="output folder, one sub-folder per image; local, gs:// or s3:// "
+        "(default: %(default)s)",
     )
     add_run_arguments(parser)
     parser.add_argument(
@@ -113,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     every process's (module docstring: status)."""
     try:
         start_processes(args)
+        args.out = as_path(args.out)
         config = partition_config(args)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     return 2 if total[-1] else 1 if total[2] else 0
 
 
-def _summary(counts: np.ndarray, out: Path) -> str:
+def _summary(counts: np.ndarray, out: AnyPath) -> str:
     """The run's line from the summed `Outcome.counts` of every process."""
     written, skipped, failed, busy, _ = (int(c) for c in counts)
     processes = jax.process_count()
@@ -255,7 +255,7 @@ def _segment_jobs(
 
 
 def _items(
-    todo: list[Job], out: Path, settings: dict[str, Any], held: dict[str, locks.Lock]
+    todo: list[Job], out: AnyPath, settings: dict[str, Any], held: dict[str, locks.Lock]
 ) -> Iterator[Item | Failure]:
     """Lock and load each job (the engine runs this in its prefetch thread): an `Item`, or
     a `Failure` for a job another run holds or finished (payload `Skip`) or whose file
@@ -309,7 +309,7 @@ def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, An
     return json.loads(json.dumps(settings))
 
 
-def find_jobs(paths: list[Path]) -> list[Job]:
+def find_jobs(paths: Sequence[str | os.PathLike[str]]) -> list[Job]:
     """The sample images when `paths` is empty, else every image file under `paths`."""
     if not paths:
         samples = sample_images()
@@ -320,12 +320,12 @@ def find_jobs(paths: list[Path]) -> list[Job]:
     found = list(iter_images(paths))
     names = output_names([(file, root) for file, root in found])
     return [
-        Job(name, str(file.resolve()), lambda file=file: load_image(file))
+        Job(name, absolute(file), lambda file=file: load_image(file))
         for name, (file, _) in zip(names, found, strict=True)
     ]
 
 
-def output_names(files: list[tuple[Path, Path]]) -> list[str]:
+def output_names(files: list[tuple[AnyPath, AnyPath]]) -> list[str]:
     """A distinct output folder name per `(file, root)`: the file's path below `root`
     without extension; names that would clash keep their extension ("x_png"), and any
     clash left gets "-2", "-3", ... in input order."""
