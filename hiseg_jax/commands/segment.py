@@ -17,6 +17,12 @@ interrupted run resumes. Runs sharing `DIR` take a lock per image: an image that
 live run is segmenting is skipped (not waited for), with a line saying so. A file that
 cannot be read is reported and skipped; the run goes on.
 
+IMAGES_OR_FOLDERS and DIR may be local, `gs://` or `s3://` (`files.as_path`). With
+`--coordinator-address --num-processes --process-id` (or `--distributed auto`) the command
+is one of N processes: each segments its share of the images sorted by name
+(`engine.sharding.process_share`) on its own devices, and process 0 prints the summary of
+all of them (README: many hosts).
+
 Each image's folder gets an interactive page (`viewer.html`), and `DIR/index.html` links
 every finished image in DIR (rewritten at the end of every run, resumed ones included);
 `--no-viewer` writes neither.
