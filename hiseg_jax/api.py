@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels
 from hiseg_jax.engine.batches import Failure, Item
@@ -133,12 +134,14 @@ def segment_stream(
     config: PartitionConfig | None = None,
     crf: CRFConfig | None = None,
     notify: Callable[[str], Any] | None = None,
+    mesh: Mesh | None = None,
 ) -> Iterator[ImageSegmentation | Failure]:
     """`segment` over a lazy iterable of engine `Item`s (uint8 RGB images; decoded in the
     engine's prefetch thread), yielding each image's result, or the `Failure`s the iterable
-    yields, as batches finish (in input order). `notify` as in `engine.stream`.
-    ValueError (on the host, before any work) for settings that fit no image."""
-    step = make_step(model, size, config, features=features)
+    yields, as batches finish (in input order). `notify` as in `engine.stream`; `mesh` as
+    in `engine.step.make_step`. ValueError (on the host, before any work) for settings that
+    fit no image."""
+    step = make_step(model, size, config, features=features, mesh=mesh)
     key = jax.random.key(0) if key is None else key
     results = stream(
         step, items, batch_size=batch_size, key=key, with_features=crf is not None, notify=notify

@@ -35,7 +35,14 @@ import numpy as np
 from scipy import ndimage
 
 from hiseg_jax import pictures, viewer
-from hiseg_jax.files import staged_folder, write_text
+from hiseg_jax.files import (
+    AnyPath,
+    files_below,
+    is_remote,
+    local_lock_path,
+    staged_folder,
+    write_text,
+)
 
 MARKER = "done.json"
 
@@ -139,7 +146,7 @@ def write_image_outputs(
         write_text(folder / viewer.PAGE, viewer.page_html(data))
 
 
-def is_done(folder: Path, source: str, settings: dict[str, Any]) -> bool:
+def is_done(folder: AnyPath, source: str, settings: dict[str, Any]) -> bool:
     """True if `folder` holds a finished result of `source` made with the same `settings`."""
     try:
         marker = json.loads((folder / MARKER).read_text())
@@ -148,13 +155,14 @@ def is_done(folder: Path, source: str, settings: dict[str, Any]) -> bool:
     return marker == {"source": source, "settings": settings}
 
 
-def finished_folders(out: Path) -> list[Path]:
+def finished_folders(out: AnyPath) -> list[AnyPath]:
     """The image folders under `out` that hold a completion marker, sorted; hidden folders
     (temporary ones) are skipped."""
     return sorted(
         marker.parent
-        for marker in out.rglob(MARKER)
-        if not any(part.startswith(".") for part in marker.relative_to(out).parts)
+        for marker in files_below(out)
+        if marker.name == MARKER
+        and not any(part.startswith(".") for part in marker.relative_to(out).parts)
     )
 
 
@@ -164,18 +172,21 @@ def mark_done(folder: Path, source: str, settings: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def image_folder(final: Path, source: str, settings: dict[str, Any]) -> Iterator[Path]:
+def image_folder(final: AnyPath, source: str, settings: dict[str, Any]) -> Iterator[Path]:
     """Yield the temporary folder of one image's files; when the block completes, write the
     marker there and rename the folder to `final` (an exception discards it).
 
     The caller must hold the image's lock (`image_lock_path`)."""
-    with staged_folder(final) as folder:
+    with staged_folder(final, last=MARKER) as folder:
         yield folder
         mark_done(folder, source, settings)
 
 
-def image_lock_path(final: Path) -> Path:
-    """The lock file of the image folder `final`: a hidden sibling of it."""
+def image_lock_path(final: AnyPath) -> Path:
+    """The lock file of the image folder `final`: a hidden sibling of it (on an object
+    store: a local file, `files.local_lock_path`)."""
+    if is_remote(final):
+        return local_lock_path(final)
     return final.with_name(f".{final.name}.lock")
 
 

@@ -9,6 +9,12 @@
   or the new complete result. What a killed run left behind (`.<name>.partial`,
   `.<name>.old`) is removed by the next `staged_folder(final)`. The caller must be the only
   writer of `final` (hold its lock, `hiseg_jax.locks`).
+- Object stores (`gs://`, `s3://`; `as_path` gives an `etils.epath.Path` for them) have no
+  rename of folders and no partial objects: `atomic_path` and `write_text` write a local
+  file and upload it as one object (an object appears whole or not at all), and
+  `staged_folder(final, last=MARKER)` uploads the files of the temporary folder into
+  `final` after deleting the old marker, the marker `last` of all, so a reader that checks
+  the marker never trusts a half-written folder.
 - `check_output_dir(folder)` proves that `folder` can be created and written (with a probe
   file, leaving nothing behind), and `check_output_file(path, overwrite)` does the same for
   a file's folder and refuses to replace an existing file without `overwrite`. Both raise
@@ -20,14 +26,74 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import fsspec
+from etils import epath
 
 PARTIAL_SUFFIX = ".partial"
 OLD_SUFFIX = ".old"
+OBJECT_STORES = {"gs": "gcsfs", "s3": "s3fs"}  # URL scheme -> the fsspec package it needs
+AnyPath = Path | epath.Path  # a local path, or an object-store path from `as_path`
+
+
+def as_path(location: str | os.PathLike[str]) -> AnyPath:
+    """`location` as a local `Path`, or for `gs://...` and `s3://...` an `epath.Path`.
+
+    ValueError (one line) for another URL scheme, and when the scheme's fsspec package
+    (`OBJECT_STORES`) is not installed, naming it."""
+    if isinstance(location, epath.Path) and not isinstance(location, Path):
+        return location
+    text = os.fspath(location)
+    scheme, separator, _ = text.partition("://")
+    if not separator:
+        return Path(text)
+    if scheme not in OBJECT_STORES:
+        raise ValueError(f"{text}: unsupported location; use a local path, gs:// or s3://")
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError:
+        package = OBJECT_STORES[scheme]
+        raise ValueError(
+            f"{text}: {scheme}:// needs the {package} package: pip install {package}"
+        ) from None
+    return epath.Path(text)
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """True for an object-store path (`gs://`, `s3://`)."""
+    return "://" in os.fspath(path)
+
+
+def absolute(path: AnyPath) -> str:
+    """The absolute form of `path` as text (an object-store path is already absolute)."""
+    return os.fspath(path) if is_remote(path) else str(Path(path).resolve())
+
+
+def files_below(folder: AnyPath) -> Iterator[AnyPath]:
+    """Every file below `folder`, hidden ones included, in no set order (local: `rglob`;
+    object stores, where epath refuses `**`: one listing per folder)."""
+    if not is_remote(folder):
+        yield from (p for p in Path(folder).rglob("*") if p.is_file())
+        return
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            yield from files_below(entry)
+        else:
+            yield entry
+
+
+def local_lock_path(path: AnyPath) -> Path:
+    """A local file standing for the object-store `path` in `hiseg_jax.locks` (object
+    stores have no locks): it keeps runs on one host apart, not runs on different hosts."""
+    digest = hashlib.sha256(os.fspath(path).encode()).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / "hiseg-locks" / f"{digest}.lock"
 
 
 class OutputLocationError(ValueError):
@@ -38,7 +104,14 @@ class OutputLocationError(ValueError):
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a temporary path beside `path` (`.<name>.<random>.part`, hidden, unique, so
     that concurrent writers of one file never share it) to write; when the block ends
-    normally it replaces `path` in one rename, otherwise it is deleted."""
+    normally it replaces `path` in one rename, otherwise it is deleted. For an object-store
+    `path` the temporary file is local and is uploaded as one object."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="hiseg-") as folder:
+            local = Path(folder) / "file"
+            yield local
+            _upload(local, as_path(path))
+        return
     path = Path(path)
     descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(descriptor)
@@ -66,14 +139,20 @@ def staging_paths(final: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def staged_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
+def staged_folder(final: str | os.PathLike[str], last: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder; on normal exit, make its files durable (fsync) and
     rename it to `final`, replacing a previous `final`; on an exception, remove it.
 
     A previous `final` is first renamed aside and removed after the new one is in place,
     so a kill between the two renames leaves no `final` (and a stale `.old` that the next
-    call removes), never a mixture.
+    call removes), never a mixture. For an object-store `final` the folder is local and its
+    files are uploaded into `final` (`_publish`), the file named `last` after all others.
     """
+    if is_remote(final):
+        with tempfile.TemporaryDirectory(prefix="hiseg-") as folder:
+            yield Path(folder)
+            _publish(Path(folder), as_path(final), last)
+        return
     final = Path(final)
     partial, old = staging_paths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -93,13 +172,37 @@ def staged_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
     _remove(old)
 
 
-def check_output_dir(folder: str | os.PathLike[str], what: str = "output folder") -> Path:
+def _upload(local: Path, path: AnyPath) -> None:
+    """Copy the local file to `path` in one write (one object on an object store)."""
+    with open(local, "rb") as source, path.open("wb") as target:
+        shutil.copyfileobj(source, target)
+
+
+def _publish(staged: Path, final: AnyPath, last: str | None) -> None:
+    """Replace the object-store folder `final` with the files of `staged`: the old marker
+    `last` is deleted first (the old result stops counting as finished), then the old
+    folder, then every file is uploaded, `last` after all others."""
+    if last is not None and (final / last).exists():
+        (final / last).unlink()
+    if final.exists():
+        final.rmtree()
+    files = sorted(p for p in staged.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(staged).as_posix() == last)
+    for file in files:
+        target = final / file.relative_to(staged).as_posix()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _upload(file, target)
+
+
+def check_output_dir(folder: str | os.PathLike[str], what: str = "output folder") -> AnyPath:
     """`folder`, once proven that it can be created and written (`_unwritable`).
 
     Raises OutputLocationError naming the cause: a path component that is a file, no
     permission, a read-only file system, no space left.
     """
-    folder = Path(folder)
+    folder = as_path(folder)
+    if is_remote(folder):
+        return _check_remote(folder, what)
     reason = _unwritable(folder)
     if reason is not None:
         raise OutputLocationError(f"cannot write the {what} {folder}: {reason}")
@@ -122,6 +225,18 @@ def check_output_file(
     if reason is not None:
         raise OutputLocationError(f"cannot write the {what} {path}: {reason}")
     return path
+
+
+def _check_remote(folder: Any, what: str) -> Any:
+    """`folder` on an object store, once a probe object was written in it and deleted."""
+    probe = folder / f".hiseg-probe-{os.urandom(8).hex()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise OutputLocationError(f"cannot write the {what} {folder}: {err}") from None
+    return folder
 
 
 def _unwritable(folder: Path) -> str | None:

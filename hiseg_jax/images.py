@@ -11,12 +11,14 @@ raises `ImageLoadError`, a `ValueError` whose message names the file and the pro
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from hiseg_jax.files import AnyPath, absolute, as_path, files_below
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -39,13 +41,14 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     Raises `ImageLoadError` naming the file for a missing, empty, unrecognised or truncated
     file and for an image with a zero-length side.
     """
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+    data = path.read_bytes()
+    if not data:
         raise ImageLoadError(f"{path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             return pil_to_rgb(image, name=str(path))
     except ImageLoadError:
@@ -110,7 +113,9 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
-def iter_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, Path]]:
+def iter_images(
+    paths: Iterable[str | os.PathLike[str]],
+) -> Iterator[tuple[AnyPath, AnyPath]]:
     """The image files named by `paths`, as `(file, folder_argument_or_file_parent)` pairs.
 
     A folder is searched recursively for files whose extension is in `IMAGE_EXTENSIONS`
@@ -118,25 +123,26 @@ def iter_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path,
     sorted order of their path inside the folder. A path that is not a folder is yielded
     as given, whatever its extension (so a missing or unreadable file the user named gets
     reported when it is loaded rather than silently dropped). Each file is yielded once.
+    Paths may be local or on an object store (`files.as_path`).
     """
-    seen: set[Path] = set()
-    for entry in map(Path, paths):
+    seen: set[str] = set()
+    for entry in map(as_path, paths):
         if entry.is_dir():
             files = sorted(
-                (p for p in entry.rglob("*") if _is_visible_image(p, entry)),
+                (p for p in files_below(entry) if _is_visible_image(p, entry)),
                 key=lambda p: p.relative_to(entry).parts,
             )
             pairs = [(p, entry) for p in files]
         else:
             pairs = [(entry, entry.parent)]
         for file, root in pairs:
-            key = file.resolve()
+            key = absolute(file)
             if key not in seen:
                 seen.add(key)
                 yield file, root
 
 
-def _is_visible_image(path: Path, root: Path) -> bool:
+def _is_visible_image(path: AnyPath, root: AnyPath) -> bool:
     """True for a non-hidden regular file below `root` with an image extension."""
     hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
     return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()

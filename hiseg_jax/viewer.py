@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from hiseg_jax import pictures
-from hiseg_jax.files import write_text
+from hiseg_jax.files import AnyPath, absolute, as_path, write_text
 
 if TYPE_CHECKING:
     from hiseg_jax.api import SegmentationResult
@@ -186,19 +186,19 @@ def leaf_ancestors(
     return out
 
 
-def write_gallery(out: str | os.PathLike[str], folders: list[Path]) -> Path:
+def write_gallery(out: str | os.PathLike[str], folders: list[AnyPath]) -> AnyPath:
     """Write `out/index.html` (atomically, unless it already says this) linking the image
     `folders` (inside `out`).
 
     Each card shows the image's first level picture and links its viewer page (or, for an
     image written without one, its overview picture).
     """
-    out = Path(out)
+    out = as_path(out)
     cards = [_card(out, folder) for folder in folders]
     count = f"{len(cards)} image{'s' * (len(cards) != 1)}"
     document = _fill(
         "gallery.html",
-        TITLE=html.escape(f"hiseg segment: {out.resolve().name}"),
+        TITLE=html.escape(f"hiseg segment: {Path(absolute(out)).name}"),
         STYLE=_asset("viewer.css"),
         COUNT=count,
         CARDS="\n".join(cards) or '<p class="empty">No finished image yet.</p>',
@@ -209,7 +209,7 @@ def write_gallery(out: str | os.PathLike[str], folders: list[Path]) -> Path:
     return path
 
 
-def _card(out: Path, folder: Path) -> str:
+def _card(out: AnyPath, folder: AnyPath) -> str:
     """One gallery card: thumbnail, name, size and node counts, links to the image's files."""
     name = folder.relative_to(out).as_posix()
     try:

@@ -24,25 +24,29 @@ import shlex
 import sys
 from pathlib import Path
 
+import jax
+
 from hiseg_jax.commands.options import (
     add_partition_arguments,
+    add_process_arguments,
     add_run_arguments,
     format_size,
+    local_path,
     partition_config,
     partition_flags,
+    start_processes,
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.datasets import BUILDERS
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.evaluation.report import results_table
-from hiseg_jax.evaluation.results_log import read
 from hiseg_jax.evaluation.runner import (
     MATCHINGS,
     RESOLUTIONS,
-    RESULTS,
     EvalSettings,
     RunOptions,
     evaluate,
+    read_records,
 )
 from hiseg_jax.features import DEFAULT_SIZE
 from hiseg_jax.paths import DEFAULT_BACKBONE
@@ -58,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         required=True,
-        type=Path,
+        type=local_path,
         help="the dataset's folder, as its official download unpacks (a folder "
         "that does not fit gets an error naming what is missing)",
     )
@@ -81,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, help="score only the first N images of the split"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: runs/DATASET-SPLIT)"
+        "--out", type=local_path, default=None, help="output folder (default: runs/DATASET-SPLIT)"
     )
     again = parser.add_mutually_exclusive_group()
     again.add_argument(
@@ -95,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
         "--hierarchy",
-        type=Path,
+        type=local_path,
         default=None,
         help="a label hierarchy file replacing the dataset's own, one node a "
         "line as 'parent/child | pixel value | foreground|background|ignore' "
@@ -103,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prepared-dir",
-        type=Path,
+        type=local_path,
         default=None,
         help="where the dataset's ArrayRecord files are prepared (default: "
         "$HISEG_TFDS_DIR, else $HISEG_HOME/tfds)",
@@ -115,6 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_process_arguments(parser)
     add_partition_arguments(parser)
 
 
@@ -178,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table; see the module docstring for the exit status."""
     out = args.out or Path("runs") / f"{args.dataset}-{args.split}"
     try:
+        start_processes(args)
         settings = settings_from_args(args)
         options = RunOptions(
             out=out,
@@ -191,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, command=command_line(settings, options))
         report = evaluate(settings, options)
     except KeyboardInterrupt:
-        count = len(read(out / RESULTS)[0])
+        count = len(read_records(out))
         print(
-            f"\nhiseg evaluate: interrupted; {count} images recorded in {out / RESULTS}. "
+            f"\nhiseg evaluate: interrupted; {count} images recorded in {out}. "
             "Continue with the same command and --resume.",
             file=sys.stderr,
         )
@@ -202,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hiseg evaluate: error: {err}", file=sys.stderr)
         return 2
     run_info = report["run"]
+    if jax.process_index() != 0:  # process 0 prints the run's table
+        return 1 if run_info["skipped"] else 0
     print(
         f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
         f"{run_info['skipped']} skipped ({settings.resolution} resolution"

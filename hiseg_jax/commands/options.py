@@ -1,12 +1,15 @@
-"""Command-line options shared by subcommands: how to run the backbone (`add_run_arguments`)
-and one `--field-name` option per `PartitionConfig` field (`add_partition_arguments`)."""
+"""Command-line options shared by subcommands: how to run the backbone (`add_run_arguments`),
+how processes join a multi-host run (`add_process_arguments`, `start_processes`) and one
+`--field-name` option per `PartitionConfig` field (`add_partition_arguments`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 
+from hiseg_jax.engine.sharding import initialize_distributed
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.features import DEFAULT_SIZE, FEATURE_KINDS
 from hiseg_jax.paths import DEFAULT_BACKBONE
@@ -57,6 +60,15 @@ def parse_size(text: str) -> int | tuple[int, int]:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise argparse.ArgumentTypeError(f"size must be S or HxW, got {text!r}")
+
+
+def local_path(text: str) -> Path:
+    """A local path option; object-store URLs are refused (only `hiseg segment` takes them)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text}: only local paths here (gs:// and s3:// work with hiseg segment)"
+        )
+    return Path(text)
 
 
 def format_size(size: int | tuple[int, int]) -> str:
@@ -112,6 +124,51 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="random key of the eigensolvers and k-means (default: 0)",
     )
+
+
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """--coordinator-address, --num-processes, --process-id (`jax.distributed.initialize`'s
+    arguments) and --distributed auto: one process per host, each taking its share."""
+    group = parser.add_argument_group(
+        "multi-process runs (README: one process per host, each takes its share)"
+    )
+    group.add_argument(
+        "--coordinator-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="address of process 0, reachable from every process",
+    )
+    group.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+    group.add_argument(
+        "--process-id", type=int, default=None, help="this process's index, 0 .. N - 1"
+    )
+    group.add_argument(
+        "--distributed",
+        choices=("auto",),
+        default=None,
+        help="'auto': read the three above from the cluster (Cloud TPU, SLURM, Open MPI, "
+        "Kubernetes), as jax.distributed.initialize() does",
+    )
+
+
+def start_processes(args: argparse.Namespace) -> None:
+    """Join the multi-process run the arguments ask for (nothing for a single process);
+    must run before any JAX array exists. ValueError (one line) for incomplete flags or a
+    coordinator that cannot be reached."""
+    given = (args.coordinator_address, args.num_processes, args.process_id)
+    auto = args.distributed == "auto"
+    if auto and given != (None, None, None):
+        raise ValueError("--distributed auto reads the process flags from the cluster: give none")
+    if not auto and None in given and given != (None, None, None):
+        raise ValueError(
+            "give --coordinator-address, --num-processes and --process-id together "
+            "(or --distributed auto)"
+        )
+    try:
+        initialize_distributed(*given, auto_detect=auto)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"could not join the multi-process run: {first}") from None
 
 
 def field_type(field: dataclasses.Field, hint: object) -> typing.Callable[[str], object]:

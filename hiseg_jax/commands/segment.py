@@ -17,6 +17,12 @@ interrupted run resumes. Runs sharing `DIR` take a lock per image: an image that
 live run is segmenting is skipped (not waited for), with a line saying so. A file that
 cannot be read is reported and skipped; the run goes on.
 
+IMAGES_OR_FOLDERS and DIR may be local, `gs://` or `s3://` (`files.as_path`). With
+`--coordinator-address --num-processes --process-id` (or `--distributed auto`) the command
+is one of N processes: each segments its share of the images sorted by name
+(`engine.sharding.process_share`) on its own devices, and process 0 prints the summary of
+all of them (README: many hosts).
+
 Each image's folder gets an interactive page (`viewer.html`), and `DIR/index.html` links
 every finished image in DIR (rewritten at the end of every run, resumed ones included);
 `--no-viewer` writes neither.
@@ -30,10 +36,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -44,12 +50,15 @@ from hiseg_jax import export, locks, viewer
 from hiseg_jax.api import ImageSegmentation, segment_stream
 from hiseg_jax.commands.options import (
     add_partition_arguments,
+    add_process_arguments,
     add_run_arguments,
     partition_config,
+    start_processes,
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.engine.batches import Failure, Item
-from hiseg_jax.files import check_output_dir
+from hiseg_jax.engine.sharding import gather, local_mesh, process_share
+from hiseg_jax.files import AnyPath, absolute, as_path, check_output_dir
 from hiseg_jax.images import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
@@ -79,15 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "images",
         nargs="*",
-        type=Path,
         metavar="IMAGES_OR_FOLDERS",
-        help="image files and folders (recursive); none: the sample images",
+        help="image files and folders (recursive; local, gs:// or s3://); none: the sample images",
     )
     parser.add_argument(
         "--out",
-        type=Path,
-        default=Path("out"),
-        help="output folder, one sub-folder per image (default: %(default)s)",
+        default="out",
+        help="output folder, one sub-folder per image; local, gs:// or s3:// "
+        "(default: %(default)s)",
     )
     add_run_arguments(parser)
     parser.add_argument(
@@ -101,12 +109,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write no interactive viewer page per image and no index.html",
     )
+    add_process_arguments(parser)
     add_partition_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment every job not already done, then print a summary (module docstring: status)."""
+    """Segment this process's share of the jobs not already done, then print a summary of
+    every process's (module docstring: status)."""
     try:
+        start_processes(args)
+        args.out = as_path(args.out)
         config = partition_config(args)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -125,41 +137,65 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     settings = _settings(args, config)
+    mine = process_share(sorted(jobs, key=lambda job: job.name))
     todo = []
-    for job in jobs:
+    for job in mine:
         if export.is_done(args.out / job.name, job.source, settings):
             locks.clear_stale(export.image_lock_path(args.out / job.name))  # a killed run's
         else:
             todo.append(job)
-    outcome = Outcome()
+    outcome = Outcome(skipped=len(mine) - len(todo))
     if todo:
         try:
             model = load_backbone(args.backbone)
             _segment_jobs(todo, model, config, settings, args, outcome)
         except ValueError as err:  # a bad checkpoint; settings that fit no image
             print(f"hiseg segment: error: {err}", file=sys.stderr)
-            return 2
-    if not args.no_viewer and args.out.is_dir():
-        viewer.write_gallery(args.out, export.finished_folders(args.out))
-    busy = f", {len(outcome.busy)} left to another run" if outcome.busy else ""
-    print(
-        f"hiseg segment: {len(outcome.written)} segmented, "
-        f"{len(jobs) - len(todo) + len(outcome.done)} skipped (already done), "
-        f"{len(outcome.failures)} failed{busy} -> {args.out}"
-    )
+            outcome.error = True
     for failure in outcome.failures:
         print(f"  failed: {failure}")
-    return 1 if outcome.failures else 0
+    total = gather(outcome.counts()).sum(axis=0)  # every process's, in every process
+    if jax.process_index() == 0:
+        if not args.no_viewer and args.out.is_dir():
+            viewer.write_gallery(args.out, export.finished_folders(args.out))
+        print(_summary(total, args.out))
+    return 2 if total[-1] else 1 if total[2] else 0
+
+
+def _summary(counts: np.ndarray, out: AnyPath) -> str:
+    """The run's line from the summed `Outcome.counts` of every process."""
+    written, skipped, failed, busy, _ = (int(c) for c in counts)
+    processes = jax.process_count()
+    on = f" by {processes} processes" if processes > 1 else ""
+    others = f", {busy} left to another run" if busy else ""
+    return (
+        f"hiseg segment: {written} segmented{on}, {skipped} skipped (already done), "
+        f"{failed} failed{others} -> {out}"
+    )
 
 
 @dataclasses.dataclass
 class Outcome:
     """What became of the jobs a run took on (names, or failure messages)."""
 
+    skipped: int = 0  # already done before the run
     written: list[str] = dataclasses.field(default_factory=list)
     done: list[str] = dataclasses.field(default_factory=list)  # finished by another run
     busy: list[str] = dataclasses.field(default_factory=list)  # locked by another live run
     failures: list[str] = dataclasses.field(default_factory=list)
+    error: bool = False  # the run stopped on bad settings or a bad checkpoint
+
+    def counts(self) -> np.ndarray:
+        """int64 [5]: written, skipped (done before or meanwhile), failed, busy, error."""
+        return np.array(
+            [
+                len(self.written),
+                self.skipped + len(self.done),
+                len(self.failures),
+                len(self.busy),
+                int(self.error),
+            ]
+        )
 
 
 class Skip(NamedTuple):
@@ -185,7 +221,10 @@ def _segment_jobs(
     ends the run. A lock is released when its image is written, or when the run stops.
     """
     held: dict[str, locks.Lock] = {}  # filled by the prefetch thread, emptied here
-    with tqdm(total=len(todo), unit="image", desc="hiseg segment") as bar:
+    desc = "hiseg segment"
+    if jax.process_count() > 1:
+        desc += f" [process {jax.process_index()}/{jax.process_count()}]"
+    with tqdm(total=len(todo), unit="image", desc=desc) as bar:
         results = segment_stream(
             _items(todo, args.out, settings, held),
             model,
@@ -196,6 +235,7 @@ def _segment_jobs(
             config=config,
             crf=CRFConfig() if args.crf else None,
             notify=bar.set_postfix_str,
+            mesh=local_mesh(),
         )
         try:
             for result in results:
@@ -221,7 +261,7 @@ def _segment_jobs(
 
 
 def _items(
-    todo: list[Job], out: Path, settings: dict[str, Any], held: dict[str, locks.Lock]
+    todo: list[Job], out: AnyPath, settings: dict[str, Any], held: dict[str, locks.Lock]
 ) -> Iterator[Item | Failure]:
     """Lock and load each job (the engine runs this in its prefetch thread): an `Item`, or
     a `Failure` for a job another run holds or finished (payload `Skip`) or whose file
@@ -275,7 +315,7 @@ def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, An
     return json.loads(json.dumps(settings))
 
 
-def find_jobs(paths: list[Path]) -> list[Job]:
+def find_jobs(paths: Sequence[str | os.PathLike[str]]) -> list[Job]:
     """The sample images when `paths` is empty, else every image file under `paths`."""
     if not paths:
         samples = sample_images()
@@ -286,12 +326,12 @@ def find_jobs(paths: list[Path]) -> list[Job]:
     found = list(iter_images(paths))
     names = output_names([(file, root) for file, root in found])
     return [
-        Job(name, str(file.resolve()), lambda file=file: load_image(file))
+        Job(name, absolute(file), lambda file=file: load_image(file))
         for name, (file, _) in zip(names, found, strict=True)
     ]
 
 
-def output_names(files: list[tuple[Path, Path]]) -> list[str]:
+def output_names(files: list[tuple[AnyPath, AnyPath]]) -> list[str]:
     """A distinct output folder name per `(file, root)`: the file's path below `root`
     without extension; names that would clash keep their extension ("x_png"), and any
     clash left gets "-2", "-3", ... in input order."""

@@ -15,12 +15,20 @@ same local batch size (the program is launched on every device at once).
     x = shard_batch(pad_batch(images, local_device_count(mesh)), mesh)
     out = jax.jit(data_parallel(fn, mesh, (False, True)))(replicate(params, mesh), x)
     rows = local_rows(out)[:len(images)]
+
+The commands (`hiseg segment`, `hiseg evaluate`) run the other way: each process takes its
+`process_share` of the inputs and runs it on a `local_mesh` (its own devices only), so no
+step waits for another host and shares may differ in length (images already done, files
+that fail); the processes meet only at a `barrier` and to `gather` counts, through the
+coordination service of `jax.distributed` (no device involved).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -28,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+T = TypeVar("T")
 
 
 def initialize_distributed(
@@ -61,6 +70,55 @@ def initialize_distributed(
             )
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
     return True
+
+
+def process_share(items: Sequence[T]) -> list[T]:
+    """This process's share of `items` (the same sequence in every process): every
+    `jax.process_count()`-th item from index `jax.process_index()`, so each item goes to
+    exactly one process and shares differ in length by at most one."""
+    return list(items)[jax.process_index() :: jax.process_count()]
+
+
+WAIT_MS = 20 * 24 * 3600 * 1000  # a barrier waits this long (20 days) for the slowest share
+_calls = itertools.count()  # every process makes the same calls in the same order
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reached the barrier `name` (nothing with one process)."""
+    if jax.process_count() > 1:
+        _client().wait_at_barrier(f"hiseg/{name}/{next(_calls)}", WAIT_MS)
+
+
+def gather(values: np.ndarray) -> np.ndarray:
+    """Every process's `values` (same shape everywhere; integers or floats) stacked as
+    `[processes, ...]`, in process order, in every process."""
+    values = np.asarray(values)
+    if jax.process_count() == 1:
+        return values[None]
+    client, key = _client(), f"hiseg/gather/{next(_calls)}"
+    client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(values.tolist()))
+    rows = [
+        json.loads(client.blocking_key_value_get(f"{key}/{i}", WAIT_MS))
+        for i in range(jax.process_count())
+    ]
+    return np.asarray(rows, values.dtype)
+
+
+def _client() -> Any:
+    """The `jax.distributed` coordination client: barriers and a key-value store that wait
+    as long as asked and need no device. Device collectives (`multihost_utils`) do not fit:
+    processes reach the end of their shares minutes apart, and on CPU gloo gives up after
+    30 s. JAX has no public accessor; orbax reads it the same way."""
+    from jax._src import distributed  # see the docstring
+
+    if distributed.global_state.client is None:
+        raise RuntimeError("jax.distributed is not initialized")
+    return distributed.global_state.client
+
+
+def local_mesh() -> Mesh:
+    """`data_mesh` over this process's devices only: steps on it need no other process."""
+    return data_mesh(jax.local_devices())
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -16,6 +16,13 @@ leaves, instead of the nearest upsampling of the patch labels. A later run with
 `resume=True` scores only the images without a record, after checking that its settings
 are those of `settings.json`. The dataset totals are always rebuilt from the records
 (`scoring`), then reported (`report`).
+
+Several processes (`jax.distributed`, one per host) share a run: process i scores the
+images i, i + N, i + 2N, ... of the split not recorded yet, on its own devices, and appends
+to its own log (`results_log_name`: `results.jsonl` for process 0, `results-<i>.jsonl`);
+every log in the folder is read back, so a run resumed with another number of processes
+continues where the logs stop. Process 0 prepares the dataset first (the others then read
+what it prepared), owns `settings.json` and writes the report once every process is done.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from hiseg_jax import __version__
 from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels
 from hiseg_jax.datasets import BUILDERS, load, read_example
 from hiseg_jax.engine.batches import Failure, Item
-from hiseg_jax.engine.sharding import pad_batch
+from hiseg_jax.engine.sharding import barrier, gather, local_mesh, pad_batch, process_share
 from hiseg_jax.engine.step import make_step
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, BatchResult, stream
 from hiseg_jax.evaluation import hungarian as eval_hungarian
@@ -59,7 +66,7 @@ Resolution = Literal["patch", "image"]
 Matching = Literal["max-overlap", "hungarian"]
 RESOLUTIONS: tuple[str, ...] = ("image", "patch")
 MATCHINGS: tuple[str, ...] = ("max-overlap", "hungarian")
-RESULTS = "results.jsonl"
+RESULTS = "results.jsonl"  # process 0's log; process i > 0 writes results-<i>.jsonl
 SETTINGS = "settings.json"
 ACCUMULATOR = "accumulator.npz"
 _FORMAT = "hiseg-evaluate-v1"
@@ -155,22 +162,68 @@ def dataset_hierarchy(settings: EvalSettings) -> Hierarchy:
 
 
 def evaluate(settings: EvalSettings, options: RunOptions) -> dict[str, Any]:
-    """Score the split's images not scored yet, then write and return the report.
+    """Score this process's share of the split's images not scored yet, then (process 0,
+    once every process is done) write the report; returns it in every process.
 
     Raises DatasetLayoutError (missing / malformed dataset folder), EvaluationError (output
     folder holding another run), ValueError (settings that fit no image)."""
     start = time.perf_counter()
     check_output_dir(options.out)
-    source = load(settings.dataset, settings.data_dir, settings.split, options.prepared_dir)
+    source = _load_source(settings, options)
     space = None if settings.kind == "bsds" else label_space(dataset_hierarchy(settings))
     _check_size(settings)
     records = _open_out(options, settings.to_json())
     done = {r["index"] for r in records}
     stop = len(source) if options.limit is None else min(options.limit, len(source))
-    todo = [i for i in range(stop) if i not in done]
+    todo = [i for i in process_share(range(stop)) if i not in done]
     if todo:
-        _score_all(source, todo, settings, space, options, records)
-    return _finish(settings, options, records, len(source), space, time.perf_counter() - start)
+        _score_all(source, todo, settings, space, options)
+    barrier("evaluate-scored")
+    if jax.process_index() == 0:
+        records = read_records(options.out)
+        wall = time.perf_counter() - start
+        report = _finish(settings, options, records, len(source), space, wall)
+    barrier("evaluate-reported")
+    if jax.process_index() != 0:
+        report = json.loads((options.out / "report.json").read_text(encoding="utf-8"))
+    return report
+
+
+def _load_source(settings: EvalSettings, options: RunOptions) -> Sequence[dict[str, Any]]:
+    """The split's source (`datasets.load`); process 0 loads first, preparing the dataset if
+    needed, then the others (so that they never prepare the same files at once). Raises in
+    every process when process 0 could not load it."""
+    args = (settings.dataset, settings.data_dir, settings.split, options.prepared_dir)
+    first = jax.process_index() == 0
+    source = None
+    try:
+        if first:
+            source = load(*args)
+    finally:
+        failed = gather(np.int32(first and source is None))[0]
+    if failed:
+        raise EvaluationError("process 0 could not load the dataset; see its message")
+    return source if first else load(*args)
+
+
+def results_log_name(process: int) -> str:
+    """The results log a process appends to: `results.jsonl` for process 0 (and any
+    single-process run), `results-<i>.jsonl` for process i."""
+    return RESULTS if process == 0 else f"results-{process}.jsonl"
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    """The records of every results log in `out` (one per image index, sorted by index;
+    a torn last line of a log is ignored)."""
+    records: dict[int, dict[str, Any]] = {}
+    for log in _result_logs(out):
+        for record in results_log.read(log)[0]:
+            records.setdefault(record["index"], record)
+    return [records[index] for index in sorted(records)]
+
+
+def _result_logs(out: Path) -> list[Path]:
+    return sorted(out.glob("results*.jsonl"))
 
 
 def _score_all(
@@ -179,20 +232,25 @@ def _score_all(
     settings: EvalSettings,
     space: LabelSpace | None,
     options: RunOptions,
-    records: list[dict[str, Any]],
 ) -> None:
     """Segment and score the images `todo` through the engine (decoding and GT preparation
-    in its prefetch thread), appending each record to the log as its batch is done (and to
-    `records`)."""
+    in its prefetch thread) on this process's devices, appending each record to this
+    process's log as its batch is done."""
     model = load_backbone(settings.backbone)
-    step = make_step(model, settings.size, settings.partition, features=settings.features)
+    step = make_step(
+        model, settings.size, settings.partition, features=settings.features, mesh=local_mesh()
+    )
     patch = model.config.patch_size
     grid = tuple(s // patch for s in step.image_size) if settings.resolution == "patch" else None
     items = (_read_item(source, index, space, grid) for index in todo)
+    desc = f"{settings.dataset} {settings.split}"
+    if jax.process_count() > 1:
+        desc += f" [process {jax.process_index()}/{jax.process_count()}]"
+    log = options.out / results_log_name(jax.process_index())
     bar = tqdm(
         total=len(todo),
         unit="img",
-        desc=f"{settings.dataset} {settings.split}",
+        desc=desc,
         disable=not options.progress,
         dynamic_ncols=True,
     )
@@ -215,8 +273,7 @@ def _score_all(
             last = now
             new = failures + scored
             for record in sorted(new, key=lambda r: r["index"]):
-                results_log.append(options.out / RESULTS, record)
-                records.append(record)
+                results_log.append(log, record)
             for failure in failures:
                 bar.write(f"skipped {failure['name']}: {failure['error']}", file=sys.stderr)
             bar.update(len(new))
@@ -232,22 +289,22 @@ def _check_size(settings: EvalSettings) -> None:
 
 
 def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """Prepare the output folder; returns the records already there (resume)."""
-    out, log = options.out, options.out / RESULTS
-    if options.overwrite:
-        for name in (RESULTS, SETTINGS, ACCUMULATOR, *eval_report.REPORT_FILES):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / eval_hungarian.LEAVES, ignore_errors=True)
-    held = log.exists() and log.stat().st_size > 0
+    """Prepare the output folder; returns the records already there (resume).
+
+    Every process checks the folder before any of them changes it; process 0 then clears
+    it (`overwrite`) or writes `settings.json`, and each process repairs its own log."""
+    out = options.out
+    logs = _result_logs(out)
+    held = any(log.stat().st_size > 0 for log in logs) and not options.overwrite
     if held and not options.resume:
-        count = len(results_log.read(log)[0])
+        count = len(read_records(out))
         raise EvaluationError(
-            f"{out} already holds the results of {count} images ({log}); "
+            f"{out} already holds the results of {count} images ({', '.join(map(str, logs))}); "
             "pass --resume to continue that run or --overwrite to discard it"
         )
     saved = out / SETTINGS
     if held and not saved.exists():
-        raise EvaluationError(f"{log} has no {SETTINGS} beside it: cannot check its settings")
+        raise EvaluationError(f"{out} has results but no {SETTINGS}: cannot check their settings")
     if held:
         previous = json.loads(saved.read_text(encoding="utf-8"))
         differ = settings_differences(previous, settings)
@@ -257,16 +314,24 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
                 + "; ".join(f"{name} {old} there, {new} now" for name, old, new in differ)
                 + ". Use another --out, or --overwrite to discard it"
             )
-    else:
+    barrier("evaluate-checked")
+    if jax.process_index() == 0 and not held:
+        for path in (*logs, *(out / name for name in (SETTINGS, ACCUMULATOR))):
+            path.unlink(missing_ok=True)
+        for name in eval_report.REPORT_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / eval_hungarian.LEAVES, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         write_text(saved, json.dumps(settings, indent=2) + "\n")
+    log = out / results_log_name(jax.process_index())
     dropped = results_log.repair(log)
     if dropped:
         print(
             f"hiseg evaluate: dropped a half-written last line ({dropped} bytes) of {log}",
             file=sys.stderr,
         )
-    return results_log.read(log)[0]
+    barrier("evaluate-opened")
+    return read_records(out)
 
 
 def settings_differences(
