@@ -1,8 +1,10 @@
-"""Shared test fixtures: locations of the real data and the default checkpoint."""
+"""Shared test fixtures: locations of the real data and the default checkpoint; the
+benchmarks/ scripts importable (their data helpers are reused by the real-data tests)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from hiseg_jax.paths import default_checkpoint_path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # tests reuse the benchmarks' data helpers
 SHARED_DATA = Path(os.environ.get("HISEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEFAULT_CHECKPOINT = default_checkpoint_path()  # $HISEG_CHECKPOINTS (`make test`: checkpoints/)
 

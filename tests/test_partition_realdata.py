@@ -11,8 +11,6 @@ Skipped unless `../shared/data` and the converted default checkpoint exist. Four
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import jax
@@ -31,17 +29,11 @@ IMAGES = 4
 _stage_b = jax.jit(jp.stage_b, static_argnames="config")
 
 
-def _quality_module() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "partition_quality.py"
-    spec = importlib.util.spec_from_file_location("partition_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def quality() -> ModuleType:
-    return _quality_module()
+    import partition_quality  # benchmarks/ (tests/conftest.py puts it on sys.path)
+
+    return partition_quality
 
 
 @pytest.fixture(scope="module")

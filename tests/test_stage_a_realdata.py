@@ -12,10 +12,10 @@ are computed once for the module (`benchmarks/bsds_data.py`: batches of 4; read 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
+import bsds_data
 import jax
 import numpy as np
 import pytest
@@ -35,20 +35,13 @@ MIN_ARI, MIN_STABLE = 0.95, 18
 SIN_TOL_REAL = 1e-3
 
 
-def _bsds_data():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bsds_data.py"
-    spec = importlib.util.spec_from_file_location("bsds_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def val_features(shared_data, default_checkpoint) -> np.ndarray:
     """float32 [20, 32, 32, 384] default-backbone features of the first val images."""
     cache = os.environ.get("HISEG_FEATURE_CACHE")
-    data = _bsds_data()
-    _, feats = data.bsds_features("val", IMAGES, SIZE, Path(cache) if cache else None, shared_data)
+    _, feats = bsds_data.bsds_features(
+        "val", IMAGES, SIZE, Path(cache) if cache else None, shared_data
+    )
     return feats
 
 
