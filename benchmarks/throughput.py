@@ -246,14 +246,14 @@ def time_step(
         return executable
 
     backbone = compiled(step.programs.backbone, params, pixels)
-    features, finite = backbone(params, pixels)
-    partition = compiled(step.programs.partition, features, finite, key)
-    tree = partition(features, finite, key)
+    features, finite, plain = backbone(params, pixels)
+    partition = compiled(step.programs.partition, features, finite, plain, key)
+    tree = partition(features, finite, plain, key)
     finish = compiled(step.programs.finish, features, tree)
 
     def run() -> Any:
-        features, finite = backbone(params, step.arguments(images)[1])
-        tree = partition(features, finite, key)
+        features, finite, plain = backbone(params, step.arguments(images)[1])
+        tree = partition(features, finite, plain, key)
         return jax.block_until_ready((tree, finish(features, tree)))
 
     out, _ = run()

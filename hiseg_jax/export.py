@@ -148,11 +148,19 @@ def write_image_outputs(
 
 def is_done(folder: AnyPath, source: str, settings: dict[str, Any]) -> bool:
     """True if `folder` holds a finished result of `source` made with the same `settings`."""
+    return done_settings(folder, source) == settings
+
+
+def done_settings(folder: AnyPath, source: str) -> dict[str, Any] | None:
+    """The settings of `folder`'s finished result of `source`, or None (not finished, or of
+    another source)."""
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
-        return False
-    return marker == {"source": source, "settings": settings}
+        return None
+    if not isinstance(marker, dict) or marker.get("source") != source:
+        return None
+    return marker.get("settings")
 
 
 def finished_folders(out: AnyPath) -> list[AnyPath]:

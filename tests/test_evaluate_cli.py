@@ -20,6 +20,7 @@ from hiseg_jax.cli import build_parser, main
 from hiseg_jax.commands.evaluate import command_line, settings_from_args
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.evaluation import runner as evaluation
+from hiseg_jax.settings import settings_differences
 
 
 def evaluate(capsys, *args: str) -> tuple[int, str, str]:
@@ -120,7 +121,7 @@ def test_preparing_a_local_dataset_prints_one_line_of_ours(tmp_path, capfd, capl
 def test_settings_differences_name_only_the_fields_that_differ():
     old = {"seed": 0, "partition": {"levels": 9, "n_parts": 200}, "crf": None, "gone": 1}
     new = {"seed": 2, "partition": {"levels": 3, "n_parts": 200}, "crf": {"n_iter": 5}}
-    assert evaluation.settings_differences(old, new) == [
+    assert settings_differences(old, new) == [
         ("crf", "null", '{"n_iter": 5}'),
         ("gone", "1", "(absent)"),
         ("partition.levels", "9", "3"),
@@ -157,13 +158,39 @@ def test_resume_refusal_lists_only_the_changed_fields(voc, tmp_path, capsys, def
         settings, seed=4, partition=dataclasses.replace(settings.partition, levels=5)
     )
     out.mkdir()
-    (out / evaluation.SETTINGS).write_text(json.dumps(old.to_json()))
+    options = evaluation.RunOptions(out=out)
+    (out / evaluation.SETTINGS).write_text(json.dumps(evaluation.recorded_settings(old, options)))
     (out / evaluation.RESULTS).write_text('{"index": 0, "name": "0"}\n')
     code, _, err = evaluate(capsys, *voc, *SMALL_FLAGS, "--out", str(out), "--resume")
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"hiseg evaluate: error: {out} holds a run with other settings: partition.levels 5 "
         "there, 3 now; seed 4 there, 0 now. Use another --out, or --overwrite to discard it"
     )
+
+
+def test_resume_with_another_batch_size_or_device_count_is_refused(
+    voc, tmp_path, capsys, default_checkpoint
+):
+    """The batch size and the devices can change a tree (issue 15): settings.json records
+    them and --resume compares them like every other setting."""
+    out = tmp_path / "run"
+    args = build_parser().parse_args(["evaluate", *voc, *SMALL_FLAGS, "--out", str(out)])
+    recorded = evaluation.recorded_settings(
+        settings_from_args(args), evaluation.RunOptions(out=out, batch_size=4)
+    )
+    now = recorded["engine"]["devices"]
+    assert recorded["engine"]["batch_size"] == 4 and now >= 1
+    out.mkdir()
+    (out / evaluation.RESULTS).write_text('{"index": 0, "name": "0"}\n')
+    for engine, flags, change in (
+        ({"batch_size": 4}, ["--batch-size", "2"], "engine.batch_size 4 there, 2 now"),
+        ({"devices": now + 1}, ["--batch-size", "4"], f"engine.devices {now + 1} there, {now} now"),
+    ):
+        saved = recorded | {"engine": recorded["engine"] | engine}
+        (out / evaluation.SETTINGS).write_text(json.dumps(saved))
+        code, _, err = evaluate(capsys, *voc, *SMALL_FLAGS, *flags, "--out", str(out), "--resume")
+        assert code == 2
+        assert f"holds a run with other settings: {change}. Use another" in err
 
 
 def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_checkpoint):

@@ -19,8 +19,9 @@ from PIL import Image
 from segment_cases import SMALL_FLAGS, check_hierarchy, write_bad_files
 
 from hiseg_jax import export, locks
-from hiseg_jax.cli import main
+from hiseg_jax.cli import build_parser, main
 from hiseg_jax.commands import segment as segment_command
+from hiseg_jax.commands.options import partition_config
 from hiseg_jax.commands.segment import find_jobs, output_names
 from hiseg_jax.engine.batches import Failure
 from hiseg_jax.images import SAMPLE_NAMES, load_image
@@ -262,6 +263,39 @@ def test_images_another_live_run_holds_are_skipped(tmp_path, capsys, monkeypatch
         captured.out
     )
     assert not any((out / name).exists() for name in names)
+
+
+def test_images_finished_with_another_batch_size_are_recomputed(tmp_path, capsys, monkeypatch):
+    """The batch size and the devices are settings (issue 15): an image finished with another
+    batch size is recomputed, with a line naming the difference; one finished with these
+    settings is skipped."""
+    names = tiny_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    argv = ["segment", str(tmp_path / "in"), "--out", str(out), "--batch-size", "2"]
+    args = build_parser().parse_args([*argv[:-1], "8"])
+    for name, batch_size in zip(names, (8, 2), strict=True):
+        args.batch_size = batch_size
+        settings = segment_command.run_settings(args, partition_config(args))
+        assert settings["engine"]["batch_size"] == batch_size
+        (out / name).mkdir(parents=True)
+        export.mark_done(out / name, str((tmp_path / "in" / f"{name}.png").resolve()), settings)
+    model = types.SimpleNamespace(config=types.SimpleNamespace(patch_size=14))
+    monkeypatch.setattr(segment_command, "load_backbone", lambda name: model)
+    segmented = []
+
+    def segment_stream(items, *args, **kwargs):
+        segmented.extend(item.name for item in items)
+        yield from ()
+
+    monkeypatch.setattr(segment_command, "segment_stream", segment_stream)
+    assert main([*argv, "--no-viewer"]) == 0
+    captured = capsys.readouterr()
+    assert segmented == [names[0]]
+    assert captured.err.splitlines()[0] == (
+        "hiseg segment: recomputing 1 finished images made with other settings "
+        "(engine.batch_size 8 there, 2 now)"
+    )
+    assert "1 skipped (already done)" in captured.out
 
 
 @pytest.mark.weights

@@ -13,7 +13,9 @@ Images are decoded in the engine's prefetch thread while the device runs (`engin
 Each image folder is written in a temporary folder and renamed into place when complete,
 so after a kill an image folder is either complete or absent. An image whose folder already
 holds a completion marker for the same source file and settings is skipped, so an
-interrupted run resumes. Runs sharing `DIR` take a lock per image: an image that another
+interrupted run resumes; one finished with other settings (the batch size and the devices
+included: `engine.stream.engine_settings`) is recomputed, with a line naming the settings
+that differ. Runs sharing `DIR` take a lock per image: an image that another
 live run is segmenting is skipped (not waited for), with a line saying so. A file that
 cannot be read is reported and skipped; the run goes on.
 
@@ -58,6 +60,7 @@ from hiseg_jax.commands.options import (
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.sharding import gather, local_mesh, process_share
+from hiseg_jax.engine.stream import engine_settings
 from hiseg_jax.files import AnyPath, absolute, as_path, check_output_dir
 from hiseg_jax.images import (
     IMAGE_EXTENSIONS,
@@ -67,6 +70,7 @@ from hiseg_jax.images import (
     sample_images,
 )
 from hiseg_jax.models.vit import ViT
+from hiseg_jax.settings import differences_text
 from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.weights.checkpoint import load_backbone
 
@@ -136,14 +140,23 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    settings = _settings(args, config)
+    settings = run_settings(args, config)
     mine = process_share(sorted(jobs, key=lambda job: job.name))
-    todo = []
+    todo, other = [], []
     for job in mine:
-        if export.is_done(args.out / job.name, job.source, settings):
+        done = export.done_settings(args.out / job.name, job.source)
+        if done == settings:
             locks.clear_stale(export.image_lock_path(args.out / job.name))  # a killed run's
-        else:
-            todo.append(job)
+            continue
+        todo.append(job)
+        if done is not None:
+            other.append(differences_text(done, settings))
+    if other:
+        print(
+            f"hiseg segment: recomputing {len(other)} finished images made with other "
+            f"settings ({other[0]})",
+            file=sys.stderr,
+        )
     outcome = Outcome(skipped=len(mine) - len(todo))
     if todo:
         try:
@@ -302,7 +315,7 @@ def _write(result: ImageSegmentation, settings: dict[str, Any], args: argparse.N
         )
 
 
-def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, Any]:
+def run_settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, Any]:
     """Everything that changes the result, JSON-normalised (compared with the marker's)."""
     settings = {
         "backbone": str(args.backbone),
@@ -311,6 +324,7 @@ def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, An
         "seed": args.seed,
         "partition": dataclasses.asdict(config),
         "crf": dataclasses.asdict(CRFConfig()) if args.crf else None,
+        "engine": engine_settings(args.batch_size),
     }
     return json.loads(json.dumps(settings))
 

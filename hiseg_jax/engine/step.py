@@ -11,6 +11,11 @@ communication). Nothing goes back to the host between stages. Programs are cache
 Every image uses the same key, so its tree depends only on its features and the settings.
 Features can differ in the last bits with the batch shape (XLA picks kernels by shape):
 this is why the engine pads every batch, the last one too, to the same size.
+
+An image of one colour (`PLAIN_SPREAD`: a black or grey picture, a 1 x 1 image resized)
+has no structure, but the backbone's position embeddings give its patches different
+features: the step partitions it as all-zero features, a single-node tree, and reports it
+(`StepOutput.plain`) so that callers can say why.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ from hiseg_jax.spectral.partition import partition_arrays
 from hiseg_jax.tree import Tree, leaf_descriptors
 from hiseg_jax.weights.checkpoint import load_backbone
 
+# Largest spread of an image's preprocessed pixels (ImageNet-normalised units, where one grey
+# level is ~0.017) for which it counts as one colour: above the rounding of the resize.
+PLAIN_SPREAD = 1e-3
+
 
 class StepOutput(NamedTuple):
     """One batch's results (device arrays from `Step.dispatch`, host arrays from `fetch`).
@@ -65,6 +74,7 @@ class StepOutput(NamedTuple):
     scores:      the metric's scores, or None without a metric.
     violations:  int32 [B, V] metric input violations, or None.
     descriptors: float32 [B, M, E] mean feature of each leaf (`tree.leaf_descriptors`).
+    plain:       bool [B] the image has one colour (`PLAIN_SPREAD`): a single-node tree.
     """
 
     tree: Tree
@@ -73,15 +83,18 @@ class StepOutput(NamedTuple):
     scores: Any = None
     violations: jax.Array | None = None
     descriptors: jax.Array | None = None
+    plain: jax.Array | None = None
 
 
 class Programs(NamedTuple):
     """The step's three jitted, data-parallel programs, dispatched one after the other on
     device arrays (asynchronous; nothing goes to the host in between).
 
-    backbone:  (params, images [B, H, W, 3]) -> (features [B, h, w, E], finite bool [B]).
-    partition: (features, finite, key) -> `Tree` (`spectral.partition.partition_arrays`;
-               non-finite images are partitioned as all-zero ones).
+    backbone:  (params, images [B, H, W, 3]) -> (features [B, h, w, E], finite bool [B],
+               plain bool [B]: one colour, see `one_colour`).
+    partition: (features, finite, plain, key) -> `Tree` (`spectral.partition.
+               partition_arrays`; non-finite and one-colour images are partitioned as
+               all-zero features: a single node).
     finish:    (features, tree[, targets]) -> (descriptors [B, M, E], scores, violations).
 
     They are separate programs on purpose: compiled into the backbone's program, the
@@ -90,15 +103,28 @@ class Programs(NamedTuple):
     bit for bit, whatever the batch size.
     """
 
-    backbone: Callable[..., tuple[jax.Array, jax.Array]]
+    backbone: Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
     partition: Callable[..., Tree]
     finish: Callable[..., tuple[jax.Array, Any, Any]]
 
 
+def one_colour(images: jax.Array) -> jax.Array:
+    """bool [B]: every pixel of images [B, H, W, 3] (preprocessed) is within `PLAIN_SPREAD`
+    of the first one."""
+    spread = jnp.abs(images - images[:, :1, :1]).max(axis=(1, 2, 3))
+    return spread <= PLAIN_SPREAD
+
+
 def _partition_body(
-    features: jax.Array, finite: jax.Array, key: jax.Array, *, config: PartitionConfig
+    features: jax.Array,
+    finite: jax.Array,
+    plain: jax.Array,
+    key: jax.Array,
+    *,
+    config: PartitionConfig,
 ) -> Tree:
-    return partition_arrays(jnp.where(finite[:, None, None, None], features, 0.0), key, config)
+    usable = (finite & ~plain)[:, None, None, None]
+    return partition_arrays(jnp.where(usable, features, 0.0), key, config)
 
 
 def _finish_body(
@@ -123,16 +149,17 @@ def _programs(
     """The jitted, data-parallel programs for these settings (kept: they hold the
     compilations, so repeated steps with the same settings compile nothing)."""
 
-    def backbone(params: nnx.State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def backbone(params: nnx.State, images: jax.Array) -> tuple[jax.Array, ...]:
         apply = lambda p, x: nnx.merge(graphdef, p)(x)
-        return backbone_features(apply, params, images, kind, BACKBONE_DTYPES[dtype])
+        features, finite = backbone_features(apply, params, images, kind, BACKBONE_DTYPES[dtype])
+        return features, finite, one_colour(images)
 
     targets = (True,) if metric is not None else ()
     partition = functools.partial(_partition_body, config=config)
     finish = functools.partial(_finish_body, metric=metric)
     return Programs(
         backbone=jax.jit(data_parallel(backbone, mesh, (False, True))),
-        partition=jax.jit(data_parallel(partition, mesh, (True, True, False))),
+        partition=jax.jit(data_parallel(partition, mesh, (True, True, True, False))),
         finish=jax.jit(data_parallel(finish, mesh, (True, True, *targets))),
     )
 
@@ -158,10 +185,10 @@ class Step:
         [B, H, W, 3] preprocessed and (like every targets leaf) split over the mesh's
         "data" axis (B a multiple of the device count), params and key replicated. Returns
         device arrays at once (asynchronous)."""
-        features, finite = self.programs.backbone(params, images)
-        tree = self.programs.partition(features, finite, key)
+        features, finite, plain = self.programs.backbone(params, images)
+        tree = self.programs.partition(features, finite, plain, key)
         descriptors, scores, violations = self.programs.finish(features, tree, *targets)
-        return StepOutput(tree, features, finite, scores, violations, descriptors)
+        return StepOutput(tree, features, finite, scores, violations, descriptors, plain)
 
     @property
     def batch_multiple(self) -> int:
@@ -284,4 +311,5 @@ def fetch(
         finite=finite,
         scores=rows(out.scores),
         descriptors=rows(out.descriptors),
+        plain=rows(out.plain),
     )

@@ -88,6 +88,20 @@ def stream(
         yield _finish(*pending, with_features)
 
 
+def engine_settings(batch_size: int) -> dict[str, Any]:
+    """What of a run, besides the images and the partition settings, can change a tree: the
+    batch size and the devices (kind and count: XLA picks kernels by shape and device, and
+    stage A can turn a difference in the last bits into another tree). Recorded with the
+    results (`hiseg segment`'s done.json, `hiseg evaluate`'s settings.json) and compared
+    when a run is resumed."""
+    devices = jax.devices()
+    return {
+        "batch_size": batch_size,
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+    }
+
+
 def _shape(batch: HostBatch) -> tuple:
     """What the compiled program depends on: the shapes of the batch's arrays."""
     return tuple(np.shape(a) for a in jax.tree.leaves((batch.images, batch.targets)))

@@ -48,7 +48,7 @@ from hiseg_jax.datasets import BUILDERS, load, read_example
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.sharding import barrier, gather, local_mesh, pad_batch, process_share
 from hiseg_jax.engine.step import make_step
-from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, BatchResult, stream
+from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, BatchResult, engine_settings, stream
 from hiseg_jax.evaluation import hungarian as eval_hungarian
 from hiseg_jax.evaluation import report as eval_report
 from hiseg_jax.evaluation import results_log
@@ -59,6 +59,7 @@ from hiseg_jax.hierarchies import Hierarchy, LabelSpace, label_space, parse_hier
 from hiseg_jax.images import ImageLoadError
 from hiseg_jax.models.vit import get_config
 from hiseg_jax.paths import DEFAULT_BACKBONE
+from hiseg_jax.settings import differences_text
 from hiseg_jax.spectral.config import PartitionConfig, check_grid
 from hiseg_jax.weights.checkpoint import load_backbone, read_metadata, resolve_checkpoint
 
@@ -133,7 +134,8 @@ class EvalSettings:
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-    """How to run (none of it changes a score)."""
+    """How to run. Only `batch_size` (with the devices) can change a score, in the last bits
+    (see `engine.stream.engine_settings`): it is recorded beside the settings."""
 
     out: Path
     limit: int | None = None  # evaluate the first `limit` images of the split
@@ -151,6 +153,12 @@ class RunOptions:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
+
+
+def recorded_settings(settings: EvalSettings, options: RunOptions) -> dict[str, Any]:
+    """What settings.json holds and `--resume` compares: the settings' JSON and the engine's
+    (batch size, devices: `engine.stream.engine_settings`) under "engine"."""
+    return settings.to_json() | {"engine": engine_settings(options.batch_size)}
 
 
 def dataset_hierarchy(settings: EvalSettings) -> Hierarchy:
@@ -172,7 +180,7 @@ def evaluate(settings: EvalSettings, options: RunOptions) -> dict[str, Any]:
     source = _load_source(settings, options)
     space = None if settings.kind == "bsds" else label_space(dataset_hierarchy(settings))
     _check_size(settings)
-    records = _open_out(options, settings.to_json())
+    records = _open_out(options, recorded_settings(settings, options))
     done = {r["index"] for r in records}
     stop = len(source) if options.limit is None else min(options.limit, len(source))
     todo = [i for i in process_share(range(stop)) if i not in done]
@@ -307,12 +315,11 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
         raise EvaluationError(f"{out} has results but no {SETTINGS}: cannot check their settings")
     if held:
         previous = json.loads(saved.read_text(encoding="utf-8"))
-        differ = settings_differences(previous, settings)
+        differ = differences_text(previous, settings)
         if differ:
             raise EvaluationError(
-                f"{out} holds a run with other settings: "
-                + "; ".join(f"{name} {old} there, {new} now" for name, old, new in differ)
-                + ". Use another --out, or --overwrite to discard it"
+                f"{out} holds a run with other settings: {differ}. "
+                "Use another --out, or --overwrite to discard it"
             )
     barrier("evaluate-checked")
     if jax.process_index() == 0 and not held:
@@ -332,28 +339,6 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
         )
     barrier("evaluate-opened")
     return read_records(out)
-
-
-def settings_differences(
-    old: dict[str, Any], new: dict[str, Any], prefix: str = ""
-) -> list[tuple[str, str, str]]:
-    """(dotted field name, old value, new value) of every leaf field that differs between two
-    JSON settings, nested dicts compared field by field; a missing field reads "(absent)"."""
-    differ = []
-    for key in sorted(old.keys() | new.keys()):
-        a, b, name = old.get(key, _ABSENT), new.get(key, _ABSENT), prefix + key
-        if isinstance(a, dict) and isinstance(b, dict):
-            differ += settings_differences(a, b, name + ".")
-        elif a != b:
-            differ.append((name, _show(a), _show(b)))
-    return differ
-
-
-_ABSENT = object()
-
-
-def _show(value: object) -> str:
-    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 class Example(NamedTuple):
@@ -477,7 +462,7 @@ def _finish(
     report = dict(
         kind=settings.kind,
         command=options.command,
-        settings=settings.to_json(),
+        settings=recorded_settings(settings, options),
         run=run,
         results=results,
         **eval_report.environment(),
