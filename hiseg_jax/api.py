@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ from jax.sharding import Mesh
 
 from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels
 from hiseg_jax.engine.batches import Failure, Item
-from hiseg_jax.engine.step import make_step
+from hiseg_jax.engine.step import Step, make_step
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, stream
 from hiseg_jax.features import DEFAULT_SIZE, FeatureKind
 from hiseg_jax.models.vit import ViT
@@ -65,6 +66,7 @@ class ImageSegmentation(NamedTuple):
     patch_levels:     int32 [L + 1, h, w] node id of every patch at every depth.
     level_labels:     int32 [L + 1, H, W] the same at the image's own size.
     leaf_descriptors: float32 [M, E] mean feature of each leaf (zero for other slots).
+    notes:            why the result may surprise (`degenerate_notes`), for the user.
     """
 
     item: Item
@@ -72,6 +74,7 @@ class ImageSegmentation(NamedTuple):
     patch_levels: np.ndarray
     level_labels: np.ndarray
     leaf_descriptors: np.ndarray
+    notes: tuple[str, ...] = ()
 
 
 def segment(
@@ -98,6 +101,10 @@ def segment(
     solver choice. Every image uses `key` (default `jax.random.key(0)`), so results do not
     depend on the other images in the batch. With `crf` (e.g. `CRFConfig()`), pixel labels
     come from the dense CRF over the leaves instead of nearest upsampling.
+
+    Degenerate images get a `UserWarning` naming them (`degenerate_notes`): one smaller than
+    a patch is upsampled like every image; one of a single colour (black, grey, a 1 x 1
+    image) has no structure and gets a single-node tree.
     """
     pictures = as_image_list(images)
     if batch_size < 1:
@@ -117,6 +124,9 @@ def segment(
             crf=crf,
         )
     )
+    for result in done:
+        for note in result.notes:
+            warnings.warn(f"image {result.item.name}: {note}", stacklevel=2)
     tree = jax.tree.map(lambda *rows: np.concatenate(rows), *(r.tree for r in done))
     return SegmentationResult(
         tree, tuple(r.level_labels for r in done), np.stack([r.leaf_descriptors for r in done])
@@ -137,10 +147,10 @@ def segment_stream(
     mesh: Mesh | None = None,
 ) -> Iterator[ImageSegmentation | Failure]:
     """`segment` over a lazy iterable of engine `Item`s (uint8 RGB images; decoded in the
-    engine's prefetch thread), yielding each image's result, or the `Failure`s the iterable
-    yields, as batches finish (in input order). `notify` as in `engine.stream`; `mesh` as
-    in `engine.step.make_step`. ValueError (on the host, before any work) for settings that
-    fit no image."""
+    engine's prefetch thread), yielding each image's result (with its `degenerate_notes`),
+    or the `Failure`s the iterable yields, as batches finish (in input order). `notify` as
+    in `engine.stream`; `mesh` as in `engine.step.make_step`. ValueError (on the host,
+    before any work) for settings that fit no image."""
     step = make_step(model, size, config, features=features, mesh=mesh)
     key = jax.random.key(0) if key is None else key
     results = stream(
@@ -157,7 +167,28 @@ def segment_stream(
                 levels = np.asarray(upsample_labels(patch_levels[b], item.image.shape[:2]))
             else:
                 levels = crf_level_labels(item.image, out.features[b], patch_levels[b], crf)
-            yield ImageSegmentation(item, out.tree[b], patch_levels[b], levels, out.descriptors[b])
+            notes = degenerate_notes(item.image.shape, step, bool(out.plain[b]))
+            yield ImageSegmentation(
+                item, out.tree[b], patch_levels[b], levels, out.descriptors[b], notes
+            )
+
+
+def degenerate_notes(shape: tuple[int, ...], step: Step, plain: bool) -> tuple[str, ...]:
+    """What to tell the user about an image of `shape` [H, W, ...] run by `step`: smaller
+    than one patch (upsampled to the step's size, like every image: the tree is that of the
+    enlarged pixels), and `plain` (one colour, `engine.step.one_colour`: no structure, a
+    single-node tree)."""
+    notes = []
+    patch = step.vit.patch_size
+    if min(shape[:2]) < patch:
+        height, width = step.image_size
+        notes.append(
+            f"{shape[0]} x {shape[1]} pixels is smaller than one {patch} x {patch} patch: "
+            f"upsampled to {height} x {width} like every image"
+        )
+    if plain:
+        notes.append("all its pixels have one colour: no structure to split, a single-node tree")
+    return tuple(notes)
 
 
 def as_image_list(images: np.ndarray | jax.Array | Sequence) -> list[np.ndarray]:

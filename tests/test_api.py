@@ -111,3 +111,37 @@ def test_an_image_result_does_not_depend_on_its_batch():
         chex.assert_trees_all_equal(result.tree[b], alone.tree[0])
         np.testing.assert_array_equal(result.level_labels[b], alone.level_labels[0])
         np.testing.assert_array_equal(result.leaf_descriptors[b], alone.leaf_descriptors[0])
+
+
+def test_degenerate_images_are_one_node_and_named_in_a_warning():
+    """A 1 x 1 image (smaller than a patch: upsampled, with a warning), a constant grey and a
+    black image: one colour, no structure, so a single-node tree and a warning naming each;
+    a picture with structure in the same batch is split and gets no warning."""
+    tiny = ViT(
+        ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8), rngs=nnx.Rngs(0)
+    )
+    config = PartitionConfig(n_parts=12, levels=3, kmeans_restarts=2, kmeans_max_iter=50)
+    rng = np.random.default_rng(3)
+    picture = rng.integers(0, 256, (26, 28, 3), dtype=np.uint8)
+    picture[:13] //= 4
+    images = [
+        np.full((1, 1, 3), (200, 30, 90), np.uint8),
+        np.full((50, 60, 3), 128, np.uint8),
+        np.zeros((40, 40), np.uint8),
+        picture,
+    ]
+    with pytest.warns(UserWarning) as caught:
+        result = segment(images, tiny, 32, batch_size=4, config=config)
+    assert [int(v.sum()) for v in result.tree.valid[:3]] == [1, 1, 1]
+    assert int(result.tree.valid[3].sum()) > 1
+    for labels in result.level_labels[:3]:
+        assert (labels == 0).all()
+    messages = [str(w.message) for w in caught]
+    plain = "all its pixels have one colour: no structure to split, a single-node tree"
+    assert messages == [
+        "image 0: 1 x 1 pixels is smaller than one 4 x 4 patch: upsampled to 32 x 32 like "
+        "every image",
+        f"image 0: {plain}",
+        f"image 1: {plain}",
+        f"image 2: {plain}",
+    ]

@@ -367,6 +367,15 @@ def test_mixed_sizes_and_bad_shapes():
         jp.partition([], PLANTED_CONFIG)
 
 
+@pytest.mark.parametrize("transform", [jax.jit, jax.vmap])
+def test_partition_under_a_trace_points_to_the_traced_entry_point(transform):
+    """`partition` reads its features on the host: under jit / vmap one ValueError naming
+    `partition_arrays`, not a TracerArrayConversionError from deep inside."""
+    x = jnp.ones((2, 8, 8, 4), jnp.float32)
+    with pytest.raises(ValueError, match=r"cannot be traced .* call partition_arrays\("):
+        transform(lambda f: jp.partition(f, PLANTED_CONFIG))(x)
+
+
 @pytest.mark.parametrize(
     "field", ["stage_a_k", "stage_a_restarts", "kmeans_restarts", "lanczos_iters"]
 )

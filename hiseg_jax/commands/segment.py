@@ -256,6 +256,8 @@ def _segment_jobs(
                 if isinstance(result, ImageSegmentation):
                     _write(result, settings, args)
                     outcome.written.append(name)
+                    for note in result.notes:
+                        bar.write(f"hiseg segment: {name}: {note}")
                 elif isinstance(result.payload, Skip) and result.payload.reason == "done":
                     outcome.done.append(name)
                 elif isinstance(result.payload, Skip):

@@ -610,9 +610,15 @@ def check_features(
 ) -> np.ndarray:
     """Validated float32 [B, h, w, E] from [B, h, w, E], [h, w, E] or a list of [h, w, E].
 
-    ValueError for: mixed grid sizes in a list, a wrong rank, non-float data, NaN/inf
-    (naming the first bad batch index), fewer patches than parts.
+    ValueError for: traced features (inside `jax.jit` / `vmap`: these checks read the values
+    on the host), mixed grid sizes in a list, a wrong rank, non-float data, NaN/inf (naming
+    the first bad batch index), fewer patches than parts.
     """
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(features)):
+        raise ValueError(
+            "partition() checks its features on the host, so it cannot be traced (jax.jit, "
+            "vmap); inside traced code call partition_arrays(features, key, config)"
+        )
     if isinstance(features, list | tuple):
         shapes = {np.shape(f) for f in features}
         if len(shapes) > 1:
