@@ -275,13 +275,15 @@ def make_step(
 def _warn_cpu_mesh(mesh: Mesh) -> None:
     """Several CPU devices: jaxlib 0.10.2's batched LAPACK eigh (`ParallelBatchMap`) waits on
     the intra-op thread pool that the concurrently running devices occupy, and the program
-    can deadlock (seen here with 2 forced host devices on 2 cores, 2 images per device).
+    can deadlock (seen here with 2 forced host devices on 2 cores, 2 images per device, and
+    with 4 devices at one image per device: stage B solves `node_chunk` nodes at once).
     Forced host devices are for tests; on CPU one device already uses every core."""
     if mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu":
         warnings.warn(
             f"data-parallel step over {mesh.devices.size} CPU devices: batched eigh can "
-            "deadlock in jaxlib's LAPACK kernels when several images run per device; use "
-            "one CPU device (or one image per device, as the tests do)",
+            "deadlock in jaxlib's LAPACK kernels when several images or stage-B nodes run "
+            "per device; use one CPU device (or one image per device and node_chunk=1, as "
+            "tests/batch_invariance_worker.py does)",
             stacklevel=3,
         )
 
