@@ -115,9 +115,10 @@ def whole_function(config: PartitionConfig) -> Callable[[np.ndarray], jax.Array]
 
 
 def profile_config(profile: str, args: argparse.Namespace) -> PartitionConfig:
-    """The profile's config with the command line's stage-B solver and node chunk."""
+    """The profile's config with the command line's stage-B solver and node chunk, if given."""
+    given = {"stage_b_solver": args.stage_b_solver, "node_chunk": args.chunk}
     return dataclasses.replace(
-        PROFILES[profile], stage_b_solver=args.stage_b_solver, node_chunk=args.chunk
+        PROFILES[profile], **{k: v for k, v in given.items() if v is not None}
     )
 
 
@@ -257,8 +258,8 @@ def main() -> None:
     parser.add_argument("--paper-max", type=int, default=3600, help="largest N of 'paper'")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), default="eigh")
-    parser.add_argument("--chunk", type=int, default=2)
+    parser.add_argument("--stage-b-solver", choices=("eigh", "lanczos"), help="override")
+    parser.add_argument("--chunk", type=int, help="override node_chunk")
     parser.add_argument("--memory", choices=sorted(PROFILES), help="peak memory of one batch")
     args = parser.parse_args()
     print(f"devices: {jax.devices()}, CPU affinity: {sorted(os.sched_getaffinity(0))}")
