@@ -1,7 +1,7 @@
 """`hiseg segment`: images and folders in, one folder of files per image out.
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
-                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf]
+                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf | --guided]
                   [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
@@ -36,6 +36,7 @@ from hiseg_jax.commands.options import (
     partition_config,
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.guided import GuidedConfig
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.images import ImageLoadError, iter_images, load_image, sample_images
 from hiseg_jax.models.vit import ViT
@@ -71,11 +72,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder, one sub-folder per image (default: %(default)s)",
     )
     add_run_arguments(parser)
-    parser.add_argument(
+    refine = parser.add_mutually_exclusive_group()
+    refine.add_argument(
         "--crf",
         action="store_true",
         help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
         "on a CPU: it runs at every image's full size)",
+    )
+    refine.add_argument(
+        "--guided",
+        action="store_true",
+        help="refine the leaves with the guided filter (crf.GuidedConfig defaults; "
+        "a fraction of the CRF's time)",
     )
     add_partition_arguments(parser)
 
@@ -131,6 +139,7 @@ def _segment_jobs(
             key=jax.random.key(args.seed),
             config=config,
             crf=CRFConfig() if args.crf else None,
+            guided=GuidedConfig() if args.guided else None,
             notify=bar.set_postfix_str,
         )
         for result in results:
@@ -180,6 +189,8 @@ def _settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, An
         "partition": dataclasses.asdict(config),
         "crf": dataclasses.asdict(CRFConfig()) if args.crf else None,
     }
+    if args.guided:  # only then, so that earlier outputs keep matching their markers
+        settings["guided"] = dataclasses.asdict(GuidedConfig())
     return json.loads(json.dumps(settings))
 
 
