@@ -2,23 +2,33 @@
 
 Each setting is `NAME:FIELD=VALUE,...`: PartitionConfig overrides of the default, or of the
 paper's stage A when the list starts with `@paper` (`PartitionConfig.paper()`), e.g.
-`paper:@paper`, `k48:stage_a_k=48,lanczos_iters=128`. Every setting runs under each PRNG
-key on the cached default-backbone features of the first `--images` images of the split
-(`bsds_data.py`), in fixed batches of `--batch` images (a short last batch padded with
-copies), and its trees are scored against the human segmentations with the project's
-metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image resolution by
-default, nearest-upsampled labels; `--resolution patch` samples the GT at patch centres):
+`paper:@paper`, `k48:stage_a_k=48,lanczos_iters=128`; the quality levers beyond the
+partitioner are items of the same list: `refine=crf|guided` (leaves refined at image
+resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.FIELD=VALUE`
+(CRFConfig / GuidedConfig overrides, implying that refinement), `features=keys` (the last
+block's keys instead of the tokens) and `size=PIXELS` (input size; features cached by
+`bsds_data.py`), e.g. `gf:guided.radius=16`, `k560:size=560,refine=crf`. Every setting
+runs under each PRNG key on the cached default-backbone features of the first `--images`
+images of the split (`bsds_data.py`), in fixed batches of `--batch` images (a short last
+batch padded with copies), and its trees are scored against the human segmentations with
+the project's metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image
+resolution by default, nearest-upsampled labels; `--resolution patch` samples the GT at
+patch centres):
 Best (area-weighted covering of the best node per segment), NMCovering, ODS / OIS (one tree
 level for the dataset / per image) and the node count. Per-image records are appended to
 `<out>/<setting>__<hash>__key<k>.jsonl` as batches finish, so an interrupted sweep resumes
-where it stopped (the hash covers the config, split, size, image count and resolution).
+where it stopped (the hash covers the config, split, size, image count and resolution);
+trees are kept under `<out>/trees/`, so settings that differ only in their refinement
+partition once.
 
     .venv/bin/python benchmarks/partition_sweep.py --split train --size 448 --images 200
         --keys 0 1 2 --setting paper:@paper --setting default: [--markdown table.md]
 
 The table gives, per setting, the mean over keys of each dataset mean and, beside it, the
 spread (max - min over keys); s/img is the partitioner's wall time per image (compile
-excluded, batch `--batch`, noisy on a shared machine).
+excluded, batch `--batch`, noisy on a shared machine), refine s/img the median per image of
+the refinement (one image at a time, as `hiseg evaluate` runs it; the median leaves out the
+compilations of new leaf counts and image shapes).
 """
 
 from __future__ import annotations
