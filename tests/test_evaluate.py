@@ -400,6 +400,19 @@ def crf_run(voc, default_checkpoint, tmp_path_factory) -> tuple[Path, dict, list
     return out, report, resolved, scored
 
 
+def direct_summary(result, examples) -> dict:
+    """VOC totals of `api.segment`'s pixel maps scored directly, image by image."""
+    space = label_space(load_hierarchy("voc2012"))
+    direct = Accumulator.for_regions(space)
+    for b, (name, _, labels) in enumerate(examples):
+        one = TreePrediction(
+            result.level_labels[b][None],
+            *(np.asarray(getattr(result.tree, k)[b : b + 1]) for k in ("valid", "depth", "parent")),
+        )
+        direct.add(evaluate_batch(one, labels, space), [name])
+    return direct.summary()
+
+
 def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
     """CRF-refined maps at each image's size, scored like `api.segment(crf=...)`'s maps
     scored directly; same trees as the plain run, other pixel maps; settings recorded."""
@@ -433,15 +446,7 @@ def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
         config=SMALL,
         crf=FAST_CRF,
     )
-    space = label_space(load_hierarchy("voc2012"))
-    direct = Accumulator.for_regions(space)
-    for b, (name, _, labels) in enumerate(examples):
-        one = TreePrediction(
-            result.level_labels[b][None],
-            *(np.asarray(getattr(result.tree, k)[b : b + 1]) for k in ("valid", "depth", "parent")),
-        )
-        direct.add(evaluate_batch(one, labels, space), [name])
-    assert direct.summary() == report["results"]
+    assert direct_summary(result, examples) == report["results"]
 
 
 def test_crf_prediction_stays_nested(crf_run):
@@ -480,15 +485,7 @@ def test_guided_run_scores_refined_pixel_maps(full_run, voc, default_checkpoint,
     assert any(
         (a != b).any() for a, b in zip(result.level_labels, nearest.level_labels, strict=True)
     )
-    space = label_space(load_hierarchy("voc2012"))
-    direct = Accumulator.for_regions(space)
-    for b, (name, _, labels) in enumerate(examples):
-        one = TreePrediction(
-            result.level_labels[b][None],
-            *(np.asarray(getattr(result.tree, k)[b : b + 1]) for k in ("valid", "depth", "parent")),
-        )
-        direct.add(evaluate_batch(one, labels, space), [name])
-    assert direct.summary() == report["results"]
+    assert direct_summary(result, examples) == report["results"]
 
 
 def test_crf_resume_needs_the_same_crf(crf_run, voc):

@@ -13,6 +13,10 @@ from hiseg_jax.crf.guided import GuidedConfig, box_mean, guided_filter, guided_l
 from hiseg_jax.tree import upsample_labels
 
 
+def _window(y: int, x: int, radius: int) -> tuple[slice, slice]:
+    return slice(max(y - radius, 0), y + radius + 1), slice(max(x - radius, 0), x + radius + 1)
+
+
 def _numpy_guided(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """He et al.'s colour guided filter, float64, one window at a time (clipped windows)."""
     h, w, k = source.shape
@@ -20,10 +24,7 @@ def _numpy_guided(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
     b = np.zeros((h, w, k))
     for y in range(h):
         for x in range(w):
-            win = (
-                slice(max(y - radius, 0), y + radius + 1),
-                slice(max(x - radius, 0), x + radius + 1),
-            )
+            win = _window(y, x, radius)
             i = guide[win].reshape(-1, 3).astype(np.float64)
             p = source[win].reshape(-1, k).astype(np.float64)
             mi, mp = i.mean(0), p.mean(0)
@@ -34,10 +35,7 @@ def _numpy_guided(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
     out = np.zeros((h, w, k))
     for y in range(h):
         for x in range(w):
-            win = (
-                slice(max(y - radius, 0), y + radius + 1),
-                slice(max(x - radius, 0), x + radius + 1),
-            )
+            win = _window(y, x, radius)
             out[y, x] = guide[y, x] @ a[win].reshape(-1, 3, k).mean(0) + b[win].reshape(-1, k).mean(
                 0
             )
@@ -49,7 +47,7 @@ def test_box_mean_matches_explicit_windows():
     want = np.zeros_like(x)
     for y in range(9):
         for c in range(7):
-            want[y, c] = x[max(y - 2, 0) : y + 3, max(c - 2, 0) : c + 3].mean((0, 1))
+            want[y, c] = x[_window(y, c, 2)].mean((0, 1))
     np.testing.assert_allclose(box_mean(x, 2), want, rtol=1e-5, atol=1e-6)
 
 
