@@ -1,11 +1,11 @@
 """BSDS500 images, human segmentations and cached default-backbone features for benchmarks.
 
 Features are computed once per (split, size) and stored as one .npz per split and size:
-`<cache_dir>/bsds500_<split>_<size>px_<backbone>_tokens.npz` holding
+`<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>.npz` (kind "tokens" or "keys") holding
 `x` float32 [B, size / 14, size / 14, E] and `ids` (image ids, sorted by name, the first
 `count` of the split). Exact preprocessing: `images.load_image`, then `features.preprocess`
 (antialiased bilinear resize to size x size, aspect ratio not kept, ImageNet normalisation),
-then `features.extract_features(model, x, kind="tokens")` of the default backbone
+then `features.extract_features(model, x, kind)` of the default backbone
 (`dinov2_vits14_imgfocus`), always in batches of `BATCH` images (a short last batch is
 padded with copies), so an image's features do not depend on how many images were cached.
 A cache with fewer images than asked is extended; one with other ids is recomputed.
@@ -51,26 +51,34 @@ def segmentations(split: str, ids: Sequence[str], shared: Path = SHARED) -> list
     return [read_bsds_mat(root / f"{i}.mat") for i in ids]
 
 
-def cache_path(split: str, size: int, cache_dir: Path = CACHE_DIR) -> Path:
-    return cache_dir / f"bsds500_{split}_{size}px_{BACKBONE}_tokens.npz"
+def load_images(split: str, ids: Sequence[str], shared: Path = SHARED) -> list[np.ndarray]:
+    """The images uint8 [H, W, 3] at their own size."""
+    from hiseg_jax.images import load_image
+
+    folder = shared / "bsds500" / "images" / split
+    return [load_image(folder / f"{i}.jpg") for i in ids]
+
+
+def cache_path(split: str, size: int, cache_dir: Path = CACHE_DIR, kind: str = "tokens") -> Path:
+    return cache_dir / f"bsds500_{split}_{size}px_{BACKBONE}_{kind}.npz"
 
 
 def compute_features(
-    split: str, ids: Sequence[str], size: int, shared: Path = SHARED
+    split: str, ids: Sequence[str], size: int, shared: Path = SHARED, kind: str = "tokens"
 ) -> np.ndarray:
     """float32 [B, size / 14, size / 14, E] features of the images, BATCH at a time."""
-    from hiseg_jax import features, images
+    from hiseg_jax import features
     from hiseg_jax.paths import default_checkpoint_path
     from hiseg_jax.weights.checkpoint import load_backbone
 
     model = load_backbone(default_checkpoint_path())
-    folder = shared / "bsds500" / "images" / split
     out = []
     for start in range(0, len(ids), BATCH):
-        chunk = [images.load_image(folder / f"{i}.jpg") for i in ids[start : start + BATCH]]
+        chunk = load_images(split, ids[start : start + BATCH], shared)
         count = len(chunk)
         chunk += chunk[-1:] * (BATCH - count)
-        x = features.extract_features(model, features.preprocess(chunk, size, model.config))
+        x = features.preprocess(chunk, size, model.config)
+        x = features.extract_features(model, x, kind)
         out.append(np.asarray(x)[:count])
     return np.concatenate(out)
 
@@ -81,11 +89,13 @@ def bsds_features(
     size: int,
     cache_dir: Path | None = CACHE_DIR,
     shared: Path = SHARED,
+    kind: str = "tokens",
 ) -> tuple[list[str], np.ndarray]:
     """(ids, features) of the first `count` images of a split, from the cache when it has
-    them (the cache is written or extended otherwise; `cache_dir=None`: no cache)."""
+    them (the cache is written or extended otherwise; `cache_dir=None`: no cache). `kind`:
+    "tokens" or "keys" (`features.extract_features`)."""
     ids = split_ids(split, count, shared)
-    path = None if cache_dir is None else cache_path(split, size, cache_dir)
+    path = None if cache_dir is None else cache_path(split, size, cache_dir, kind)
     have_ids, have = [], None
     if path is not None and path.is_file():
         data = np.load(path)
@@ -95,12 +105,12 @@ def bsds_features(
         if len(have_ids) >= len(ids):
             return ids, have[: len(ids)]
     start = len(have_ids) - len(have_ids) % BATCH  # recompute a partial last batch
-    new = compute_features(split, ids[start:], size, shared)
+    new = compute_features(split, ids[start:], size, shared, kind)
     x = new if have is None else np.concatenate([have[:start], new])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, ids=np.asarray(ids), size=size, backbone=BACKBONE, kind="tokens")
+        np.savez(tmp, x=x, ids=np.asarray(ids), size=size, backbone=BACKBONE, kind=kind)
         tmp.replace(path)
     return ids, x
 
@@ -110,13 +120,14 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--features", default="tokens", choices=("tokens", "keys"))
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     args = parser.parse_args()
     start = time.perf_counter()
-    ids, x = bsds_features(args.split, args.count, args.size, args.cache_dir)
+    ids, x = bsds_features(args.split, args.count, args.size, args.cache_dir, kind=args.features)
     print(
         f"{args.split} {args.size} px: {len(ids)} images {x.shape} "
-        f"-> {cache_path(args.split, args.size, args.cache_dir)} "
+        f"-> {cache_path(args.split, args.size, args.cache_dir, args.features)} "
         f"({time.perf_counter() - start:.0f} s)"
     )
 

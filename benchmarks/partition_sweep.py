@@ -2,23 +2,33 @@
 
 Each setting is `NAME:FIELD=VALUE,...`: PartitionConfig overrides of the default, or of the
 paper's stage A when the list starts with `@paper` (`PartitionConfig.paper()`), e.g.
-`paper:@paper`, `k48:stage_a_k=48,lanczos_iters=128`. Every setting runs under each PRNG
-key on the cached default-backbone features of the first `--images` images of the split
-(`bsds_data.py`), in fixed batches of `--batch` images (a short last batch padded with
-copies), and its trees are scored against the human segmentations with the project's
-metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image resolution by
-default, nearest-upsampled labels; `--resolution patch` samples the GT at patch centres):
+`paper:@paper`, `k48:stage_a_k=48,lanczos_iters=128`; the quality levers beyond the
+partitioner are items of the same list: `refine=crf|guided` (leaves refined at image
+resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.FIELD=VALUE`
+(CRFConfig / GuidedConfig overrides, implying that refinement), `features=keys` (the last
+block's keys instead of the tokens) and `size=PIXELS` (input size; features cached by
+`bsds_data.py`), e.g. `gf:guided.radius=16`, `k560:size=560,refine=crf`. Every setting
+runs under each PRNG key on the cached default-backbone features of the first `--images`
+images of the split (`bsds_data.py`), in fixed batches of `--batch` images (a short last
+batch padded with copies), and its trees are scored against the human segmentations with
+the project's metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image
+resolution by default, nearest-upsampled labels; `--resolution patch` samples the GT at
+patch centres):
 Best (area-weighted covering of the best node per segment), NMCovering, ODS / OIS (one tree
 level for the dataset / per image) and the node count. Per-image records are appended to
 `<out>/<setting>__<hash>__key<k>.jsonl` as batches finish, so an interrupted sweep resumes
-where it stopped (the hash covers the config, split, size, image count and resolution).
+where it stopped (the hash covers the config, split, size, image count and resolution);
+trees are kept under `<out>/trees/`, so settings that differ only in their refinement
+partition once.
 
     .venv/bin/python benchmarks/partition_sweep.py --split train --size 448 --images 200
         --keys 0 1 2 --setting paper:@paper --setting default: [--markdown table.md]
 
 The table gives, per setting, the mean over keys of each dataset mean and, beside it, the
 spread (max - min over keys); s/img is the partitioner's wall time per image (compile
-excluded, batch `--batch`, noisy on a shared machine).
+excluded, batch `--batch`, noisy on a shared machine), refine s/img the median per image of
+the refinement (one image at a time, as `hiseg evaluate` runs it; the median leaves out the
+compilations of new leaf counts and image shapes).
 """
 
 from __future__ import annotations
@@ -29,8 +39,9 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -38,13 +49,31 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bsds_data  # noqa: E402
 
+from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels  # noqa: E402
+from hiseg_jax.crf.guided import GuidedConfig, guided_level_labels  # noqa: E402
 from hiseg_jax.evaluation import scoring as eval_scoring  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 from hiseg_jax.spectral.partition import partition  # noqa: E402
+from hiseg_jax.tree import Tree  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "partition_sweep"
 METRICS = ("best", "nm", "ods", "ois", "nodes")
 HEADERS = ("Best", "NMCovering", "ODS", "OIS", "nodes")
+REFINERS = {"crf": CRFConfig, "guided": GuidedConfig}
+REFINE_FUNCTIONS = {CRFConfig: crf_level_labels, GuidedConfig: guided_level_labels}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One row of the sweep: partitioner settings, the refinement of the leaves at image
+    resolution (None: nearest upsampling) and the input (feature kind, input size; size
+    None: the command's --size)."""
+
+    name: str
+    config: PartitionConfig
+    refine: CRFConfig | GuidedConfig | None = None
+    features: str = "tokens"
+    size: int | None = None
 
 
 def parse_setting(text: str) -> tuple[str, PartitionConfig]:
@@ -59,20 +88,69 @@ def parse_setting(text: str) -> tuple[str, PartitionConfig]:
         field, _, value = item.partition("=")
         if not hasattr(base, field):
             raise SystemExit(f"unknown PartitionConfig field {field!r} in {text!r}")
-        default = getattr(base, field)
-        if isinstance(default, bool):
-            kwargs[field] = value.lower() in ("1", "true", "yes")
-        else:
-            kwargs[field] = type(default)(value)
+        kwargs[field] = _value(getattr(base, field), value)
     if paper and "n_parts" in kwargs and "stage_a_k" not in kwargs:
         kwargs["stage_a_k"] = kwargs["n_parts"]
     return name or "default", dataclasses.replace(base, **kwargs)
 
 
-def records_path(out: Path, name: str, config: PartitionConfig, key: int, ident: dict) -> Path:
-    text = json.dumps(dataclasses.asdict(config) | ident, sort_keys=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return out / f"{name}__{digest}__key{key}.jsonl"
+def _value(default: object, value: str) -> object:
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes")
+    return type(default)(value)
+
+
+def parse_full_setting(text: str) -> Setting:
+    """`parse_setting`'s syntax plus the sweep's own items: `refine=crf|guided|none`,
+    `crf.FIELD=VALUE` / `guided.FIELD=VALUE` (CRFConfig / GuidedConfig overrides; they
+    imply that refinement), `features=tokens|keys`, `size=PIXELS`."""
+    name, _, assignments = text.partition(":")
+    rest, extra = [], {}
+    for item in (a for a in assignments.split(",") if a):
+        field, _, value = item.partition("=")
+        if field in ("refine", "features", "size") or field.split(".")[0] in REFINERS:
+            extra[field] = value
+        else:
+            rest.append(item)
+    name, config = parse_setting(f"{name}:{','.join(rest)}")
+    refine = extra.pop("refine", None)
+    prefixes = {f.split(".")[0] for f in extra if "." in f}
+    if refine is None and prefixes:
+        refine = prefixes.pop()
+    if refine not in (None, "none", *REFINERS) or prefixes - {refine}:
+        raise SystemExit(f"refine must be one of none, {', '.join(REFINERS)} in {text!r}")
+    refiner = None
+    if refine in REFINERS:
+        cls = REFINERS[refine]
+        base = cls()
+        kwargs = {}
+        for field, value in extra.items():
+            if field.startswith(f"{refine}."):
+                attr = field.split(".", 1)[1]
+                if not hasattr(base, attr):
+                    raise SystemExit(f"unknown {cls.__name__} field {attr!r} in {text!r}")
+                kwargs[attr] = _value(getattr(base, attr), value)
+        refiner = cls(**kwargs)
+    features = extra.get("features", "tokens")
+    if features not in ("tokens", "keys"):
+        raise SystemExit(f"features must be tokens or keys in {text!r}")
+    size = int(extra["size"]) if "size" in extra else None
+    return Setting(name, config, refiner, features, size)
+
+
+def digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def records_path(out: Path, setting: Setting, key: int, ident: dict) -> Path:
+    """Records file of a setting under a key; the hash covers everything that changes them
+    (settings without refinement on tokens keep the hash of the partitioner-only sweep)."""
+    fields = dataclasses.asdict(setting.config) | ident
+    if setting.refine is not None:
+        fields["refine"] = [type(setting.refine).__name__, dataclasses.asdict(setting.refine)]
+    if setting.features != "tokens":
+        fields["features"] = setting.features
+    return out / f"{setting.name}__{digest(fields)}__key{key}.jsonl"
 
 
 def read_records(path: Path) -> list[dict]:
@@ -88,61 +166,116 @@ def read_records(path: Path) -> list[dict]:
     return out
 
 
-def score_batch(tree: object, segs: Sequence[np.ndarray], resolution: str) -> list[dict]:
-    """BSDS records (eval_scoring) of the first len(segs) trees of a batch."""
+def batch_trees(
+    feats: np.ndarray, config: PartitionConfig, key: int, path: Path, compile_first: bool
+) -> tuple[Tree, float]:
+    """The trees of one padded batch and the partitioner's seconds per image, from `path`
+    when an earlier setting with the same partitioner computed them (written otherwise)."""
+    if path.is_file():
+        data = np.load(path)
+        arrays = {f: data[f] for f in ("labels", "parent", "depth", "is_leaf", "valid", "parts")}
+        return Tree(**arrays, grid=tuple(int(g) for g in data["grid"])), float(data["seconds"])
+    if compile_first:
+        jax.block_until_ready(partition(feats, config, jax.random.key(key)).labels)
+    t0 = time.perf_counter()
+    tree = jax.tree.map(np.asarray, partition(feats, config, jax.random.key(key)))
+    seconds = (time.perf_counter() - t0) / len(feats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    arrays = {f.name: getattr(tree, f.name) for f in dataclasses.fields(Tree) if f.name != "grid"}
+    np.savez(tmp, **arrays, grid=np.asarray(tree.grid), seconds=seconds)
+    tmp.replace(path)
+    return tree, seconds
+
+
+def score_batch(
+    tree: Tree,
+    segs: Sequence[np.ndarray],
+    resolution: str,
+    refine: tuple[Callable, Sequence[np.ndarray], np.ndarray, object] | None = None,
+) -> tuple[list[dict], list[float]]:
+    """BSDS records (eval_scoring) of the first len(segs) trees of a batch, and each
+    image's refinement seconds (0 without one; compilations included). `refine`:
+    (function, images, features, config), `function(image, features[b], level_labels[b],
+    config)` as `crf_level_labels`."""
     pred, _ = eval_scoring.compact_tree(tree)
     count = len(segs)
+    refined, seconds = [], [0.0] * count
+    if refine is not None:
+        function, images, feats, config = refine
+        for b in range(count):
+            t0 = time.perf_counter()
+            refined.append(function(images[b], feats[b], pred.level_labels[b], config))
+            seconds[b] = time.perf_counter() - t0
     segs = list(segs) + [segs[-1]] * (pred.level_labels.shape[0] - count)
     if resolution == "image":
         sizes = [s.shape[1:] for s in segs]
-        pred = eval_scoring.at_resolution(pred, sizes)
+        pred = eval_scoring.at_resolution(pred, sizes, refined)
         hw, grid = eval_scoring.padded_shape(sizes), None
     else:
         grid = tuple(pred.level_labels.shape[2:])
         hw = grid
     targets = [eval_scoring.bsds_targets(s, grid) for s in segs]
     depth = max(eval_scoring.BSDS_ANNOTATORS, *(t.shape[0] for t in targets))
-    return eval_scoring.score_bsds(pred, eval_scoring.pad_maps(targets, hw, depth), count)
+    return eval_scoring.score_bsds(pred, eval_scoring.pad_maps(targets, hw, depth), count), seconds
+
+
+class Data(NamedTuple):
+    """A split's inputs: image ids, features [B, h, w, E], human segmentations, and (for
+    refinement; None otherwise) the images at their own size."""
+
+    ids: list[str]
+    feats: np.ndarray
+    segs: list[np.ndarray]
+    images: list[np.ndarray] | None
 
 
 def run_setting(
-    feats: np.ndarray,
-    segs: list[np.ndarray],
-    ids: list[str],
-    config: PartitionConfig,
+    data: Data,
+    setting: Setting,
     key: int,
     path: Path,
+    tree_dir: Path,
     batch: int,
     resolution: str,
 ) -> list[dict]:
-    """Records of every image (resumed from `path`), one JSON line per image."""
+    """Records of every image (resumed from `path`), one JSON line per image; trees are
+    shared through `tree_dir` by the settings that differ only in their refinement."""
     done = read_records(path)
     have = {r["name"] for r in done}
     path.parent.mkdir(parents=True, exist_ok=True)
     compiled = False
-    for start in range(0, len(ids), batch):
-        names = ids[start : start + batch]
+    refiner = None if setting.refine is None else REFINE_FUNCTIONS[type(setting.refine)]
+    for start in range(0, len(data.ids), batch):
+        names = data.ids[start : start + batch]
         if all(n in have for n in names):
             continue
-        chunk = feats[start : start + batch]
+        chunk = data.feats[start : start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        if not compiled:
-            jax.block_until_ready(partition(padded, config, jax.random.key(key)).labels)
-            compiled = True
-        t0 = time.perf_counter()
-        tree = jax.tree.map(np.asarray, partition(padded, config, jax.random.key(key)))
-        seconds = (time.perf_counter() - t0) / batch
-        records = score_batch(tree, segs[start : start + batch], resolution)
+        tree_path = tree_dir / f"key{key}" / f"{start:05d}.npz"
+        cached = tree_path.is_file()
+        tree, seconds = batch_trees(padded, setting.config, key, tree_path, not compiled)
+        compiled = compiled or not cached
+        refine = None
+        if refiner is not None:
+            refine = (refiner, data.images[start : start + batch], chunk, setting.refine)
+        records, refine_seconds = score_batch(
+            tree, data.segs[start : start + batch], resolution, refine
+        )
+        new = [
+            dict(name=n, seconds=seconds, refine_seconds=t) | r
+            for n, t, r in zip(names, refine_seconds, records, strict=True)
+        ]
         with path.open("a") as f:
-            for name, rec in zip(names, records, strict=False):
-                f.write(json.dumps(dict(name=name, seconds=seconds) | rec) + "\n")
-        done += [dict(name=n, seconds=seconds) | r for n, r in zip(names, records, strict=False)]
-    order = {n: i for i, n in enumerate(ids)}
+            f.writelines(json.dumps(r) + "\n" for r in new)
+        done += new
+    order = {n: i for i, n in enumerate(data.ids)}
     return sorted((r for r in done if r["name"] in order), key=lambda r: order[r["name"]])
 
 
 def summary(records: list[dict]) -> dict[str, float]:
-    """Dataset means: Best, NMCovering, ODS, OIS, nodes, s/img."""
+    """Dataset means: Best, NMCovering, ODS, OIS, nodes, s/img (partitioner), and the
+    median refinement seconds per image (the median leaves out the compilations)."""
     acc = eval_scoring.bsds_accumulator(records).summary()
     nm = eval_scoring.bsds_nm_covering(records)
     return dict(
@@ -152,6 +285,7 @@ def summary(records: list[dict]) -> dict[str, float]:
         ois=acc["ois"],
         nodes=acc["mean_nodes"],
         seconds=float(np.mean([r["seconds"] for r in records])),
+        refine=float(np.median([r.get("refine_seconds", 0.0) for r in records])),
     )
 
 
@@ -160,8 +294,8 @@ def markdown(rows: dict[str, list[dict[str, float]]], title: str) -> str:
     lines = [
         title,
         "",
-        "| setting | " + " | ".join(HEADERS) + " | s/img |",
-        "|---" * (len(HEADERS) + 2) + "|",
+        "| setting | " + " | ".join(HEADERS) + " | s/img | refine s/img |",
+        "|---" * (len(HEADERS) + 3) + "|",
     ]
     for name, per_key in rows.items():
         cells = []
@@ -170,6 +304,7 @@ def markdown(rows: dict[str, list[dict[str, float]]], title: str) -> str:
             fmt = ".1f" if metric == "nodes" else ".4f"
             cells.append(f"{values.mean():{fmt}} ±{np.ptp(values):{fmt}}")
         cells.append(f"{np.mean([s['seconds'] for s in per_key]):.2f}")
+        cells.append(f"{np.mean([s['refine'] for s in per_key]):.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -187,35 +322,48 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
-    settings = dict(parse_setting(s) for s in args.setting or ["default:"])
-    ids, feats = bsds_data.bsds_features(args.split, args.images, args.size, args.cache_dir)
-    segs = bsds_data.segmentations(args.split, ids)
-    ident = dict(
-        split=args.split,
-        size=args.size,
-        images=len(ids),
-        resolution=args.resolution,
-        batch=args.batch,
-    )
-    rows = {}
-    for name, config in settings.items():
-        rows[name] = []
+    settings = [parse_full_setting(s) for s in args.setting or ["default:"]]
+    if args.resolution == "patch" and any(s.refine is not None for s in settings):
+        raise SystemExit("refinement (refine=, crf., guided.) needs --resolution image")
+    rows, inputs = {}, {}
+    for setting in settings:
+        size = setting.size or args.size
+        if (setting.features, size) not in inputs:
+            ids, feats = bsds_data.bsds_features(
+                args.split, args.images, size, args.cache_dir, kind=setting.features
+            )
+            inputs[setting.features, size] = (ids, feats)
+        ids, feats = inputs[setting.features, size]
+        segs = bsds_data.segmentations(args.split, ids)
+        images = bsds_data.load_images(args.split, ids) if setting.refine is not None else None
+        data = Data(ids, feats, segs, images)
+        ident = dict(
+            split=args.split,
+            size=size,
+            images=len(ids),
+            resolution=args.resolution,
+            batch=args.batch,
+        )
+        rows[setting.name] = []
         for key in args.keys:
             t0 = time.perf_counter()
-            path = records_path(args.out, name, config, key, ident)
-            recs = run_setting(feats, segs, ids, config, key, path, args.batch, args.resolution)
-            rows[name].append(summary(recs))
-            s = rows[name][-1]
+            path = records_path(args.out, setting, key, ident)
+            trees = dataclasses.asdict(setting.config) | ident | dict(features=setting.features)
+            tree_dir = args.out / "trees" / digest(trees)
+            recs = run_setting(data, setting, key, path, tree_dir, args.batch, args.resolution)
+            rows[setting.name].append(summary(recs))
+            s = rows[setting.name][-1]
             print(
-                f"{name} key {key}: Best {s['best']:.4f} NM {s['nm']:.4f} ODS {s['ods']:.4f} "
-                f"OIS {s['ois']:.4f} nodes {s['nodes']:.1f} "
+                f"{setting.name} key {key}: Best {s['best']:.4f} NM {s['nm']:.4f} "
+                f"ODS {s['ods']:.4f} OIS {s['ois']:.4f} nodes {s['nodes']:.1f} "
+                f"s/img {s['seconds']:.2f} refine {s['refine']:.2f} "
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
     title = (
-        f"BSDS500 {args.split}, {len(ids)} images, {args.size} px "
-        f"(N = {feats.shape[1] * feats.shape[2]}), {args.resolution}-resolution scores, "
-        f"keys {args.keys} (mean ±spread = max - min over keys)"
+        f"BSDS500 {args.split}, {args.images} images, {args.size} px unless the setting says "
+        f"size=, {args.resolution}-resolution scores, keys {args.keys} "
+        "(mean ±spread = max - min over keys)"
     )
     table = markdown(rows, title)
     print("\n" + table)

@@ -4,9 +4,10 @@ Both run the batching engine (`engine.stream`): `features.preprocess` (host resi
 normalise, in a prefetch thread) -> one compiled step per batch (backbone, `[B, h, w, E]`
 features -> `spectral.partition.partition_arrays`, the `Tree` over the patch grid, and
 `tree.leaf_descriptors`) -> `tree.patch_level_labels` (`[B, L + 1, h, w]`) ->
-`tree.upsample_labels` (nearest, back to each image's own size) or, with a `CRFConfig`,
-`crf.dense_crf.crf_level_labels`. Every batch, the last one too, is padded to `batch_size`
-images, so an image's result does not depend on the images it shares a batch with.
+`tree.upsample_labels` (nearest, back to each image's own size) or, with a `CRFConfig` or a
+`GuidedConfig`, `crf.refine.refine_level_labels`. Every batch, the last one too, is padded
+to `batch_size` images, so an image's result does not depend on the images it shares a
+batch with.
 
     import hiseg_jax
     result = hiseg_jax.segment([hiseg_jax.load_image("cat.jpg")], levels=4)
@@ -27,7 +28,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels
+from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.guided import GuidedConfig
+from hiseg_jax.crf.refine import refine_level_labels, refinement
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.step import Step, make_step
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, stream
@@ -87,6 +90,7 @@ def segment(
     key: jax.Array | None = None,
     config: PartitionConfig | None = None,
     crf: CRFConfig | None = None,
+    guided: GuidedConfig | None = None,
     **partition_params: object,
 ) -> SegmentationResult:
     """Hierarchical segmentation of `images` (one `[H, W, 3]`/`[H, W]` image, a `[B, H, W, 3]`
@@ -100,7 +104,8 @@ def segment(
     `partition_params` are `PartitionConfig` fields (or pass `config`), which hold every
     solver choice. Every image uses `key` (default `jax.random.key(0)`), so results do not
     depend on the other images in the batch. With `crf` (e.g. `CRFConfig()`), pixel labels
-    come from the dense CRF over the leaves instead of nearest upsampling.
+    come from the dense CRF over the leaves instead of nearest upsampling; with `guided`
+    (e.g. `GuidedConfig()`), from the guided filter of the leaves (not both).
 
     Degenerate images get a `UserWarning` naming them (`degenerate_notes`): one smaller than
     a patch is upsampled like every image; one of a single colour (black, grey, a 1 x 1
@@ -122,6 +127,7 @@ def segment(
             key=key,
             config=config,
             crf=crf,
+            guided=guided,
         )
     )
     for result in done:
@@ -143,6 +149,7 @@ def segment_stream(
     key: jax.Array | None = None,
     config: PartitionConfig | None = None,
     crf: CRFConfig | None = None,
+    guided: GuidedConfig | None = None,
     notify: Callable[[str], Any] | None = None,
     mesh: Mesh | None = None,
 ) -> Iterator[ImageSegmentation | Failure]:
@@ -151,10 +158,11 @@ def segment_stream(
     or the `Failure`s the iterable yields, as batches finish (in input order). `notify` as
     in `engine.stream`; `mesh` as in `engine.step.make_step`. ValueError (on the host,
     before any work) for settings that fit no image."""
+    refine = refinement(crf, guided)
     step = make_step(model, size, config, features=features, mesh=mesh)
     key = jax.random.key(0) if key is None else key
     results = stream(
-        step, items, batch_size=batch_size, key=key, with_features=crf is not None, notify=notify
+        step, items, batch_size=batch_size, key=key, with_features=refine is not None, notify=notify
     )
     for result in results:
         yield from result.failures
@@ -163,10 +171,10 @@ def segment_stream(
         out = result.output
         patch_levels = np.asarray(patch_level_labels(out.tree))
         for b, item in enumerate(result.items):
-            if crf is None:
+            if refine is None:
                 levels = np.asarray(upsample_labels(patch_levels[b], item.image.shape[:2]))
             else:
-                levels = crf_level_labels(item.image, out.features[b], patch_levels[b], crf)
+                levels = refine_level_labels(item.image, out.features[b], patch_levels[b], refine)
             notes = degenerate_notes(item.image.shape, step, bool(out.plain[b]))
             yield ImageSegmentation(
                 item, out.tree[b], patch_levels[b], levels, out.descriptors[b], notes

@@ -18,6 +18,7 @@ from segment_cases import check_hierarchy
 
 from hiseg_jax.api import segment
 from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.guided import GuidedConfig
 from hiseg_jax.datasets import load, read_example
 from hiseg_jax.evaluation import hungarian as eval_hungarian
 from hiseg_jax.evaluation import results_log
@@ -360,8 +361,10 @@ def test_settings_errors(voc):
         evaluation.EvalSettings(dataset="bsds500", data_dir=".", split="val", matching="hungarian")
     with pytest.raises(ValueError, match="resolution"):
         settings_for(voc, resolution="pixel")
-    with pytest.raises(ValueError, match="CRF refines the leaves at pixel level"):
+    with pytest.raises(ValueError, match="refine the leaves at pixel level"):
         settings_for(voc, resolution="patch", crf=CRFConfig())
+    with pytest.raises(ValueError, match="refine the leaves at pixel level"):
+        settings_for(voc, resolution="patch", guided=GuidedConfig())
     with pytest.raises(ValueError, match="exclude"):
         evaluation.RunOptions(out=Path("x"), resume=True, overwrite=True)
 
@@ -397,6 +400,19 @@ def crf_run(voc, default_checkpoint, tmp_path_factory) -> tuple[Path, dict, list
     return out, report, resolved, scored
 
 
+def direct_summary(result, examples) -> dict:
+    """VOC totals of `api.segment`'s pixel maps scored directly, image by image."""
+    space = label_space(load_hierarchy("voc2012"))
+    direct = Accumulator.for_regions(space)
+    for b, (name, _, labels) in enumerate(examples):
+        one = TreePrediction(
+            result.level_labels[b][None],
+            *(np.asarray(getattr(result.tree, k)[b : b + 1]) for k in ("valid", "depth", "parent")),
+        )
+        direct.add(evaluate_batch(one, labels, space), [name])
+    return direct.summary()
+
+
 def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
     """CRF-refined maps at each image's size, scored like `api.segment(crf=...)`'s maps
     scored directly; same trees as the plain run, other pixel maps; settings recorded."""
@@ -430,15 +446,7 @@ def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
         config=SMALL,
         crf=FAST_CRF,
     )
-    space = label_space(load_hierarchy("voc2012"))
-    direct = Accumulator.for_regions(space)
-    for b, (name, _, labels) in enumerate(examples):
-        one = TreePrediction(
-            result.level_labels[b][None],
-            *(np.asarray(getattr(result.tree, k)[b : b + 1]) for k in ("valid", "depth", "parent")),
-        )
-        direct.add(evaluate_batch(one, labels, space), [name])
-    assert direct.summary() == report["results"]
+    assert direct_summary(result, examples) == report["results"]
 
 
 def test_crf_prediction_stays_nested(crf_run):
@@ -452,6 +460,32 @@ def test_crf_prediction_stays_nested(crf_run):
             child, above = maps[d + 1], maps[d]
             assert ((child == above) | (parent[child] == above)).all()
         check_hierarchy(maps, parent, pred.node_depth[b], pred.node_valid[b])
+
+
+def test_guided_run_scores_refined_pixel_maps(full_run, voc, default_checkpoint, tmp_path):
+    """The guided filter's maps are what `api.segment(guided=...)` gives, they differ from
+    the nearest upsampling, the trees are the plain run's, and the settings say so."""
+    guided = GuidedConfig(radius=4)
+    report = evaluation.evaluate(
+        settings_for(voc, guided=guided), options_for(voc, tmp_path, limit=2)
+    )
+    saved = json.loads(tmp_path.joinpath("settings.json").read_text())
+    assert saved["guided"] == dataclasses.asdict(guided) and saved["crf"] is None
+    assert "w guided filter" in tmp_path.joinpath("report.md").read_text()
+    records = results_log.read(tmp_path / "results.jsonl")[0]
+    plain = {r["index"]: r for r in results_log.read(full_run[0] / "results.jsonl")[0]}
+    for r in records:
+        assert all(r[k] == plain[r["index"]][k] for k in ("n_nodes", "leaves", "depth"))
+    source = load("voc2012", voc[0], "val", prepared_dir=voc[1])
+    examples = [read_example(source[i]) for i in (0, 1)]
+    images = [image for _, image, _ in examples]
+    common = dict(batch_size=2, key=jax.random.key(0), config=SMALL)
+    result = segment(images, default_checkpoint, SIZE, guided=guided, **common)
+    nearest = segment(images, default_checkpoint, SIZE, **common)
+    assert any(
+        (a != b).any() for a, b in zip(result.level_labels, nearest.level_labels, strict=True)
+    )
+    assert direct_summary(result, examples) == report["results"]
 
 
 def test_crf_resume_needs_the_same_crf(crf_run, voc):

@@ -19,6 +19,7 @@ from hiseg_jax import datasets
 from hiseg_jax.cli import build_parser, main
 from hiseg_jax.commands.evaluate import command_line, settings_from_args
 from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.guided import GuidedConfig
 from hiseg_jax.evaluation import runner as evaluation
 from hiseg_jax.settings import settings_differences
 
@@ -72,7 +73,11 @@ def test_malformed_dataset_folder(tmp_path, capsys):
         (["--dataset", "voc2012", "--levels", "0"], "levels must be >= 1"),
         (
             ["--dataset", "voc2012", "--crf", "--resolution", "patch"],
-            "the CRF refines the leaves at pixel level: it needs resolution 'image', not 'patch'",
+            "refine the leaves at pixel level: they need resolution 'image', not 'patch'",
+        ),
+        (
+            ["--dataset", "voc2012", "--guided", "--resolution", "patch"],
+            "refine the leaves at pixel level: they need resolution 'image', not 'patch'",
         ),
     ],
 )
@@ -244,8 +249,10 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
     assert Path(out / "report.md").read_text().count("| all classes |") == 1
 
 
-@pytest.mark.parametrize("crf", [None, CRFConfig()])
-def test_command_line_round_trip(tmp_path, crf):
+@pytest.mark.parametrize(
+    ("crf", "guided"), [(None, None), (CRFConfig(), None), (None, GuidedConfig())]
+)
+def test_command_line_round_trip(tmp_path, crf, guided):
     settings = evaluation.EvalSettings(
         dataset="voc2012",
         data_dir=str(tmp_path),
@@ -254,10 +261,12 @@ def test_command_line_round_trip(tmp_path, crf):
         partition=SMALL,
         seed=3,
         crf=crf,
+        guided=guided,
     )
     options = evaluation.RunOptions(out=tmp_path / "out", batch_size=2)
     words = shlex.split(command_line(settings, options))
     assert ("--crf" in words) == (crf is not None)
+    assert ("--guided" in words) == (guided is not None)
     args = build_parser().parse_args(words[1:])
     assert settings_from_args(args) == settings
     assert (args.out, args.batch_size) == (options.out, options.batch_size)
@@ -269,3 +278,19 @@ def test_command_line_refuses_crf_settings_without_flags(tmp_path):
     )
     with pytest.raises(ValueError, match="only --crf"):
         command_line(settings, evaluation.RunOptions(out=tmp_path))
+    settings = dataclasses.replace(settings, crf=None, guided=GuidedConfig(radius=3))
+    with pytest.raises(ValueError, match="--guided"):
+        command_line(settings, evaluation.RunOptions(out=tmp_path))
+
+
+def test_crf_and_guided_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--dataset", "voc2012", "--data-dir", ".", "--crf", "--guided"])
+    with pytest.raises(ValueError, match="not both"):
+        evaluation.EvalSettings(
+            dataset="voc2012",
+            data_dir=str(tmp_path),
+            split="val",
+            crf=CRFConfig(),
+            guided=GuidedConfig(),
+        )

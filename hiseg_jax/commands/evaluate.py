@@ -3,14 +3,15 @@
     hiseg evaluate --dataset NAME --data-dir DIR [--split val] [--backbone NAME_OR_PATH]
                    [--size S] [--resolution image|patch] [--matching max-overlap|hungarian]
                    [--limit N] [--batch-size B] [--out DIR] [--resume | --overwrite]
-                   [--seed N] [--hierarchy FILE] [--crf]
+                   [--seed N] [--hierarchy FILE] [--crf | --guided]
                    [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 Prints the dataset's rows in the paper's format and writes `DIR/report.md`, `report.json`
 (settings, software, machine), `results.jsonl` (one line per image, appended as it is
 scored), `settings.json` and `accumulator.npz` (the dataset totals, mergeable). An
 interrupted run continues with `--resume`. `--crf` refines every image's leaves with the
-dense CRF at the image's own size (the paper's "w CRF" rows; `--resolution image` only).
+dense CRF at the image's own size (the paper's "w CRF" rows; `--resolution image` only),
+`--guided` with the guided filter (`crf.guided`, a fraction of the CRF's time).
 Exit status: 0, 1 when images were skipped (unreadable, or ground truth outside the
 hierarchy), 2 for bad input (missing or malformed dataset folder, bad settings, an output
 folder holding another run), 130 when interrupted.
@@ -37,6 +38,7 @@ from hiseg_jax.commands.options import (
     start_processes,
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.guided import GuidedConfig
 from hiseg_jax.datasets import BUILDERS
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.evaluation.report import results_table
@@ -112,11 +114,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the dataset's ArrayRecord files are prepared (default: "
         "$HISEG_TFDS_DIR, else $HISEG_HOME/tfds)",
     )
-    parser.add_argument(
+    refine = parser.add_mutually_exclusive_group()
+    refine.add_argument(
         "--crf",
         action="store_true",
         help="refine the leaves with the dense CRF at every image's size "
         "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)",
+    )
+    refine.add_argument(
+        "--guided",
+        action="store_true",
+        help="refine the leaves with the guided filter at every image's size "
+        "(crf.GuidedConfig defaults; a fraction of the CRF's time)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_process_arguments(parser)
@@ -138,16 +147,18 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         partition=partition_config(args),
         hierarchy=None if args.hierarchy is None else str(args.hierarchy),
         crf=CRFConfig() if args.crf else None,
+        guided=GuidedConfig() if args.guided else None,
     )
 
 
 def command_line(settings: EvalSettings, options: RunOptions) -> str:
     """A `hiseg evaluate` command that reproduces `settings` (defaults left out);
-    ValueError for CRF settings other than `CRFConfig()`, which have no flags."""
-    if settings.crf not in (None, CRFConfig()):
+    ValueError for CRF or guided-filter settings other than the defaults, which have no
+    flags."""
+    if settings.crf not in (None, CRFConfig()) or settings.guided not in (None, GuidedConfig()):
         raise ValueError(
-            f"no command line gives the CRF settings {settings.crf}: only "
-            "--crf (CRFConfig defaults)"
+            f"no command line gives the refinement settings {settings.crf or settings.guided}: "
+            "only --crf (CRFConfig defaults) and --guided (GuidedConfig defaults)"
         )
     words = [
         "hiseg",
@@ -175,6 +186,8 @@ def command_line(settings: EvalSettings, options: RunOptions) -> str:
             words += [flag, str(value)]
     if settings.crf is not None:
         words.append("--crf")
+    if settings.guided is not None:
+        words.append("--guided")
     words += partition_flags(settings.partition) + ["--out", str(options.out)]
     return shlex.join(words)
 
@@ -213,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
         f"{run_info['skipped']} skipped ({settings.resolution} resolution"
-        f"{', w CRF' if settings.crf is not None else ''})"
+        f"{', w CRF' if settings.crf is not None else ''}"
+        f"{', w guided filter' if settings.guided is not None else ''})"
     )
     print(results_table(report))
     for skipped in run_info["skipped_images"]:

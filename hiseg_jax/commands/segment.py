@@ -1,7 +1,8 @@
 """`hiseg segment`: images and folders in, one folder of files per image out.
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
-                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf] [--no-viewer]
+                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf | --guided]
+                  [--no-viewer]
                   [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
@@ -58,6 +59,7 @@ from hiseg_jax.commands.options import (
     start_processes,
 )
 from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.guided import GuidedConfig
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.sharding import gather, local_mesh, process_share
 from hiseg_jax.engine.stream import engine_settings
@@ -102,11 +104,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     add_run_arguments(parser)
-    parser.add_argument(
+    refine = parser.add_mutually_exclusive_group()
+    refine.add_argument(
         "--crf",
         action="store_true",
         help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
         "on a CPU: it runs at every image's full size)",
+    )
+    refine.add_argument(
+        "--guided",
+        action="store_true",
+        help="refine the leaves with the guided filter (crf.GuidedConfig defaults; "
+        "a fraction of the CRF's time)",
     )
     parser.add_argument(
         "--no-viewer",
@@ -247,6 +256,7 @@ def _segment_jobs(
             key=jax.random.key(args.seed),
             config=config,
             crf=CRFConfig() if args.crf else None,
+            guided=GuidedConfig() if args.guided else None,
             notify=bar.set_postfix_str,
             mesh=local_mesh(),
         )
@@ -328,6 +338,8 @@ def run_settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str,
         "crf": dataclasses.asdict(CRFConfig()) if args.crf else None,
         "engine": engine_settings(args.batch_size),
     }
+    if args.guided:  # only then, so that earlier outputs keep matching their markers
+        settings["guided"] = dataclasses.asdict(GuidedConfig())
     return json.loads(json.dumps(settings))
 
 

@@ -436,17 +436,11 @@ def refine_levels(
         )
     if not np.issubdtype(levels.dtype, np.integer):
         raise ValueError(f"level_labels must be integers, got {levels.dtype}")
-    b, depth = levels.shape[:2]
-    leaves = levels[:, -1].reshape(b, -1)
-    found = [np.unique(row, return_index=True, return_inverse=True) for row in leaves]
-    most = max(len(ids) for ids, _, _ in found)
+    most = max(np.unique(row).size for row in levels[:, -1].reshape(len(levels), -1))
     k = most if n_leaves is None else n_leaves
     if most > k:
         raise ValueError(f"an image has {most} leaves, more than n_leaves = {k}")
-    compact = np.stack([inverse.reshape(levels.shape[2:]) for _, _, inverse in found])
-    ancestors = np.full((b, depth, k), -1, np.int32)
-    for i, (ids, first, _) in enumerate(found):
-        ancestors[i, :, : len(ids)] = levels[i].reshape(depth, -1)[:, first]
+    compact, ancestors = leaf_ancestors(levels, k)
     logits = leaf_unaries(
         feats,
         compact,
@@ -456,10 +450,34 @@ def refine_levels(
         prob_floor=config.prob_floor,
     )
     refined = jnp.argmax(dense_crf(logits, images, config=config), axis=-1)
-    out = jnp.take_along_axis(jnp.asarray(ancestors), refined.reshape(b, 1, -1), axis=2).reshape(
-        b, depth, *images.shape[1:3]
-    )
+    out = lift_leaves(ancestors, refined)
     return out[0] if unbatched else out
+
+
+def leaf_ancestors(levels: np.ndarray, n_leaves: int) -> tuple[np.ndarray, np.ndarray]:
+    """Leaves renumbered 0.. per image, and each leaf's node id at every level.
+
+    levels: int [B, L + 1, h, w] node ids (the last level the leaves), at most `n_leaves`
+    leaves per image -> (compact int32 [B, h, w] leaf index in [0, n_leaves), ancestors
+    int32 [B, L + 1, n_leaves]: the node id of leaf k's patches at each level, -1 for an
+    index with no leaf)."""
+    b, depth = levels.shape[:2]
+    leaves = levels[:, -1].reshape(b, -1)
+    found = [np.unique(row, return_index=True, return_inverse=True) for row in leaves]
+    compact = np.stack([inverse.reshape(levels.shape[2:]) for _, _, inverse in found])
+    ancestors = np.full((b, depth, n_leaves), -1, np.int32)
+    for i, (ids, first, _) in enumerate(found):
+        ancestors[i, :, : len(ids)] = levels[i].reshape(depth, -1)[:, first]
+    return compact.astype(np.int32), ancestors
+
+
+def lift_leaves(ancestors: jax.Array | np.ndarray, leaves: jax.Array) -> jax.Array:
+    """int32 [B, L + 1, H, W]: every level's node id of pixels with leaf index
+    `leaves: int [B, H, W]` (all patches of a leaf share their ancestors)."""
+    b = leaves.shape[0]
+    flat = jnp.asarray(leaves).reshape(b, 1, -1)
+    out = jnp.take_along_axis(jnp.asarray(ancestors), flat, axis=2)
+    return out.reshape(b, -1, *leaves.shape[1:])
 
 
 def refine_leaves(

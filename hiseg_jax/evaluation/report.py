@@ -160,6 +160,11 @@ def _notes(report: dict[str, Any]) -> list[str]:
             "image, w CRF: the leaves refined by the dense CRF on every image at "
             "its own size (docs/method.md section 6), the inner nodes following them"
         )
+    elif settings.get("guided"):
+        resolution = (
+            "image, w guided filter: the leaves refined by the guided filter on every "
+            "image at its own size (docs/method.md section 6), the inner nodes following them"
+        )
     elif settings["resolution"] == "image":
         resolution = "image: predictions nearest-upsampled to every image's own size"
     else:
@@ -203,6 +208,8 @@ def format_report(report: dict[str, Any]) -> str:
     title = f"hiseg evaluate: {settings['dataset']} {settings['split']}"
     if settings.get("crf"):
         title += " (w CRF)"
+    elif settings.get("guided"):
+        title += " (w guided filter)"
     skipped = [f"- {s['name']} (index {s['index']}): {s['error']}" for s in run["skipped_images"]]
     parts = [
         f"# {title}",

@@ -12,7 +12,8 @@ image that cannot be decoded, or whose ground truth does not fit the dataset's h
 gets a record saying why and is skipped. With `crf` (image resolution only), each image's
 leaves are refined by the dense CRF on the original image at its own size (docs/method.md
 section 6; `crf.dense_crf.crf_level_labels`) and its inner nodes follow from the refined
-leaves, instead of the nearest upsampling of the patch labels. A later run with
+leaves, instead of the nearest upsampling of the patch labels; `guided` does the same with
+the guided filter (`crf.guided`, much cheaper). A later run with
 `resume=True` scores only the images without a record, after checking that its settings
 are those of `settings.json`. The dataset totals are always rebuilt from the records
 (`scoring`), then reported (`report`).
@@ -43,7 +44,9 @@ import numpy as np
 from tqdm import tqdm
 
 from hiseg_jax import __version__
-from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels
+from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.guided import GuidedConfig
+from hiseg_jax.crf.refine import refine_level_labels, refinement
 from hiseg_jax.datasets import BUILDERS, load, read_example
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.sharding import barrier, gather, local_mesh, pad_batch, process_share
@@ -94,6 +97,7 @@ class EvalSettings:
     partition: PartitionConfig = PartitionConfig()
     hierarchy: str | None = None  # a hierarchy file replacing the dataset's own
     crf: CRFConfig | None = None  # refine the leaves with the dense CRF (pixel level)
+    guided: GuidedConfig | None = None  # or with the guided filter (pixel level)
 
     def __post_init__(self) -> None:
         if self.dataset not in BUILDERS:
@@ -102,9 +106,9 @@ class EvalSettings:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
         if self.matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
-        if self.crf is not None and self.resolution != "image":
+        if refinement(self.crf, self.guided) is not None and self.resolution != "image":
             raise ValueError(
-                "the CRF refines the leaves at pixel level: it needs "
+                "the CRF and the guided filter refine the leaves at pixel level: they need "
                 f"resolution 'image', not {self.resolution!r}"
             )
         if self.kind == "bsds" and (self.hierarchy is not None or self.matching != "max-overlap"):
@@ -267,7 +271,7 @@ def _score_all(
         items,
         batch_size=options.batch_size,
         key=jax.random.key(settings.seed),
-        with_features=settings.crf is not None,
+        with_features=refinement(settings.crf, settings.guided) is not None,
         notify=bar.set_postfix_str,
     )
     last = time.perf_counter()
@@ -382,8 +386,8 @@ def score_batch(
     batch_size: int,
 ) -> list[dict[str, Any]]:
     """Score one batch of trees; records of its real images (with Hungarian matching, their
-    leaf data are saved under `out_dir` first). With `settings.crf` the real images'
-    maps are CRF-refined. The trees, sizes and GT are padded to a multiple of `batch_size`
+    leaf data are saved under `out_dir` first). With `settings.crf` or `settings.guided` the
+    real images' maps are refined. The trees, sizes and GT are padded to a multiple of `batch_size`
     with copies of the last image (as the device batch was), so that the scoring programs
     keep one shape per bucket."""
     if result.output is None:
@@ -396,10 +400,11 @@ def score_batch(
     targets = padded([item.payload.target for item in result.items])
     tree = jax.tree.map(lambda a: pad_batch(np.asarray(a), rows), out.tree)
     pred, slot_ids = eval_scoring.compact_tree(tree)
+    refine = refinement(settings.crf, settings.guided)
     refined = [
-        crf_level_labels(item.image, out.features[b], pred.level_labels[b], settings.crf)
+        refine_level_labels(item.image, out.features[b], pred.level_labels[b], refine)
         for b, item in enumerate(result.items)
-        if settings.crf is not None
+        if refine is not None
     ]
     at_image = settings.resolution == "image"
     pred = eval_scoring.at_resolution(pred, padded(sizes) if at_image else None, refined)
