@@ -93,8 +93,9 @@ def engine_settings(batch_size: int) -> dict[str, Any]:
     batch size and the devices (kind and count: XLA picks kernels by shape and device, and
     stage A can turn a difference in the last bits into another tree). Recorded with the
     results (`hiseg segment`'s done.json, `hiseg evaluate`'s settings.json) and compared
-    when a run is resumed."""
-    devices = jax.devices()
+    when a run is resumed. The devices are this process's own (`jax.local_devices()`): each
+    process of a multi-process run computes its share on them alone."""
+    devices = jax.local_devices()
     return {
         "batch_size": batch_size,
         "devices": len(devices),
