@@ -21,7 +21,6 @@ the project's metrics (`eval_scoring`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,9 +39,7 @@ from hiseg_jax.spectral import reference
 from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.spectral.partition import partition
 
-SHARED = Path(
-    os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED = bsds_data.SHARED
 SIZE = 448
 SEEDS = (0, 1, 2)
 

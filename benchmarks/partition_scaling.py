@@ -50,9 +50,7 @@ from hiseg_jax.spectral import graph, reference, synthetic
 from hiseg_jax.spectral import partition as jp  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 
-SHARED = Path(
-    os.environ.get("HISEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED = bsds_data.SHARED
 STAGES = ("graph stats", "embedding", "k-means", "part graph", "stage B")
 PROFILES = {
     "default": PartitionConfig(),
