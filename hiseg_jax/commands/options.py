@@ -138,7 +138,7 @@ def add_refine_arguments(parser: argparse.ArgumentParser, default: str) -> None:
         default=None,
         help="how the leaves' borders go from the backbone's patch grid to the image's pixels: "
         "'guided' (guided filter of the leaves' soft assignments on the image's colours; "
-        "about 1 s per image on a CPU), 'crf' (the dense CRF, the paper's 'w CRF'; several "
+        "under 1 s per image on a 2-core CPU), 'crf' (the dense CRF, the paper's 'w CRF'; several "
         f"times slower), 'none' (nearest upsampling of the patch labels) (default: {default})",
     )
     group.add_argument(
