@@ -15,6 +15,7 @@
   `staged_folder(final, last=MARKER)` uploads the files of the temporary folder into
   `final` after deleting the old marker, the marker `last` of all, so a reader that checks
   the marker never trusts a half-written folder.
+- `remove(path)` deletes a file or a folder tree, local or on an object store, if it exists.
 - `check_output_dir(folder)` proves that `folder` can be created and written (with a probe
   file, leaving nothing behind), and `check_output_file(path, overwrite)` does the same for
   a file's folder and refuses to replace an existing file without `overwrite`. Both raise
@@ -89,6 +90,20 @@ def files_below(folder: AnyPath) -> Iterator[AnyPath]:
             yield entry
 
 
+def remove(path: AnyPath) -> None:
+    """Delete a file or a folder tree if it exists (local or on an object store)."""
+    if is_remote(path):
+        if path.is_dir():
+            path.rmtree()
+        elif path.exists():
+            path.unlink()
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def local_lock_path(path: AnyPath) -> Path:
     """A local file standing for the object-store `path` in `hiseg_jax.locks` (object
     stores have no locks): it keeps runs on one host apart, not runs on different hosts."""
@@ -157,19 +172,19 @@ def staged_folder(final: str | os.PathLike[str], last: str | None = None) -> Ite
     partial, old = staging_paths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in (partial, old):
-        _remove(stale)
+        remove(stale)
     partial.mkdir()
     try:
         yield partial
     except BaseException:
-        _remove(partial)
+        remove(partial)
         raise
     _sync_tree(partial)
     if final.exists():
         os.replace(final, old)
     os.replace(partial, final)
     _sync(final.parent)
-    _remove(old)
+    remove(old)
 
 
 def _upload(local: Path, path: AnyPath) -> None:
@@ -184,8 +199,7 @@ def _publish(staged: Path, final: AnyPath, last: str | None) -> None:
     folder, then every file is uploaded, `last` after all others."""
     if last is not None and (final / last).exists():
         (final / last).unlink()
-    if final.exists():
-        final.rmtree()
+    remove(final)
     files = sorted(p for p in staged.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.relative_to(staged).as_posix() == last)
     for file in files:
@@ -268,14 +282,6 @@ def _why(path: Path, err: OSError) -> str:
     if err.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return err.strerror or str(err)
-
-
-def _remove(path: Path) -> None:
-    """Delete a file or a folder tree if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def _sync_tree(folder: Path) -> None:

@@ -1,7 +1,8 @@
-"""The evaluation runner: the append-only log, tree compaction and padding (scores must not
-change), records -> accumulators, Hungarian matching, and whole runs on a fake dataset
-(one line per image, report, skipped image, resume after an interruption or a torn line,
-totals equal to the metrics module's direct computation), with and without the dense CRF."""
+"""The evaluation runner: the per-batch result files, tree compaction and padding (scores
+must not change), records -> accumulators, Hungarian matching, and whole runs on a fake
+dataset (one record per image, report, skipped image, resume after an interruption or a
+killed write, totals equal to the metrics module's direct computation), with and without
+the dense CRF."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.crf.guided import GuidedConfig
 from hiseg_jax.datasets import load, read_example
 from hiseg_jax.evaluation import hungarian as eval_hungarian
-from hiseg_jax.evaluation import results_log
+from hiseg_jax.evaluation import result_files
 from hiseg_jax.evaluation import runner as evaluation
 from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.hierarchies import index_label_space, label_space, load_hierarchy, parse_hierarchy
@@ -30,38 +31,42 @@ from hiseg_jax.metrics import Accumulator, TreePrediction, evaluate_batch, evalu
 from hiseg_jax.tree import Tree, upsample_labels
 
 # --------------------------------------------------------------------------------------
-# The results log.
+# The result files.
 
 
-def test_log_round_trip_and_torn_last_line(tmp_path):
-    log = tmp_path / "r.jsonl"
-    assert results_log.read(log) == ([], 0)
-    records = [{"index": i, "x": [0.1 * i, None]} for i in range(3)]
-    for r in records:
-        results_log.append(log, r)
-    assert results_log.read(log) == (records, 0)
-    whole = log.read_bytes()
-    log.write_bytes(whole + b'{"index": 3, "x"')  # killed while writing line 4
-    assert results_log.read(log) == (records, 16)
-    assert results_log.repair(log) == 16 and log.read_bytes() == whole
-    results_log.append(log, {"index": 3})
-    assert results_log.read(log)[0] == [*records, {"index": 3}]
-    assert results_log.repair(log) == 0
+def test_batch_files_round_trip(tmp_path):
+    """Each batch is one whole file named by process and first index; reading gives one
+    record per index, sorted, whatever the order of the files; a killed write's hidden
+    temporary file is not read."""
+    assert result_files.read_records(tmp_path) == []
+    first = [{"index": i, "x": [i / 2, None]} for i in (4, 6)]
+    second = [{"index": i, "name": str(i)} for i in (1, 3)]
+    path = result_files.write_batch(tmp_path, 1, first)
+    assert path == tmp_path / "results" / "p1-00000004.jsonl"
+    assert path.read_text() == '{"index":4,"x":[2.0,null]}\n{"index":6,"x":[3.0,null]}\n'
+    result_files.write_batch(tmp_path, 0, second)
+    (tmp_path / "results" / ".p0-00000008.jsonl.x1y2.part").write_text('{"index": 8, "x"')
+    assert result_files.read_records(tmp_path) == [second[0], second[1], *first]
+    assert [p.name for p in result_files.batch_files(tmp_path)] == [
+        "p0-00000001.jsonl",
+        "p1-00000004.jsonl",
+    ]
 
 
-def test_log_corrupt_inner_line_raises(tmp_path):
-    log = tmp_path / "r.jsonl"
-    log.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
-    with pytest.raises(results_log.ResultsLogError, match="line 2"):
-        results_log.read(log)
-    log.write_text('{"a": 1}\n[1, 2]\n')
-    with pytest.raises(results_log.ResultsLogError, match="not a JSON object"):
-        results_log.read(log)
+def test_corrupt_batch_file_raises_naming_it(tmp_path):
+    path = result_files.write_batch(tmp_path, 0, [{"index": 0}])
+    path.write_text('{"index": 0}\n{"index": \n')
+    with pytest.raises(result_files.ResultFilesError, match=r"p0-00000000.jsonl: line 2"):
+        result_files.read_records(tmp_path)
+    path.write_text('{"index": 0}\n[1, 2]\n')
+    with pytest.raises(result_files.ResultFilesError, match="not a record with an image index"):
+        result_files.read_records(tmp_path)
 
 
-def test_log_refuses_nan(tmp_path):
+def test_batch_files_refuse_nan(tmp_path):
     with pytest.raises(ValueError):
-        results_log.append(tmp_path / "r.jsonl", {"x": float("nan")})
+        result_files.write_batch(tmp_path, 0, [{"index": 0, "x": float("nan")}])
+    assert result_files.read_records(tmp_path) == []
 
 
 # --------------------------------------------------------------------------------------
@@ -265,11 +270,15 @@ def full_run(voc, default_checkpoint, tmp_path_factory) -> tuple[Path, dict]:
     return out, report
 
 
-def test_full_run_lines_report_and_skipped_image(full_run):
+def test_full_run_records_report_and_skipped_image(full_run):
     out, report = full_run
-    lines = out.joinpath("results.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    assert sorted(r["index"] for r in records) == [0, 1, 2, 3, 4, 5]
+    assert [p.name for p in result_files.batch_files(out)] == [
+        "p0-00000000.jsonl",
+        "p0-00000002.jsonl",
+        "p0-00000004.jsonl",
+    ]
+    records = result_files.read_records(out)
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4, 5]
     broken = [r for r in records if "error" in r]
     assert [(r["index"], r["name"]) for r in broken] == [
         (BROKEN, str(BROKEN)),
@@ -329,31 +338,36 @@ def test_totals_equal_direct_metrics(full_run, voc, default_checkpoint):
 def test_resume_after_limit_recomputes_nothing(full_run, voc, tmp_path, scored_batches):
     out = tmp_path / "run"
     evaluation.evaluate(settings_for(voc), options_for(voc, out, limit=2))
-    first = out.joinpath("results.jsonl").read_bytes()
-    assert len(first.splitlines()) == 2 and scored_batches == [[0, 1]]
+    first = {p.name: p.read_bytes() for p in result_files.batch_files(out)}
+    assert list(first) == ["p0-00000000.jsonl"] and scored_batches == [[0, 1]]
+    assert len(result_files.read_records(out)) == 2
     with pytest.raises(evaluation.EvaluationError, match="--resume"):
         evaluation.evaluate(settings_for(voc), options_for(voc, out))
     with pytest.raises(evaluation.EvaluationError, match="seed"):
         evaluation.evaluate(settings_for(voc, seed=1), options_for(voc, out, resume=True))
     report = evaluation.evaluate(settings_for(voc), options_for(voc, out, resume=True))
     assert scored_batches == [[0, 1], [3], [4]]  # [2, 3] and [4, 5] without the skipped
-    assert out.joinpath("results.jsonl").read_bytes().startswith(first)
+    files = result_files.batch_files(out)
+    assert len(files) == 3 and {p.name: p.read_bytes() for p in files[:1]} == first
     assert report["results"] == full_run[1]["results"]
     assert report["run"]["complete"]
 
 
-def test_resume_drops_a_torn_last_line(full_run, voc, tmp_path, scored_batches):
-    """Killed while writing the last batch: its first line torn, the second never written."""
+def test_resume_after_a_killed_write(full_run, voc, tmp_path, scored_batches):
+    """Killed while writing the last batch's file: the whole files of the batches before
+    and the hidden temporary file of the last one are there; only the last is redone."""
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "results").mkdir(parents=True)
     shutil.copy(full_run[0] / "settings.json", out)
-    lines = full_run[0].joinpath("results.jsonl").read_bytes().splitlines(keepends=True)
-    assert [json.loads(line)["index"] for line in lines[-2:]] == [4, 5]
-    out.joinpath("results.jsonl").write_bytes(b"".join(lines[:-2]) + lines[-2][:40])
+    *kept, last = result_files.batch_files(full_run[0])
+    for path in kept:
+        shutil.copy(path, out / "results")
+    torn = out / "results" / f".{last.name}.k1ll3d.part"
+    torn.write_bytes(last.read_bytes()[:40])
     report = evaluation.evaluate(settings_for(voc), options_for(voc, out, resume=True))
     assert scored_batches == [[4]]
-    records, torn_bytes = results_log.read(out / "results.jsonl")
-    assert torn_bytes == 0 and len(records) == 6
+    records = result_files.read_records(out)
+    assert records[:4] == result_files.read_records(full_run[0])[:4] and len(records) == 6
     assert report["results"] == full_run[1]["results"]
 
 
@@ -439,8 +453,8 @@ def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
     plain = json.loads(full_run[0].joinpath("settings.json").read_text())
     assert plain["refine"] == {"method": "none"}
     assert "w CRF" in out.joinpath("report.md").read_text()
-    records = results_log.read(out / "results.jsonl")[0]
-    plain = {r["index"]: r for r in results_log.read(full_run[0] / "results.jsonl")[0]}
+    records = result_files.read_records(out)
+    plain = {r["index"]: r for r in result_files.read_records(full_run[0])}
     for r in records:
         assert all(r[k] == plain[r["index"]][k] for k in ("n_nodes", "leaves", "depth"))
         assert all(0.0 <= v <= 1.0 for v in [*r["iou"], *r["nm_covering"], r["nh_covering"]])
@@ -481,8 +495,8 @@ def test_guided_run_scores_refined_pixel_maps(full_run, voc, default_checkpoint,
     saved = json.loads(tmp_path.joinpath("settings.json").read_text())
     assert saved["refine"] == {"method": "guided", **dataclasses.asdict(guided)}
     assert "w guided filter" in tmp_path.joinpath("report.md").read_text()
-    records = results_log.read(tmp_path / "results.jsonl")[0]
-    plain = {r["index"]: r for r in results_log.read(full_run[0] / "results.jsonl")[0]}
+    records = result_files.read_records(tmp_path)
+    plain = {r["index"]: r for r in result_files.read_records(full_run[0])}
     for r in records:
         assert all(r[k] == plain[r["index"]][k] for k in ("n_nodes", "leaves", "depth"))
     source = load("voc2012", voc[0], "val", prepared_dir=voc[1])

@@ -20,6 +20,7 @@ from hiseg_jax.cli import build_parser, main
 from hiseg_jax.commands.evaluate import command_line, settings_from_args
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.crf.guided import GuidedConfig
+from hiseg_jax.evaluation import result_files
 from hiseg_jax.evaluation import runner as evaluation
 from hiseg_jax.settings import settings_differences
 
@@ -165,7 +166,7 @@ def test_resume_refusal_lists_only_the_changed_fields(voc, tmp_path, capsys, def
     out.mkdir()
     options = evaluation.RunOptions(out=out)
     (out / evaluation.SETTINGS).write_text(json.dumps(evaluation.recorded_settings(old, options)))
-    (out / evaluation.RESULTS).write_text('{"index": 0, "name": "0"}\n')
+    result_files.write_batch(out, 0, [{"index": 0, "name": "0"}])
     code, _, err = evaluate(capsys, *voc, *SMALL_FLAGS, "--out", str(out), "--resume")
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"hiseg evaluate: error: {out} holds a run with other settings: partition.levels 5 "
@@ -185,8 +186,7 @@ def test_resume_with_another_batch_size_or_device_count_is_refused(
     )
     now = recorded["engine"]["devices"]
     assert recorded["engine"]["batch_size"] == 4 and now >= 1
-    out.mkdir()
-    (out / evaluation.RESULTS).write_text('{"index": 0, "name": "0"}\n')
+    result_files.write_batch(out, 0, [{"index": 0, "name": "0"}])
     for engine, flags, change in (
         ({"batch_size": 4}, ["--batch-size", "2"], "engine.batch_size 4 there, 2 now"),
         ({"devices": now + 1}, ["--batch-size", "4"], f"engine.devices {now + 1} there, {now} now"),
@@ -196,6 +196,25 @@ def test_resume_with_another_batch_size_or_device_count_is_refused(
         code, _, err = evaluate(capsys, *voc, *SMALL_FLAGS, *flags, "--out", str(out), "--resume")
         assert code == 2
         assert f"holds a run with other settings: {change}. Use another" in err
+
+
+def test_folder_of_an_earlier_version_is_refused_or_overwritten(
+    voc, tmp_path, capsys, default_checkpoint
+):
+    """The appended `results.jsonl` of earlier versions is not read: one line, and
+    --overwrite discards it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"index": 0, "name": "0"}\n')
+    flags = [*voc, *SMALL_FLAGS, "--batch-size", "2", "--limit", "2", "--out", str(out)]
+    code, _, err = evaluate(capsys, *flags)
+    assert code == 2 and err.strip() == (
+        f"hiseg evaluate: error: {out} holds results.jsonl, results of an earlier hiseg-jax "
+        "that this one does not read: use another --out, or --overwrite to discard them"
+    )
+    code, _, _ = evaluate(capsys, *flags, "--overwrite")
+    assert code == 0 and not (out / "results.jsonl").exists()
+    assert [r["index"] for r in result_files.read_records(out)] == [0, 1]
 
 
 def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_checkpoint):
@@ -213,7 +232,7 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
     monkeypatch.setattr(evaluation, "score_batch", interrupted_at_second_batch)
     code, _, err = evaluate(capsys, *flags)
     assert code == 130 and "interrupted; 2 images recorded" in err and "--resume" in err
-    assert len(out.joinpath("results.jsonl").read_text().splitlines()) == 2
+    assert len(result_files.read_records(out)) == 2
     monkeypatch.setattr(evaluation, "score_batch", real)
 
     code, _, err = evaluate(capsys, *flags)
@@ -240,9 +259,7 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
     ]
     assert set(rule) == {"|", "-"}
     assert [c.strip() for c in row.split("|")[1:3]] == ["all classes", "4"]
-    log = out.joinpath("results.jsonl").read_text()
-    records = [json.loads(line) for line in log.splitlines()]
-    assert sorted(r["index"] for r in records) == [0, 1, 2, 3, 4, 5]
+    assert [r["index"] for r in result_files.read_records(out)] == [0, 1, 2, 3, 4, 5]
     report = json.loads(out.joinpath("report.json").read_text())
     assert report["command"].startswith("hiseg evaluate --dataset voc2012 --data-dir ")
     assert "--n-parts 16" in report["command"] and "--batch-size 2" in report["command"]

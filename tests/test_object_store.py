@@ -1,7 +1,8 @@
 """Paths on object stores through `etils.epath` and fsspec: `gs://` served by an in-memory
-fsspec filesystem registered for the `gs` protocol (no network), so `hiseg segment` reads
-and writes through exactly the code path of real `gs://` (`files.as_path`, epath's fsspec
-backend); a missing fsspec extra gets one line naming the package."""
+fsspec filesystem registered for the `gs` protocol (no network), so `hiseg segment` and
+`hiseg evaluate` read and write through exactly the code path of real `gs://`
+(`files.as_path`, epath's fsspec backend); a missing fsspec extra gets one line naming the
+package."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.utils import stringify_path
 from PIL import Image
 from segment_cases import SMALL_FLAGS
+from test_datasets import FAKES
 
 from hiseg_jax import files
 from hiseg_jax.cli import main
+from hiseg_jax.datasets import BUILDERS, load, read_example
+from hiseg_jax.evaluation import hungarian, result_files
 
 
 class FakeGCS(MemoryFileSystem):
@@ -68,6 +72,22 @@ def test_atomic_writes_and_staged_folders_on_the_store(fake_gcs):
     assert listed == ["a.txt", "image/done.json", "image/sub/x.bin"]
 
 
+def test_result_and_leaf_files_on_the_store(fake_gcs):
+    """`hiseg evaluate`'s own files: batch records and Hungarian leaf data read back."""
+    out = files.check_output_dir("gs://bucket/run")
+    result_files.write_batch(out, 1, [{"index": 3}, {"index": 5, "name": "5"}])
+    result_files.write_batch(out, 0, [{"index": 0}])
+    assert result_files.read_records(out) == [{"index": 0}, {"index": 3}, {"index": 5, "name": "5"}]
+    leaves = {
+        i: (np.full((i + 1, 4), i, np.float32), np.arange(3 * i + 3).reshape(-1, 3)) for i in (0, 3)
+    }
+    for index, (descriptors, counts) in leaves.items():
+        hungarian.save_leaf_data(out, index, descriptors, counts)
+    descriptors, counts = hungarian.load_leaf_data(out, [0, 3])
+    np.testing.assert_array_equal(descriptors, np.concatenate([leaves[0][0], leaves[3][0]]))
+    np.testing.assert_array_equal(counts, np.concatenate([leaves[0][1], leaves[3][1]]))
+
+
 def test_unknown_scheme_and_missing_extra_get_one_line(monkeypatch):
     with pytest.raises(ValueError, match="unsupported location"):
         files.as_path("ftp://host/x")
@@ -113,8 +133,75 @@ def test_segment_reads_and_writes_gs_like_local(
     assert "0 segmented, 2 skipped" in capsys.readouterr().out
 
 
-def test_evaluate_refuses_object_store_paths(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["evaluate", "--dataset", "bsds500", "--data-dir", "gs://b/bsds", "--out", "x"])
-    assert exit_.value.code == 2
-    assert "only local paths here" in capsys.readouterr().err
+@pytest.mark.parametrize("name", sorted(FAKES))
+def test_every_dataset_builder_reads_gs_like_local(name, fake_gcs, tmp_path):
+    """Each builder's fake folder (tests/test_datasets.py), uploaded to gs:// and prepared
+    from there: the same names and labels, and the same hierarchy where it comes from the
+    files."""
+    f = FAKES[name](tmp_path / "raw")
+    for path in files.files_below(f.root):
+        fake_gcs.pipe(f"gs://bucket/raw/{path.relative_to(f.root).as_posix()}", path.read_bytes())
+    source = load(name, "gs://bucket/raw", f.split, prepared_dir=tmp_path / "prepared")
+    assert [read_example(item)[0] for item in source] == list(f.expected)
+    for item, labels in zip(source, f.expected.values(), strict=True):
+        np.testing.assert_array_equal(read_example(item)[2], labels)
+    builder = BUILDERS[name]
+    if name != "bsds500":  # no classes, no hierarchy
+        assert builder.hierarchy(files.as_path("gs://bucket/raw")) == builder.hierarchy(f.root)
+
+
+def test_evaluate_reads_and_writes_gs_like_local(
+    fake_gcs, default_checkpoint, shared_data, tmp_path, capsys
+):
+    """Three BSDS500 val images (with their ground truth) read from gs:// and scored into
+    gs://, first with --limit 2 (one batch), then resumed: only the last image is scored
+    again, the first batch's file is untouched, and the report's totals equal those of
+    the same run on local folders; the accumulator and settings are beside them."""
+    bsds = shared_data / "bsds500"
+    local_data = tmp_path / "bsds"
+    for image in sorted((bsds / "images" / "val").glob("*.jpg"))[:3]:
+        for source in (image, bsds / "groundTruth" / "val" / f"{image.stem}.mat"):
+            relative = source.relative_to(bsds).as_posix()
+            (local_data / relative).parent.mkdir(parents=True, exist_ok=True)
+            (local_data / relative).symlink_to(source)
+            fake_gcs.pipe(f"gs://bucket/bsds/{relative}", source.read_bytes())
+    common = ["--dataset", "bsds500", "--backbone", str(default_checkpoint), "--no-progress"]
+    common += ["--batch-size", "2", *SMALL_FLAGS]
+
+    def evaluate(data: str, out: str, prepared: str, *flags: str) -> int:
+        argv = ["evaluate", *common, "--data-dir", data, "--out", out, *flags]
+        code = main([*argv, "--prepared-dir", str(tmp_path / prepared)])
+        capsys.readouterr()
+        return code
+
+    local = tmp_path / "local"
+    assert evaluate(str(local_data), str(local), "prep-local") == 0
+    remote = "gs://bucket/run"
+    assert evaluate("gs://bucket/bsds", remote, "prep-gs", "--limit", "2") == 0
+    out = files.as_path(remote)
+    (first,) = result_files.batch_files(out)
+    written = first.read_bytes()
+    assert evaluate("gs://bucket/bsds", remote, "prep-gs") == 2  # holds a run: --resume
+    assert evaluate("gs://bucket/bsds", remote, "prep-gs", "--resume") == 0
+    assert [p.name for p in result_files.batch_files(out)] == [
+        "p0-00000000.jsonl",
+        "p0-00000002.jsonl",
+    ]
+    assert first.read_bytes() == written
+    got = json.loads((out / "report.json").read_text())
+    want = json.loads((local / "report.json").read_text())
+    assert got["results"] == want["results"] and got["run"]["scored"] == 3
+    assert got["settings"]["data_dir"] == "gs://bucket/bsds"
+    assert {"accumulator.npz", "settings.json", "report.md"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in files.files_below(out) if p.name.startswith(".")]
+
+
+def test_only_local_prepared_dir_and_known_schemes(capsys):
+    for flags, message in (
+        (["--prepared-dir", "gs://b/prepared"], "only a local path here, not gs:// or s3://"),
+        (["--out", "ftp://host/run"], "ftp://host/run: unsupported location"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(["evaluate", "--dataset", "bsds500", "--data-dir", "gs://b/bsds", *flags])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """`hiseg segment` and `hiseg evaluate` as two real processes joined by `jax.distributed` on
 this machine (localhost coordinator, 2 forced CPU devices each) against one process: every
 image written once with identical files, identical evaluation totals, and runs that resume
-after a process was killed or a log was cut short.
+after a process was killed or lost its last batch of records.
 
 Every run uses batches of 2 (one image per device) and shares one persistent compilation
 cache, so only the first run compiles the step."""
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from segment_cases import SMALL_FLAGS
+
+from hiseg_jax.evaluation.result_files import batch_files
 
 pytestmark = pytest.mark.slow
 
@@ -200,8 +202,8 @@ def evaluate_argv(shared_data: Path, out: Path, checkpoint: Path, prepared: Path
 
 
 def records(out: Path) -> dict[int, dict]:
-    """Every image's record from every results log, without its timing."""
-    lines = [line for log in out.glob("results*.jsonl") for line in log.read_text().splitlines()]
+    """Every image's record from every batch file, without its timing."""
+    lines = [line for path in batch_files(out) for line in path.read_text().splitlines()]
     found = [json.loads(line) for line in lines]
     assert len(found) == len({r["index"] for r in found})  # each image scored once
     return {r["index"]: {k: v for k, v in r.items() if k != "seconds"} for r in found}
@@ -212,8 +214,8 @@ def test_two_processes_evaluate_as_one_process(
 ):
     """`--limit 8` by one process and by two (each preparing BSDS500 val in its own
     folder, process 0 first): the same 8 records and the same report totals, written once
-    by process 0; after the last records of process 1's log are cut, `--resume` with two
-    processes scores exactly those again and gives the same totals."""
+    by process 0; after the last batch file of process 1 is deleted, `--resume` with two
+    processes scores exactly those images again and gives the same totals."""
     root = tmp_path_factory.mktemp("evaluate")
     one = root / "one"
     finish(launch(evaluate_argv(shared_data, one, default_checkpoint, root / "prep1"), env))
@@ -221,18 +223,18 @@ def test_two_processes_evaluate_as_one_process(
     argv = evaluate_argv(shared_data, two, default_checkpoint, root / "prep2")
     outputs = finish(launch(argv, env, processes=2))
     assert "8 images scored" in outputs[0] and "images scored" not in outputs[1]
-    assert sorted(p.name for p in two.glob("results*.jsonl")) == [
-        "results-1.jsonl",
-        "results.jsonl",
+    assert [p.name for p in batch_files(two)] == [  # process i: images i, i + 2, ...
+        "p0-00000000.jsonl",
+        "p0-00000004.jsonl",
+        "p1-00000001.jsonl",
+        "p1-00000005.jsonl",
     ]
     want = json.loads((one / "report.json").read_text())
     got = json.loads((two / "report.json").read_text())
     assert got["results"] == want["results"] and got["run"]["scored"] == 8
     assert records(two) == records(one)
 
-    log = two / "results-1.jsonl"
-    kept = log.read_text().splitlines(keepends=True)[:2]
-    log.write_text("".join(kept))
+    batch_files(two)[-1].unlink()
     outputs = finish(launch([*argv, "--resume"], env, processes=2))
     assert records(two) == records(one)
     assert json.loads((two / "report.json").read_text())["results"] == want["results"]

@@ -7,13 +7,15 @@
                    [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 Prints the dataset's rows in the paper's format and writes `DIR/report.md`, `report.json`
-(settings, software, machine), `results.jsonl` (one line per image, appended as it is
-scored), `settings.json` and `accumulator.npz` (the dataset totals, mergeable). An
-interrupted run continues with `--resume`. At image resolution every image's leaves are
-refined at the image's own size (`--refine`, `crf.refine`): by the guided filter (the
-default), the dense CRF (`--crf`: the paper's "w CRF" rows) or not at all (`--refine none`:
-the paper's plain rows, nearest upsampling); at patch resolution there are no pixels to
-refine and the default is `none`.
+(settings, software, machine), `results/` (the per-image records, one file per batch,
+written as each batch is scored), `settings.json` and `accumulator.npz` (the dataset
+totals, mergeable). An interrupted run continues with `--resume`. The dataset folder, DIR
+and the hierarchy file may be local, `gs://` or `s3://` (`files.as_path`); the prepared
+dataset (`--prepared-dir`) is local. At image resolution every image's leaves are refined
+at the image's own size (`--refine`, `crf.refine`): by the guided filter (the default), the
+dense CRF (`--crf`: the paper's "w CRF" rows) or not at all (`--refine none`: the paper's
+plain rows, nearest upsampling); at patch resolution there are no pixels to refine and the
+default is `none`.
 Exit status: 0, 1 when images were skipped (unreadable, or ground truth outside the
 hierarchy), 2 for bad input (missing or malformed dataset folder, bad settings, an output
 folder holding another run), 130 when interrupted.
@@ -36,6 +38,7 @@ from hiseg_jax.commands.options import (
     add_run_arguments,
     format_size,
     local_path,
+    location,
     partition_config,
     partition_flags,
     start_processes,
@@ -44,14 +47,8 @@ from hiseg_jax.crf.refine import DEFAULT_REFINEMENT, refinement_method, refineme
 from hiseg_jax.datasets import BUILDERS
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.evaluation.report import REFINED, results_table
-from hiseg_jax.evaluation.runner import (
-    MATCHINGS,
-    RESOLUTIONS,
-    EvalSettings,
-    RunOptions,
-    evaluate,
-    read_records,
-)
+from hiseg_jax.evaluation.result_files import read_records
+from hiseg_jax.evaluation.runner import MATCHINGS, RESOLUTIONS, EvalSettings, RunOptions, evaluate
 from hiseg_jax.features import DEFAULT_SIZE
 from hiseg_jax.paths import DEFAULT_BACKBONE
 
@@ -66,9 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         required=True,
-        type=local_path,
-        help="the dataset's folder, as its official download unpacks (a folder "
-        "that does not fit gets an error naming what is missing)",
+        type=location,
+        help="the dataset's folder, as its official download unpacks, local, gs:// or "
+        "s3:// (a folder that does not fit gets an error naming what is missing)",
     )
     parser.add_argument("--split", default="val", help="split to score (default: %(default)s)")
     parser.add_argument(
@@ -89,7 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, help="score only the first N images of the split"
     )
     parser.add_argument(
-        "--out", type=local_path, default=None, help="output folder (default: runs/DATASET-SPLIT)"
+        "--out",
+        type=location,
+        default=None,
+        help="output folder, local, gs:// or s3:// (default: runs/DATASET-SPLIT)",
     )
     again = parser.add_mutually_exclusive_group()
     again.add_argument(
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument(
         "--hierarchy",
-        type=local_path,
+        type=location,
         default=None,
         help="a label hierarchy file replacing the dataset's own, one node a "
         "line as 'parent/child | pixel value | foreground|background|ignore' "

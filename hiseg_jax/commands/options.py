@@ -14,6 +14,7 @@ from hiseg_jax.crf.refine import METHODS
 from hiseg_jax.engine.sharding import initialize_distributed
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.features import DEFAULT_SIZE, FEATURE_KINDS
+from hiseg_jax.files import AnyPath, as_path
 from hiseg_jax.paths import DEFAULT_BACKBONE
 from hiseg_jax.spectral.config import PartitionConfig
 
@@ -65,12 +66,18 @@ def parse_size(text: str) -> int | tuple[int, int]:
 
 
 def local_path(text: str) -> Path:
-    """A local path option; object-store URLs are refused (only `hiseg segment` takes them)."""
+    """A local path option; object-store URLs are refused."""
     if "://" in text:
-        raise argparse.ArgumentTypeError(
-            f"{text}: only local paths here (gs:// and s3:// work with hiseg segment)"
-        )
+        raise argparse.ArgumentTypeError(f"{text}: only a local path here, not gs:// or s3://")
     return Path(text)
+
+
+def location(text: str) -> AnyPath:
+    """A path option that may also be `gs://...` or `s3://...` (`files.as_path`)."""
+    try:
+        return as_path(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def format_size(size: int | tuple[int, int]) -> str:

@@ -1,7 +1,8 @@
 """Segmentation datasets as tensorflow-datasets builders (ArrayRecord, no TensorFlow needed).
 
 `load(name, data_dir, split)` prepares that split of the dataset from the files in `data_dir`
-on first use (under `prepared_dir`, default `$HISEG_TFDS_DIR/<hash of data_dir>`, see
+(local, `gs://` or `s3://`: the builders read through `files.as_path`) on first use (under
+the local `prepared_dir`, default `$HISEG_TFDS_DIR/<hash of data_dir>`, see
 `hiseg_jax.paths`) and returns a random-access data source whose items are dicts with
 `image` (encoded bytes), `labels` (int32 [A, H, W], see `base.py` for what A holds) and
 `name`; `read_example(item)` decodes one. The label values are those of the builder's
@@ -14,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +35,7 @@ from hiseg_jax.datasets.pascal_part import PascalPart
 from hiseg_jax.datasets.potsdam import Potsdam
 from hiseg_jax.datasets.reader import level_maps, read_example
 from hiseg_jax.datasets.voc2012 import Voc2012
+from hiseg_jax.files import absolute, as_path
 from hiseg_jax.paths import prepared_datasets_dir
 
 BUILDERS: dict[str, type[SegmentationBuilder]] = {
@@ -65,7 +68,11 @@ __all__ = [
 
 
 def builder(
-    name: str, data_dir: str | Path, prepared_dir: str | Path | None = None, *, split: str
+    name: str,
+    data_dir: str | os.PathLike[str],
+    prepared_dir: str | Path | None = None,
+    *,
+    split: str,
 ) -> tuple[SegmentationBuilder, tfds.download.DownloadConfig]:
     """The builder of split `split` of dataset `name` reading raw files from `data_dir`, and
     the tfds DownloadConfig that points it there."""
@@ -74,17 +81,20 @@ def builder(
     cls = BUILDERS[name]
     if split not in cls.SPLITS:
         raise ValueError(f"{name} has no split {split!r}; valid: {', '.join(cls.SPLITS)}")
-    data_dir = Path(data_dir)
+    data_dir = as_path(data_dir)
     if prepared_dir is None:
         cache = prepared_datasets_dir()
-        tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+        tag = hashlib.sha256(absolute(data_dir).encode()).hexdigest()[:12]
         prepared_dir = cache / tag
-    config = tfds.download.DownloadConfig(manual_dir=str(data_dir))
+    config = tfds.download.DownloadConfig(manual_dir=os.fspath(data_dir))
     return cls(data_dir=str(prepared_dir), config=split, file_format="array_record"), config
 
 
 def load(
-    name: str, data_dir: str | Path, split: str, prepared_dir: str | Path | None = None
+    name: str,
+    data_dir: str | os.PathLike[str],
+    split: str,
+    prepared_dir: str | Path | None = None,
 ) -> Sequence[dict[str, Any]]:
     """A random-access source of `split`, preparing its ArrayRecord files on first use. A
     missing or malformed `data_dir` raises DatasetLayoutError naming what is missing and
@@ -92,7 +102,7 @@ def load(
     with quiet_tfds():
         b, config = builder(name, data_dir, prepared_dir, split=split)
         if not b.is_prepared():
-            b.check_layout(Path(data_dir), split)
+            b.check_layout(as_path(data_dir), split)
             print(
                 f"hiseg: preparing {name} {split} from {data_dir} (first use only) into "
                 f"{b.data_dir}",

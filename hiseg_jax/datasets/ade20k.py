@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -15,12 +15,13 @@ from hiseg_jax.datasets.base import (
     read_label_image,
     require_file,
 )
+from hiseg_jax.files import AnyPath, files_below
 from hiseg_jax.hierarchies.builders import ade20k_class_map, ade20k_pixel_values
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 
 
-def read_ade20k_labels(stem: Path) -> np.ndarray:
+def read_ade20k_labels(stem: AnyPath) -> np.ndarray:
     """`STEM_seg.png` (+ `STEM_parts_1.png` when present) -> int32 [H, W] pixel values
     object * 4096 + part (part 0: the object's pixels outside its parts; 0 = unlabeled),
     as `hiseg_jax.hierarchies.builders.ade20k_pixel_values` encodes them."""
@@ -53,14 +54,15 @@ class Ade20k(SegmentationBuilder):
     )
 
     @staticmethod
-    def _split_dir(root: Path, split: str) -> Path:
+    def _split_dir(root: AnyPath, split: str) -> AnyPath:
         release = first_existing(root / "ADE20K_2021_17_01", root)
         return release / "images" / "ADE" / SPLIT_FOLDERS[split]
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         return [self._split_dir(root, split)]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
-        for image in sorted(self._split_dir(root, split).rglob("ADE_*.jpg")):
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
+        found = files_below(self._split_dir(root, split))
+        for image in sorted(p for p in found if fnmatch.fnmatchcase(p.name, "ADE_*.jpg")):
             stem = image.with_suffix("")
             yield Example(stem.name, image, read_ade20k_labels(stem)[None])

@@ -13,7 +13,11 @@ int32 label maps `[A, H, W]`; `LABEL_AXIS` says what the leading axis holds:
 
 Each split is its own builder config, so preparing `val` never reads `train`. A concrete builder
 names its hierarchy, its splits (`SPLITS`), the paths a split needs under `manual_dir`
-(`required_paths`) and how to enumerate its examples (`examples`).
+(`required_paths`) and how to enumerate its examples (`examples`). The folder is a local
+`Path` or, on an object store, an `etils.epath.Path` (`files.as_path`): builders only use
+what both offer (joining, `exists`, `is_file`, non-recursive `glob`, `read_text`,
+`read_bytes`, `open`; `files.files_below` to search a tree) and hand readers open files,
+never names.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ import abc
 import dataclasses
 import io
 import logging
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from hiseg_jax.files import AnyPath, as_path
 from hiseg_jax.hierarchies import Hierarchy, load_hierarchy
 
 IGNORE = 255  # label value excluded from every metric
@@ -45,7 +50,7 @@ class Example:
     file, or the encoded bytes of an image made by the builder (a crop)."""
 
     key: str
-    image: Path | bytes
+    image: AnyPath | bytes
     labels: np.ndarray  # int32 [A, H, W]
 
 
@@ -53,12 +58,12 @@ def _labels_feature() -> tfds.features.Tensor:
     return tfds.features.Tensor(shape=(None, None, None), dtype=np.int32, encoding="zlib")
 
 
-def read_label_image(path: Path, *, colour: bool = False) -> np.ndarray:
+def read_label_image(path: AnyPath, *, colour: bool = False) -> np.ndarray:
     """A label image as stored, as int32: [H, W] (palette indices, grey levels, 16-bit
     values), or [H, W, 3] RGB with `colour`. An unreadable file, or one with the other
     kind of pixels, raises DatasetLayoutError naming it."""
     try:
-        with Image.open(path) as image:
+        with path.open("rb") as file, Image.open(file) as image:
             is_colour = image.mode in ("RGB", "RGBA")
             if is_colour != colour:
                 raise DatasetLayoutError(
@@ -70,14 +75,14 @@ def read_label_image(path: Path, *, colour: bool = False) -> np.ndarray:
         raise DatasetLayoutError(f"{path}: cannot read the label image ({err})") from err
 
 
-def require_file(path: Path, what: str) -> Path:
+def require_file(path: AnyPath, what: str) -> AnyPath:
     """`path`, or DatasetLayoutError saying which `what` is missing and where."""
     if not path.is_file():
         raise DatasetLayoutError(f"missing {what}: expected {path}")
     return path
 
 
-def first_existing(*candidates: Path) -> Path:
+def first_existing(*candidates: AnyPath) -> AnyPath:
     """The first of `candidates` that exists (else the first: errors then name it)."""
     return next((p for p in candidates if p.exists()), candidates[0])
 
@@ -103,7 +108,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         super().__init_subclass__(**kwargs)
 
     @classmethod
-    def hierarchy(cls, root: Path) -> Hierarchy:
+    def hierarchy(cls, root: AnyPath) -> Hierarchy:
         """The hierarchy whose pixel values the labels hold: the shipped file `HIERARCHY`
         (builders whose vocabulary comes with the data derive it from the files in `root`)."""
         return load_hierarchy(cls.HIERARCHY)
@@ -135,14 +140,14 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         )
 
     @abc.abstractmethod
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         """Paths that must exist under `root` for `split`."""
 
     @abc.abstractmethod
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         """The split's examples in a deterministic order."""
 
-    def check_layout(self, root: Path, split: str) -> None:
+    def check_layout(self, root: AnyPath, split: str) -> None:
         """Raises DatasetLayoutError naming every missing path of `split`."""
         if not root.is_dir():
             raise DatasetLayoutError(
@@ -156,7 +161,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
                 f"{self.manual_instructions()}"
             )
 
-    def available_splits(self, root: Path) -> list[str]:
+    def available_splits(self, root: AnyPath) -> list[str]:
         """The splits whose files are all present; raises naming what is missing if none is."""
         present = [s for s in self.SPLITS if all(p.exists() for p in self.required_paths(root, s))]
         if not present:
@@ -164,12 +169,12 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
         return present
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
-        root = Path(dl_manager.manual_dir)
+        root = as_path(os.fspath(dl_manager.manual_dir))
         split = self.builder_config.name
         self.check_layout(root, split)
         return {split: self._generate_examples(root, split)}
 
-    def _generate_examples(self, root: Path, split: str) -> Iterator[tuple[str, dict]]:
+    def _generate_examples(self, root: AnyPath, split: str) -> Iterator[tuple[str, dict]]:
         count = 0
         for ex in self.examples(root, split):
             labels = np.asarray(ex.labels, np.int32)

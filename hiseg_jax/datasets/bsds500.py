@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import scipy.io
 
 from hiseg_jax.datasets.base import Example, SegmentationBuilder, first_existing
+from hiseg_jax.files import AnyPath
 from hiseg_jax.hierarchies import Hierarchy
 
 
-def read_bsds_mat(path: Path) -> np.ndarray:
+def read_bsds_mat(path: AnyPath) -> np.ndarray:
     """The human segmentations of one `groundTruth/*.mat` file as int32 [A, H, W] (ids from 1)."""
-    gt = scipy.io.loadmat(path)["groundTruth"][0]
+    with path.open("rb") as file:
+        gt = scipy.io.loadmat(file)["groundTruth"][0]
     return np.stack([np.asarray(g["Segmentation"][0, 0], np.int32) for g in gt])
 
 
@@ -35,19 +36,19 @@ class Bsds500(SegmentationBuilder):
     )
 
     @classmethod
-    def hierarchy(cls, root: Path) -> Hierarchy:
+    def hierarchy(cls, root: AnyPath) -> Hierarchy:
         """BSDS500 has no classes: always raises ValueError."""
         raise ValueError("bsds500 holds per-annotator region ids: it has no label hierarchy")
 
     @staticmethod
-    def _data_root(root: Path) -> Path:
+    def _data_root(root: AnyPath) -> AnyPath:
         return first_existing(root / "BSR" / "BSDS500" / "data", root)
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         data = self._data_root(root)
         return [data / "images" / split, data / "groundTruth" / split]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         data = self._data_root(root)
         for image_path in sorted((data / "images" / split).glob("*.jpg")):
             mat = data / "groundTruth" / split / f"{image_path.stem}.mat"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 from hiseg_jax.datasets.base import Example, SegmentationBuilder, read_label_image, require_file
+from hiseg_jax.files import AnyPath
 
 
 class Cityscapes(SegmentationBuilder):
@@ -23,10 +23,10 @@ class Cityscapes(SegmentationBuilder):
     )
     SUFFIX: ClassVar[str] = "_gtFine_labelIds.png"
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         return [root / "leftImg8bit" / split, root / "gtFine" / split]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         for target in sorted((root / "gtFine" / split).glob(f"*/*{self.SUFFIX}")):
             key = target.name.removesuffix(self.SUFFIX)
             city = root / "leftImg8bit" / split / target.parent.name

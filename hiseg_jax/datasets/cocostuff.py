@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 from hiseg_jax.datasets.base import Example, SegmentationBuilder, read_label_image, require_file
+from hiseg_jax.files import AnyPath
 
 
 class Cocostuff(SegmentationBuilder):
@@ -26,11 +26,11 @@ class Cocostuff(SegmentationBuilder):
     )
     FOLDERS: ClassVar[dict[str, str]] = {"train": "train2017", "val": "val2017"}
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         folder = self.FOLDERS[split]
         return [root / "images" / folder, root / "annotations" / folder]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         folder = self.FOLDERS[split]
         for target in sorted((root / "annotations" / folder).glob("*.png")):
             image = require_file(root / "images" / folder / f"{target.stem}.jpg", "COCO image")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -16,6 +15,7 @@ from hiseg_jax.datasets.base import (
     read_label_image,
     require_file,
 )
+from hiseg_jax.files import AnyPath
 
 # Cityscapes trainId 0..18 -> its raw label id (road 7, sidewalk 8, ..., bicycle 33).
 TRAIN_ID_TO_LABEL_ID = np.array(
@@ -54,13 +54,13 @@ class KittiStep(SegmentationBuilder):
     )
 
     @staticmethod
-    def _maps(root: Path) -> Path:
+    def _maps(root: AnyPath) -> AnyPath:
         return first_existing(root / "panoptic_maps", root / "kitti-step" / "panoptic_maps")
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         return [root / "training" / "image_02", self._maps(root) / split]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         for target in sorted((self._maps(root) / split).glob("*/*.png")):
             seq, frame = target.parent.name, target.stem
             image = require_file(

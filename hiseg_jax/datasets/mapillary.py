@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 from hiseg_jax.datasets.base import (
@@ -16,12 +15,13 @@ from hiseg_jax.datasets.base import (
     read_label_image,
     require_file,
 )
+from hiseg_jax.files import AnyPath
 from hiseg_jax.hierarchies import Hierarchy, parse_hierarchy
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 
 
-def read_config_labels(config: Path) -> list[dict]:
+def read_config_labels(config: AnyPath) -> list[dict]:
     """The `labels` list of a Vistas config file (class index = position in the list)."""
     try:
         labels = json.loads(config.read_text(encoding="utf-8"))["labels"]
@@ -32,7 +32,7 @@ def read_config_labels(config: Path) -> list[dict]:
     return labels
 
 
-def mapillary_hierarchy(config: Path, name: str) -> Hierarchy:
+def mapillary_hierarchy(config: AnyPath, name: str) -> Hierarchy:
     """The label hierarchy spelt by a Vistas config's class names: `a--b--c` is node `a/b/c`
     with pixel value = its class index; groups (`a`, `a/b`) carry no value. Classes with
     `"evaluate": false` (unlabeled) are ignored; all others are foreground."""
@@ -71,24 +71,24 @@ class MapillaryVistas(SegmentationBuilder):
     )
 
     @classmethod
-    def config(cls, root: Path) -> Path:
+    def config(cls, root: AnyPath) -> AnyPath:
         """The config file of this labels version under `root`."""
         return first_existing(*(root / c for c in cls.CONFIGS))
 
     @classmethod
-    def hierarchy(cls, root: Path) -> Hierarchy:
+    def hierarchy(cls, root: AnyPath) -> Hierarchy:
         """The hierarchy spelt by the class names of `root`'s config (no file is shipped)."""
         return mapillary_hierarchy(require_file(cls.config(root), "Vistas config"), cls.HIERARCHY)
 
-    def _labels_dir(self, root: Path, split: str) -> Path:
+    def _labels_dir(self, root: AnyPath, split: str) -> AnyPath:
         folder = root / SPLIT_FOLDERS[split]
         return first_existing(folder / self.LABELS_VERSION / "labels", folder / "labels")
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         images = root / SPLIT_FOLDERS[split] / "images"
         return [self.config(root), images, self._labels_dir(root, split)]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         num_classes = len(read_config_labels(self.config(root)))
         images = root / SPLIT_FOLDERS[split] / "images"
         for target in sorted(self._labels_dir(root, split).glob("*.png")):
@@ -114,5 +114,5 @@ class MapillaryVistasV2(MapillaryVistas):
         "  {training,validation}/v2.0/labels/ID.png"
     )
 
-    def _labels_dir(self, root: Path, split: str) -> Path:
+    def _labels_dir(self, root: AnyPath, split: str) -> AnyPath:
         return root / SPLIT_FOLDERS[split] / self.LABELS_VERSION / "labels"

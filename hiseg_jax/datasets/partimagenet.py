@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -16,6 +15,7 @@ from hiseg_jax.datasets.base import (
     read_label_image,
     require_file,
 )
+from hiseg_jax.files import AnyPath
 from hiseg_jax.hierarchies import Hierarchy
 from hiseg_jax.hierarchies.builders import build_partimagenet158, partimagenet158_pixel_values
 
@@ -35,14 +35,14 @@ class Partimagenet(SegmentationBuilder):
     )
 
     @staticmethod
-    def _data(root: Path) -> Path:
+    def _data(root: AnyPath) -> AnyPath:
         return first_existing(root / "PartImageNet", root)
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         data = self._data(root)
         return [data / "images" / split, data / "annotations" / split]
 
-    def _pairs(self, root: Path, split: str) -> Iterator[tuple[Path, Path]]:
+    def _pairs(self, root: AnyPath, split: str) -> Iterator[tuple[AnyPath, AnyPath]]:
         """(image, part mask) of every annotated image of `split`, sorted by name."""
         data = self._data(root)
         images = data / "images" / split
@@ -53,13 +53,13 @@ class Partimagenet(SegmentationBuilder):
             )
             yield require_file(image, "PartImageNet image"), target
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         for image, target in self._pairs(root, split):
             yield Example(target.stem, image, read_label_image(target)[None])
 
 
 @functools.cache
-def _hierarchy_158(json_files: tuple[Path, ...]) -> Hierarchy:
+def _hierarchy_158(json_files: tuple[AnyPath, ...]) -> Hierarchy:
     return build_partimagenet158(json_files)
 
 
@@ -72,20 +72,20 @@ class Partimagenet158(Partimagenet):
     HIERARCHY: ClassVar[str] = "partimagenet158"
 
     @classmethod
-    def annotation_files(cls, root: Path) -> tuple[Path, ...]:
+    def annotation_files(cls, root: AnyPath) -> tuple[AnyPath, ...]:
         return tuple(cls._data(root) / "annotations" / f"{s}.json" for s in cls.SPLITS)
 
     @classmethod
-    def hierarchy(cls, root: Path) -> Hierarchy:
+    def hierarchy(cls, root: AnyPath) -> Hierarchy:
         """The 158-class hierarchy of the files under `root`, as `build_partimagenet158`
         derives it (no such file is shipped)."""
         files = cls.annotation_files(root)
         return _hierarchy_158(tuple(require_file(f, "PartImageNet annotation") for f in files))
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         return [*super().required_paths(root, split), *self.annotation_files(root)]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         hierarchy = self.hierarchy(root)
         for image, target in self._pairs(root, split):
             parts = read_label_image(target)

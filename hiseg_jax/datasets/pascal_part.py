@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -17,6 +16,7 @@ from hiseg_jax.datasets.base import (
     first_existing,
     require_file,
 )
+from hiseg_jax.files import AnyPath
 from hiseg_jax.hierarchies import load_hierarchy
 
 _INSTANCE_SUFFIX = re.compile(r"_\d+$")  # engine_1, wheel_2, door_3, ... -> one part class
@@ -38,13 +38,14 @@ def pascalpart_values() -> tuple[dict[int, int], dict[tuple[int, str], int]]:
     return objects, parts
 
 
-def read_pascal_part_mat(path: Path) -> np.ndarray | None:
+def read_pascal_part_mat(path: AnyPath) -> np.ndarray | None:
     """One `Annotations_Part/*.mat` file -> int32 [H, W] `pascalpart` pixel values: every
     object's mask painted with its class value, then its parts' masks with their part values
     (numbered parts such as `wheel_2` merged into `wheel`); 0 elsewhere. None when the file
     lists no object. A part name the hierarchy does not list raises ValueError naming it."""
     objects, parts = pascalpart_values()
-    anno = scipy.io.loadmat(path)["anno"][0, 0]
+    with path.open("rb") as file:
+        anno = scipy.io.loadmat(file)["anno"][0, 0]
     instances = anno["objects"]
     labels = None
     for obj in instances.reshape(-1) if instances.size else ():
@@ -78,13 +79,13 @@ class PascalPart(SegmentationBuilder):
     )
 
     @staticmethod
-    def _voc(root: Path) -> Path:
+    def _voc(root: AnyPath) -> AnyPath:
         return root / "VOCdevkit" / "VOC2010"
 
-    def _annotations(self, root: Path) -> Path:
+    def _annotations(self, root: AnyPath) -> AnyPath:
         return first_existing(root / "Annotations_Part", self._voc(root) / "Annotations_Part")
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         voc = self._voc(root)
         return [
             voc / "JPEGImages",
@@ -92,7 +93,7 @@ class PascalPart(SegmentationBuilder):
             self._annotations(root),
         ]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         voc = self._voc(root)
         for key in (voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
             mat = require_file(self._annotations(root) / f"{key}.mat", "Pascal-Part annotation")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +18,7 @@ from hiseg_jax.datasets.base import (
     read_label_image,
     require_file,
 )
+from hiseg_jax.files import AnyPath
 
 # ISPRS class colours, in class-value order: impervious surfaces, building, low vegetation,
 # tree, car, clutter/background.
@@ -86,13 +86,13 @@ class Potsdam(SegmentationBuilder):
     SCALE: ClassVar[int] = 2
 
     @staticmethod
-    def _labels_dir(root: Path) -> Path:
+    def _labels_dir(root: AnyPath) -> AnyPath:
         return first_existing(root / "5_Labels_all", root / "5_Labels_for_participants")
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         return [root / "2_Ortho_RGB", self._labels_dir(root)]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         tiles = []
         for image_path in (root / "2_Ortho_RGB").glob("top_potsdam_*_RGB.tif"):
             match = _TILE.search(image_path.name)
@@ -103,8 +103,8 @@ class Potsdam(SegmentationBuilder):
             labels_path = require_file(self._labels_dir(root) / label_name, "Potsdam label tile")
             yield from self._crops(image_path, labels_path)
 
-    def _crops(self, image_path: Path, labels_path: Path) -> Iterator[Example]:
-        with Image.open(image_path) as tile:
+    def _crops(self, image_path: AnyPath, labels_path: AnyPath) -> Iterator[Example]:
+        with image_path.open("rb") as file, Image.open(file) as tile:
             image = np.asarray(tile.convert("RGB"))
         labels = decode_potsdam_colours(read_label_image(labels_path, colour=True))
         if labels.shape != image.shape[:2]:

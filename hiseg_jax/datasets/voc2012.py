@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 from PIL import Image
 
 from hiseg_jax.datasets.base import IGNORE, Example, SegmentationBuilder
+from hiseg_jax.files import AnyPath
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -26,15 +26,15 @@ def voc_palette(n: int = 256) -> np.ndarray:
     return palette
 
 
-def decode_voc_target(path: Path) -> np.ndarray:
+def decode_voc_target(path: AnyPath) -> np.ndarray:
     """A VOC label PNG as int32 [H, W] class ids: palette mode directly, RGB via the palette.
 
     RGB colours outside the 21 class colours (the white (224, 224, 192) border) are IGNORE.
     """
-    image = Image.open(path)
-    if image.mode == "P":
-        return np.asarray(image, np.int32)
-    rgb = np.asarray(image.convert("RGB"), np.int32)
+    with path.open("rb") as file, Image.open(file) as image:
+        if image.mode == "P":
+            return np.asarray(image, np.int32)
+        rgb = np.asarray(image.convert("RGB"), np.int32)
     code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     palette = voc_palette(21).astype(np.int32)
     keys = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
@@ -56,14 +56,14 @@ class Voc2012(SegmentationBuilder):
     )
 
     @staticmethod
-    def _voc(root: Path) -> Path:
+    def _voc(root: AnyPath) -> AnyPath:
         return root / "VOCdevkit" / "VOC2012"
 
     @staticmethod
-    def _pairs(root: Path) -> list[Path]:
+    def _pairs(root: AnyPath) -> list[AnyPath]:
         return sorted(root.glob("*_image.png"), key=lambda p: (len(p.name), p.name))
 
-    def required_paths(self, root: Path, split: str) -> list[Path]:
+    def required_paths(self, root: AnyPath, split: str) -> list[AnyPath]:
         if not self._voc(root).exists() and self._pairs(root):
             return [root] if split == "val" else [root / f"{split} (pairs layout has only val)"]
         voc = self._voc(root)
@@ -73,7 +73,7 @@ class Voc2012(SegmentationBuilder):
             voc / "ImageSets" / "Segmentation" / f"{split}.txt",
         ]
 
-    def examples(self, root: Path, split: str) -> Iterator[Example]:
+    def examples(self, root: AnyPath, split: str) -> Iterator[Example]:
         voc = self._voc(root)
         if not voc.exists():
             for image_path in self._pairs(root):

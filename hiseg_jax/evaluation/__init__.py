@@ -1,2 +1,2 @@
 """`hiseg evaluate`: the `runner`, per-image `scoring`, dataset-level `hungarian` matching,
-the `report`, and the kill-safe `results_log`."""
+the `report`, and the kill-safe per-batch `result_files`."""

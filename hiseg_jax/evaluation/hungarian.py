@@ -11,7 +11,7 @@ one-to-one (`hiseg_jax.metrics.hungarian_scores`). Only the leaves are used: thi
 finest partition of the tree, not its hierarchy.
 
 Per image, the leaves' descriptors and their pixel counts per ground-truth label are saved
-under `leaves/` (written before the image's result line, so a resumed run has them). A level
+under `leaves/` (written before the image's record, so a resumed run has them). A level
 is scored when its classes are mutually exclusive (a flat dataset's classes, each depth of a
 hierarchy; not T_gt, whose nested nodes share pixels); labelled pixels without a class at
 that depth (an object's pixels outside its parts, at the parts' depth) are left out.
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hiseg_jax.files import atomic_path
+from hiseg_jax.files import AnyPath, atomic_path
 from hiseg_jax.hierarchies import LabelSpace
 from hiseg_jax.metrics import TreePrediction, hungarian_scores
 from hiseg_jax.metrics.regions import joint_counts, leaf_nodes
@@ -70,26 +69,26 @@ def leaf_data(
     return out
 
 
-def _path(out: Path, index: int) -> Path:
+def _path(out: AnyPath, index: int) -> AnyPath:
     return out / LEAVES / f"{index:08d}.npz"
 
 
-def save_leaf_data(out: Path, index: int, descriptors: np.ndarray, counts: np.ndarray) -> None:
-    """Write image `index`'s leaf data (atomically)."""
+def save_leaf_data(out: AnyPath, index: int, descriptors: np.ndarray, counts: np.ndarray) -> None:
+    """Write image `index`'s leaf data (atomically; `out` local or on an object store)."""
     path = _path(out, index)
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial, open(partial, "wb") as f:
         np.savez_compressed(f, descriptors=descriptors, counts=counts)
 
 
-def load_leaf_data(out: Path, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def load_leaf_data(out: AnyPath, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """All leaves of the given images: (descriptors [N, E], counts [N, G])."""
     loaded = []
     for index in indices:
         path = _path(out, index)
         if not path.exists():
             raise ValueError(f"{path} is missing: rerun with --overwrite to rebuild the leaves")
-        with np.load(path) as data:
+        with path.open("rb") as f, np.load(f) as data:
             loaded.append((data["descriptors"], data["counts"]))
     return (np.concatenate([d for d, _ in loaded]), np.concatenate([c for _, c in loaded]))
 

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 
 from hiseg_jax import __version__
-from hiseg_jax.files import write_text
+from hiseg_jax.files import AnyPath, write_text
 
 REPORT_FILES = ("report.md", "report.json")
 # How a refinement (settings "refine" "method", `crf.refine`) is named in titles and notes.
@@ -234,7 +234,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_report(out: Path, report: dict[str, Any]) -> None:
+def write_report(out: AnyPath, report: dict[str, Any]) -> None:
     """`out/report.md` and `out/report.json`, each written atomically."""
     write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text(out / "report.md", format_report(report))

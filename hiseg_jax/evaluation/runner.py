@@ -1,28 +1,33 @@
 """The `hiseg evaluate` runner: a dataset split in, per-image results and a report out.
 
     settings = EvalSettings(dataset="voc2012", data_dir="data/voc", split="val")
-    report = evaluate(settings, RunOptions(out=Path("runs/voc2012-val")))
+    report = evaluate(settings, RunOptions(out="runs/voc2012-val"))  # or "gs://bucket/run"
 
 Images are read from the dataset's prepared source (`hiseg_jax.datasets.load`) and run
 through the batching engine (`engine.stream`): decoded, with their ground truth prepared,
 in its prefetch thread, resized to one fixed size and segmented `batch_size` at a time in
-one compiled program (every batch padded to `batch_size` with copies). Every image's
-scores are appended to `results.jsonl` as soon as its batch is scored (`results_log`); an
-image that cannot be decoded, or whose ground truth does not fit the dataset's hierarchy,
-gets a record saying why and is skipped. At image resolution each image's leaves are
-refined on the original image at its own size by `refine` (`crf.refine`: the guided filter
-by default, or the dense CRF; docs/method.md section 6) and its inner nodes follow from the
-refined leaves; `refine=None` scores the nearest upsampling of the patch labels. A later run with
-`resume=True` scores only the images without a record, after checking that its settings
-are those of `settings.json`. The dataset totals are always rebuilt from the records
-(`scoring`), then reported (`report`).
+one compiled program (every batch padded to `batch_size` with copies). The records of a
+batch (one per image: its scores) are written as one new file under `results/` as soon as
+the batch is scored (`result_files`); an image that cannot be decoded, or whose ground
+truth does not fit the dataset's hierarchy, gets a record saying why and is skipped. At
+image resolution each image's leaves are refined on the original image at its own size by
+`refine` (`crf.refine`: the guided filter by default, or the dense CRF; docs/method.md
+section 6) and its inner nodes follow from the refined leaves; `refine=None` scores the
+nearest upsampling of the patch labels. A later run with `resume=True` scores only the
+images without a record, after checking that its settings are those of `settings.json`.
+The dataset totals are always rebuilt from the records (`scoring`), then reported
+(`report`).
+
+The output folder, like the dataset folder, may be local or on an object store (`gs://`,
+`s3://`; `files.as_path`), through the same code: every file is written whole and
+atomically (`files.write_text`, `files.atomic_path`) and nothing is ever appended to.
 
 Several processes (`jax.distributed`, one per host) share a run: process i scores the
-images i, i + N, i + 2N, ... of the split not recorded yet, on its own devices, and appends
-to its own log (`results_log_name`: `results.jsonl` for process 0, `results-<i>.jsonl`);
-every log in the folder is read back, so a run resumed with another number of processes
-continues where the logs stop. Process 0 prepares the dataset first (the others then read
-what it prepared), owns `settings.json` and writes the report once every process is done.
+images i, i + N, i + 2N, ... of the split not recorded yet, on its own devices, and writes
+its own batch files; every batch file in the folder is read back, so a run resumed with
+another number of processes continues where the files stop. Process 0 prepares the dataset
+first (the others then read what it prepared), owns `settings.json` and writes the report
+once every process is done.
 """
 
 from __future__ import annotations
@@ -31,11 +36,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import shutil
+import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -57,10 +61,18 @@ from hiseg_jax.engine.step import make_step
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, BatchResult, engine_settings, stream
 from hiseg_jax.evaluation import hungarian as eval_hungarian
 from hiseg_jax.evaluation import report as eval_report
-from hiseg_jax.evaluation import results_log
 from hiseg_jax.evaluation import scoring as eval_scoring
+from hiseg_jax.evaluation.result_files import RESULTS, batch_files, read_records, write_batch
 from hiseg_jax.features import DEFAULT_SIZE, FeatureKind, image_size
-from hiseg_jax.files import check_output_dir, write_text
+from hiseg_jax.files import (
+    AnyPath,
+    absolute,
+    as_path,
+    atomic_path,
+    check_output_dir,
+    remove,
+    write_text,
+)
 from hiseg_jax.hierarchies import Hierarchy, LabelSpace, label_space, parse_hierarchy
 from hiseg_jax.images import ImageLoadError
 from hiseg_jax.models.vit import get_config
@@ -73,7 +85,7 @@ Resolution = Literal["patch", "image"]
 Matching = Literal["max-overlap", "hungarian"]
 RESOLUTIONS: tuple[str, ...] = ("image", "patch")
 MATCHINGS: tuple[str, ...] = ("max-overlap", "hungarian")
-RESULTS = "results.jsonl"  # process 0's log; process i > 0 writes results-<i>.jsonl
+OLD_LOGS = "results*.jsonl"  # the appended logs of earlier versions (refused, not read)
 SETTINGS = "settings.json"
 ACCUMULATOR = "accumulator.npz"
 _FORMAT = "hiseg-evaluate-v1"
@@ -89,7 +101,7 @@ class EvalSettings:
     """Everything that changes an image's scores; a resumed run must use the same."""
 
     dataset: str
-    data_dir: str
+    data_dir: str  # local, gs:// or s3:// (`files.as_path`)
     split: str
     backbone: str = DEFAULT_BACKBONE
     size: int | tuple[int, int] = DEFAULT_SIZE
@@ -128,13 +140,13 @@ class EvalSettings:
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON, with the checkpoint's provenance and the hierarchy's hash."""
         out = dataclasses.asdict(self)
-        out["data_dir"] = str(Path(self.data_dir).resolve())
+        out["data_dir"] = absolute(as_path(self.data_dir))
         out["size"] = list(image_size(self.size, 1))
         out["refine"] = refinement_settings(self.refine)
         meta = read_metadata(resolve_checkpoint(self.backbone))
         out["checkpoint"] = {k: meta[k] for k in ("variant", "source", "source_sha256")}
         if self.hierarchy is not None:
-            text = Path(self.hierarchy).read_bytes()
+            text = as_path(self.hierarchy).read_bytes()
             out["hierarchy_sha256"] = hashlib.sha256(text).hexdigest()
         out["format"] = _FORMAT
         out["hiseg_jax"] = __version__
@@ -146,16 +158,17 @@ class RunOptions:
     """How to run. Only `batch_size` (with the devices) can change a score, in the last bits
     (see `engine.stream.engine_settings`): it is recorded beside the settings."""
 
-    out: Path
+    out: AnyPath  # local, gs:// or s3:// (text is turned into a path by `files.as_path`)
     limit: int | None = None  # evaluate the first `limit` images of the split
     batch_size: int = DEFAULT_BATCH_SIZE
     resume: bool = False
     overwrite: bool = False
-    prepared_dir: Path | None = None  # where the dataset is prepared (default: the cache)
+    prepared_dir: str | os.PathLike[str] | None = None  # local; default: the cache
     progress: bool = True
     command: str = ""  # the command line, for the report
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "out", as_path(self.out))
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -173,8 +186,8 @@ def recorded_settings(settings: EvalSettings, options: RunOptions) -> dict[str, 
 def dataset_hierarchy(settings: EvalSettings) -> Hierarchy:
     """The hierarchy whose pixel values the dataset's labels hold (or the override file)."""
     if settings.hierarchy is None:
-        return BUILDERS[settings.dataset].hierarchy(Path(settings.data_dir))
-    path = Path(settings.hierarchy)
+        return BUILDERS[settings.dataset].hierarchy(as_path(settings.data_dir))
+    path = as_path(settings.hierarchy)
     return parse_hierarchy(path.read_text(encoding="utf-8"), path.stem)
 
 
@@ -223,26 +236,6 @@ def _load_source(settings: EvalSettings, options: RunOptions) -> Sequence[dict[s
     return source if first else load(*args)
 
 
-def results_log_name(process: int) -> str:
-    """The results log a process appends to: `results.jsonl` for process 0 (and any
-    single-process run), `results-<i>.jsonl` for process i."""
-    return RESULTS if process == 0 else f"results-{process}.jsonl"
-
-
-def read_records(out: Path) -> list[dict[str, Any]]:
-    """The records of every results log in `out` (one per image index, sorted by index;
-    a torn last line of a log is ignored)."""
-    records: dict[int, dict[str, Any]] = {}
-    for log in _result_logs(out):
-        for record in results_log.read(log)[0]:
-            records.setdefault(record["index"], record)
-    return [records[index] for index in sorted(records)]
-
-
-def _result_logs(out: Path) -> list[Path]:
-    return sorted(out.glob("results*.jsonl"))
-
-
 def _score_all(
     source: Sequence[dict[str, Any]],
     todo: list[int],
@@ -251,8 +244,8 @@ def _score_all(
     options: RunOptions,
 ) -> None:
     """Segment and score the images `todo` through the engine (decoding and GT preparation
-    in its prefetch thread) on this process's devices, appending each record to this
-    process's log as its batch is done."""
+    in its prefetch thread) on this process's devices, writing each batch's records as one
+    file as soon as it is scored (`result_files.write_batch`)."""
     model = load_backbone(settings.backbone)
     step = make_step(
         model, settings.size, settings.partition, features=settings.features, mesh=local_mesh()
@@ -263,7 +256,6 @@ def _score_all(
     desc = f"{settings.dataset} {settings.split}"
     if jax.process_count() > 1:
         desc += f" [process {jax.process_index()}/{jax.process_count()}]"
-    log = options.out / results_log_name(jax.process_index())
     bar = tqdm(
         total=len(todo),
         unit="img",
@@ -288,9 +280,9 @@ def _score_all(
             for record in scored:  # the wall time since the previous batch, shared out
                 record["seconds"] = (now - last) / len(scored)
             last = now
-            new = failures + scored
-            for record in sorted(new, key=lambda r: r["index"]):
-                results_log.append(log, record)
+            new = sorted(failures + scored, key=lambda r: r["index"])
+            if new:
+                write_batch(options.out, jax.process_index(), new)
             for failure in failures:
                 bar.write(f"skipped {failure['name']}: {failure['error']}", file=sys.stderr)
             bar.update(len(new))
@@ -309,14 +301,20 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
     """Prepare the output folder; returns the records already there (resume).
 
     Every process checks the folder before any of them changes it; process 0 then clears
-    it (`overwrite`) or writes `settings.json`, and each process repairs its own log."""
+    it and writes `settings.json` unless the run continues (`resume`). The logs of earlier
+    versions (`OLD_LOGS`) are not read: such a folder is refused unless `overwrite`."""
     out = options.out
-    logs = _result_logs(out)
-    held = any(log.stat().st_size > 0 for log in logs) and not options.overwrite
+    old = sorted(out.glob(OLD_LOGS), key=lambda path: path.name)
+    if old and not options.overwrite:
+        raise EvaluationError(
+            f"{out} holds {old[0].name}, results of an earlier hiseg-jax that this one does "
+            "not read: use another --out, or --overwrite to discard them"
+        )
+    held = bool(batch_files(out)) and not options.overwrite
     if held and not options.resume:
         count = len(read_records(out))
         raise EvaluationError(
-            f"{out} already holds the results of {count} images ({', '.join(map(str, logs))}); "
+            f"{out} already holds the results of {count} images ({out / RESULTS}); "
             "pass --resume to continue that run or --overwrite to discard it"
         )
     saved = out / SETTINGS
@@ -332,20 +330,11 @@ def _open_out(options: RunOptions, settings: dict[str, Any]) -> list[dict[str, A
             )
     barrier("evaluate-checked")
     if jax.process_index() == 0 and not held:
-        for path in (*logs, *(out / name for name in (SETTINGS, ACCUMULATOR))):
-            path.unlink(missing_ok=True)
-        for name in eval_report.REPORT_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / eval_hungarian.LEAVES, ignore_errors=True)
+        names = (RESULTS, eval_hungarian.LEAVES, SETTINGS, ACCUMULATOR, *eval_report.REPORT_FILES)
+        for path in (*old, *(out / name for name in names)):
+            remove(path)
         out.mkdir(parents=True, exist_ok=True)
         write_text(saved, json.dumps(settings, indent=2) + "\n")
-    log = out / results_log_name(jax.process_index())
-    dropped = results_log.repair(log)
-    if dropped:
-        print(
-            f"hiseg evaluate: dropped a half-written last line ({dropped} bytes) of {log}",
-            file=sys.stderr,
-        )
     barrier("evaluate-opened")
     return read_records(out)
 
@@ -387,7 +376,7 @@ def score_batch(
     result: BatchResult,
     settings: EvalSettings,
     space: LabelSpace | None,
-    out_dir: Path,
+    out_dir: AnyPath,
     batch_size: int,
 ) -> list[dict[str, Any]]:
     """Score one batch of trees; records of its real images (with Hungarian matching, their
@@ -453,7 +442,8 @@ def _finish(
         acc = eval_scoring.region_accumulator(scored, space)
         results = acc.summary() if scored else {}
     if scored:
-        acc.save(options.out / ACCUMULATOR)
+        with atomic_path(options.out / ACCUMULATOR) as partial:
+            acc.save(partial)
     run = dict(
         split_images=split_size,
         limit=options.limit,

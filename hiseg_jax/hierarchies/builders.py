@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hiseg_jax.files import AnyPath, as_path
 from hiseg_jax.hierarchies.hierarchy import Hierarchy, parse_hierarchy
 
 ADE_PART_STRIDE = 4096  # > 3,688 ADE20K class indices
@@ -92,7 +93,7 @@ def build_ade20k_hierarchy(stems: Iterable[Path], name: str = "ade20k") -> Hiera
 
 
 def build_partimagenet158(
-    annotation_files: Iterable[Path], name: str = "partimagenet158"
+    annotation_files: Iterable[AnyPath], name: str = "partimagenet158"
 ) -> Hierarchy:
     """Super-category -> ImageNet class (WordNet id) -> parts, from PartImageNet's COCO-style
     JSON files (`images[].file_name` = `<wnid>_<n>.JPEG`, `annotations[].category_id` = part
@@ -102,7 +103,7 @@ def build_partimagenet158(
     categories: dict[int, tuple[str, str]] = {}
     class_super: dict[str, str] = {}
     for path in annotation_files:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(as_path(path).read_text())
         for c in data["categories"]:
             sup = c["supercategory"].strip()
             categories[c["id"]] = (sup.lower(), c["name"].strip()[len(sup) :].strip().lower())
