@@ -10,7 +10,8 @@ chromedriver) and the script reports the seconds until the page is ready, and th
 milliseconds the page's own code takes for a depth change and for a hover over a new region
 (median of a few).
 
-    JAX_PLATFORMS=cpu .venv/bin/python benchmarks/viewer_size.py [--crf] [--browser] [--out DIR]
+    JAX_PLATFORMS=cpu .venv/bin/python benchmarks/viewer_size.py [--refine guided|crf|none]
+        [--browser] [--out DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 
 import hiseg_jax
 from hiseg_jax import viewer
-from hiseg_jax.crf.dense_crf import CRFConfig
+from hiseg_jax.crf.refine import DEFAULT_REFINEMENT, METHODS, refinement_method, refinement_of
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -102,20 +103,25 @@ def browser_timings(pages: list[Path]) -> list[tuple[float, float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--crf", action="store_true", help="label maps from the dense CRF")
+    parser.add_argument(
+        "--refine",
+        choices=METHODS,
+        default=refinement_method(DEFAULT_REFINEMENT),
+        help="how the leaves reach the pixels, as hiseg segment --refine (default: %(default)s)",
+    )
     parser.add_argument("--browser", action="store_true", help="time the pages in Chromium")
     parser.add_argument("--out", type=Path, help="also write the pages into this folder")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="viewer_size_"))
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    crf = CRFConfig() if args.crf else None
+    refine = refinement_of(args.refine)
     print(
         f"{'image':>32} {'nodes':>5} {'leaves':>6} {'page B':>9} {'photo B':>9} "
         f"{'leaves B':>8} {'other B':>8} {'build s':>7}"
     )
     for name, image in photos().items():
-        result = hiseg_jax.segment([image], crf=crf)
+        result = hiseg_jax.segment([image], refine=refine)
         rows = [
             np.asarray(r[0]) for r in (result.tree.parent, result.tree.depth, result.tree.valid)
         ]

@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "segment": "hiseg_jax.api",
     "SegmentationResult": "hiseg_jax.api",
+    "GuidedConfig": "hiseg_jax.crf.guided",  # segment(..., refine=...): the default
+    "CRFConfig": "hiseg_jax.crf.dense_crf",  # the paper's "w CRF"
     "upsample_labels": "hiseg_jax.tree",
     "load_image": "hiseg_jax.images",
     "viewer_page": "hiseg_jax.viewer",

@@ -4,8 +4,10 @@ Both run the batching engine (`engine.stream`): `features.preprocess` (host resi
 normalise, in a prefetch thread) -> one compiled step per batch (backbone, `[B, h, w, E]`
 features -> `spectral.partition.partition_arrays`, the `Tree` over the patch grid, and
 `tree.leaf_descriptors`) -> `tree.patch_level_labels` (`[B, L + 1, h, w]`) ->
-`tree.upsample_labels` (nearest, back to each image's own size) or, with a `CRFConfig` or a
-`GuidedConfig`, `crf.refine.refine_level_labels`. Every batch, the last one too, is padded
+`crf.refine.refine_level_labels` (the leaves refined at each image's own size: by default the
+guided filter, `GuidedConfig`; or the dense CRF, `CRFConfig`) or, with `refine=None`,
+`tree.upsample_labels` (nearest, back to each image's own size). Every batch, the last one
+too, is padded
 to `batch_size` images, so an image's result does not depend on the images it shares a
 batch with.
 
@@ -28,9 +30,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hiseg_jax.crf.dense_crf import CRFConfig
-from hiseg_jax.crf.guided import GuidedConfig
-from hiseg_jax.crf.refine import refine_level_labels, refinement
+from hiseg_jax.crf.refine import (
+    DEFAULT_REFINEMENT,
+    Refinement,
+    refine_level_labels,
+    refinement_method,
+)
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.step import Step, make_step
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, stream
@@ -48,7 +53,8 @@ class SegmentationResult:
 
     tree:             the batched `Tree` over the patch grid `tree.grid = (h, w)`.
     level_labels:     per image, int32 `[L + 1, H_b, W_b]` node id of every pixel at every
-                      depth, at the image's original size (nearest upsampling or CRF).
+                      depth, at the image's original size (refined leaves, or nearest
+                      upsampling with `refine=None`).
     leaf_descriptors: float32 `[B, M, E]` mean backbone feature of each leaf's patches
                       (zero rows for slots that are not leaves).
     """
@@ -89,8 +95,7 @@ def segment(
     features: FeatureKind = "tokens",
     key: jax.Array | None = None,
     config: PartitionConfig | None = None,
-    crf: CRFConfig | None = None,
-    guided: GuidedConfig | None = None,
+    refine: Refinement | None = DEFAULT_REFINEMENT,
     **partition_params: object,
 ) -> SegmentationResult:
     """Hierarchical segmentation of `images` (one `[H, W, 3]`/`[H, W]` image, a `[B, H, W, 3]`
@@ -103,9 +108,10 @@ def segment(
     an image's result does not depend on how many images are segmented with it.
     `partition_params` are `PartitionConfig` fields (or pass `config`), which hold every
     solver choice. Every image uses `key` (default `jax.random.key(0)`), so results do not
-    depend on the other images in the batch. With `crf` (e.g. `CRFConfig()`), pixel labels
-    come from the dense CRF over the leaves instead of nearest upsampling; with `guided`
-    (e.g. `GuidedConfig()`), from the guided filter of the leaves (not both).
+    depend on the other images in the batch. `refine` brings the leaves' borders from the
+    patch grid to the image's pixels: the guided filter (`GuidedConfig()`, the default), the
+    dense CRF (`CRFConfig()`, the paper's "w CRF"), or None for nearest upsampling of the
+    patch labels (the paper's plain rows).
 
     Degenerate images get a `UserWarning` naming them (`degenerate_notes`): one smaller than
     a patch is upsampled like every image; one of a single colour (black, grey, a 1 x 1
@@ -115,6 +121,7 @@ def segment(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     config = _partition_config(config, partition_params)
+    refinement_method(refine)  # ValueError before the backbone is loaded
     model = backbone if isinstance(backbone, ViT) else _cached_backbone(os.fspath(backbone))
     items = [Item(index, picture) for index, picture in enumerate(pictures)]
     done = list(
@@ -126,8 +133,7 @@ def segment(
             features=features,
             key=key,
             config=config,
-            crf=crf,
-            guided=guided,
+            refine=refine,
         )
     )
     for result in done:
@@ -148,8 +154,7 @@ def segment_stream(
     features: FeatureKind = "tokens",
     key: jax.Array | None = None,
     config: PartitionConfig | None = None,
-    crf: CRFConfig | None = None,
-    guided: GuidedConfig | None = None,
+    refine: Refinement | None = DEFAULT_REFINEMENT,
     notify: Callable[[str], Any] | None = None,
     mesh: Mesh | None = None,
 ) -> Iterator[ImageSegmentation | Failure]:
@@ -157,8 +162,8 @@ def segment_stream(
     engine's prefetch thread), yielding each image's result (with its `degenerate_notes`),
     or the `Failure`s the iterable yields, as batches finish (in input order). `notify` as
     in `engine.stream`; `mesh` as in `engine.step.make_step`. ValueError (on the host,
-    before any work) for settings that fit no image."""
-    refine = refinement(crf, guided)
+    before any work) for settings that fit no image or a `refine` that is no refinement."""
+    refinement_method(refine)  # ValueError for anything but a CRFConfig, GuidedConfig, None
     step = make_step(model, size, config, features=features, mesh=mesh)
     key = jax.random.key(0) if key is None else key
     results = stream(

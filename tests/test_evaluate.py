@@ -238,6 +238,8 @@ def voc(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def settings_for(voc, **kw) -> evaluation.EvalSettings:
+    """The fake VOC run's settings; no refinement unless `refine` is given (faster)."""
+    kw = {"refine": None, **kw}
     return evaluation.EvalSettings(
         dataset="voc2012", data_dir=str(voc[0]), split="val", size=SIZE, partition=SMALL, **kw
     )
@@ -318,6 +320,7 @@ def test_totals_equal_direct_metrics(full_run, voc, default_checkpoint):
             batch_size=2,
             key=jax.random.key(0),
             config=SMALL,
+            refine=None,
         )
         for b, i in enumerate(dict.fromkeys(batch)):
             name, _, labels = examples[i]
@@ -375,10 +378,15 @@ def test_settings_errors(voc):
         evaluation.EvalSettings(dataset="bsds500", data_dir=".", split="val", matching="hungarian")
     with pytest.raises(ValueError, match="resolution"):
         settings_for(voc, resolution="pixel")
-    with pytest.raises(ValueError, match="refine the leaves at pixel level"):
-        settings_for(voc, resolution="patch", crf=CRFConfig())
-    with pytest.raises(ValueError, match="refine the leaves at pixel level"):
-        settings_for(voc, resolution="patch", guided=GuidedConfig())
+    with pytest.raises(ValueError, match="the crf refinement works at pixel level"):
+        settings_for(voc, resolution="patch", refine=CRFConfig())
+    with pytest.raises(ValueError, match="the guided refinement works at pixel level"):
+        settings_for(voc, resolution="patch", refine=GuidedConfig())
+    # the guided filter is the default: at the patch grid, say refine=None
+    with pytest.raises(ValueError, match=r"--refine none, refine=None"):
+        evaluation.EvalSettings(dataset="voc2012", data_dir=".", split="val", resolution="patch")
+    with pytest.raises(ValueError, match="not a refinement"):
+        settings_for(voc, refine="crf")
     with pytest.raises(ValueError, match="exclude"):
         evaluation.RunOptions(out=Path("x"), resume=True, overwrite=True)
 
@@ -409,7 +417,7 @@ def crf_run(voc, default_checkpoint, tmp_path_factory) -> tuple[Path, dict, list
         patch.setattr(eval_scoring, "at_resolution", at_resolution)
         patch.setattr(eval_scoring, "score_regions", score_regions)
         report = evaluation.evaluate(
-            settings_for(voc, crf=FAST_CRF), options_for(voc, out, limit=2)
+            settings_for(voc, refine=FAST_CRF), options_for(voc, out, limit=2)
         )
     return out, report, resolved, scored
 
@@ -428,7 +436,7 @@ def direct_summary(result, examples) -> dict:
 
 
 def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
-    """CRF-refined maps at each image's size, scored like `api.segment(crf=...)`'s maps
+    """CRF-refined maps at each image's size, scored like `api.segment(refine=...)`'s maps
     scored directly; same trees as the plain run, other pixel maps; settings recorded."""
     out, report, resolved, scored = crf_run
     ((patch_pred, sizes, refined),), (pred,) = resolved, scored
@@ -441,8 +449,9 @@ def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
         nearest = np.asarray(upsample_labels(patch_pred.level_labels[b], (h, w)))
         assert (refined[b] != nearest).any()  # the CRF moved some pixels
     saved = json.loads(out.joinpath("settings.json").read_text())
-    assert saved["crf"] == dataclasses.asdict(FAST_CRF)
-    assert json.loads(full_run[0].joinpath("settings.json").read_text())["crf"] is None
+    assert saved["refine"] == {"method": "crf", **dataclasses.asdict(FAST_CRF)}
+    plain = json.loads(full_run[0].joinpath("settings.json").read_text())
+    assert plain["refine"] == {"method": "none"}
     assert "w CRF" in out.joinpath("report.md").read_text()
     records = result_files.read_records(out)
     plain = {r["index"]: r for r in result_files.read_records(full_run[0])}
@@ -458,7 +467,7 @@ def test_crf_run_scores_pixel_maps(crf_run, full_run, voc, default_checkpoint):
         batch_size=2,
         key=jax.random.key(0),
         config=SMALL,
-        crf=FAST_CRF,
+        refine=FAST_CRF,
     )
     assert direct_summary(result, examples) == report["results"]
 
@@ -477,14 +486,14 @@ def test_crf_prediction_stays_nested(crf_run):
 
 
 def test_guided_run_scores_refined_pixel_maps(full_run, voc, default_checkpoint, tmp_path):
-    """The guided filter's maps are what `api.segment(guided=...)` gives, they differ from
+    """The guided filter's maps are what `api.segment(refine=...)` gives, they differ from
     the nearest upsampling, the trees are the plain run's, and the settings say so."""
     guided = GuidedConfig(radius=4)
     report = evaluation.evaluate(
-        settings_for(voc, guided=guided), options_for(voc, tmp_path, limit=2)
+        settings_for(voc, refine=guided), options_for(voc, tmp_path, limit=2)
     )
     saved = json.loads(tmp_path.joinpath("settings.json").read_text())
-    assert saved["guided"] == dataclasses.asdict(guided) and saved["crf"] is None
+    assert saved["refine"] == {"method": "guided", **dataclasses.asdict(guided)}
     assert "w guided filter" in tmp_path.joinpath("report.md").read_text()
     records = result_files.read_records(tmp_path)
     plain = {r["index"]: r for r in result_files.read_records(full_run[0])}
@@ -494,8 +503,8 @@ def test_guided_run_scores_refined_pixel_maps(full_run, voc, default_checkpoint,
     examples = [read_example(source[i]) for i in (0, 1)]
     images = [image for _, image, _ in examples]
     common = dict(batch_size=2, key=jax.random.key(0), config=SMALL)
-    result = segment(images, default_checkpoint, SIZE, guided=guided, **common)
-    nearest = segment(images, default_checkpoint, SIZE, **common)
+    result = segment(images, default_checkpoint, SIZE, refine=guided, **common)
+    nearest = segment(images, default_checkpoint, SIZE, refine=None, **common)
     assert any(
         (a != b).any() for a, b in zip(result.level_labels, nearest.level_labels, strict=True)
     )
@@ -504,7 +513,9 @@ def test_guided_run_scores_refined_pixel_maps(full_run, voc, default_checkpoint,
 
 def test_crf_resume_needs_the_same_crf(crf_run, voc):
     out = crf_run[0]
-    with pytest.raises(evaluation.EvaluationError, match="crf"):
+    with pytest.raises(evaluation.EvaluationError, match='refine.method "crf" there, "none"'):
         evaluation.evaluate(settings_for(voc), options_for(voc, out, resume=True))
-    with pytest.raises(evaluation.EvaluationError, match="crf"):
-        evaluation.evaluate(settings_for(voc, crf=CRFConfig()), options_for(voc, out, resume=True))
+    with pytest.raises(evaluation.EvaluationError, match="refine.n_iter 2 there, 10 now"):
+        evaluation.evaluate(
+            settings_for(voc, refine=CRFConfig()), options_for(voc, out, resume=True)
+        )

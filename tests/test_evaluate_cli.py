@@ -74,11 +74,11 @@ def test_malformed_dataset_folder(tmp_path, capsys):
         (["--dataset", "voc2012", "--levels", "0"], "levels must be >= 1"),
         (
             ["--dataset", "voc2012", "--crf", "--resolution", "patch"],
-            "refine the leaves at pixel level: they need resolution 'image', not 'patch'",
+            "the crf refinement works at pixel level: it needs resolution 'image', not 'patch'",
         ),
         (
-            ["--dataset", "voc2012", "--guided", "--resolution", "patch"],
-            "refine the leaves at pixel level: they need resolution 'image', not 'patch'",
+            ["--dataset", "voc2012", "--refine", "guided", "--resolution", "patch"],
+            "the guided refinement works at pixel level: it needs resolution 'image'",
         ),
     ],
 )
@@ -267,47 +267,65 @@ def test_interrupt_resume_and_table(voc, tmp_path, capsys, monkeypatch, default_
 
 
 @pytest.mark.parametrize(
-    ("crf", "guided"), [(None, None), (CRFConfig(), None), (None, GuidedConfig())]
+    ("resolution", "refine", "flags"),
+    [
+        ("image", GuidedConfig(), []),  # the default
+        ("image", CRFConfig(), ["--refine", "crf"]),
+        ("image", None, ["--refine", "none"]),
+        ("patch", None, []),  # the default at the patch grid
+    ],
 )
-def test_command_line_round_trip(tmp_path, crf, guided):
+def test_command_line_round_trip(tmp_path, resolution, refine, flags):
     settings = evaluation.EvalSettings(
         dataset="voc2012",
         data_dir=str(tmp_path),
         split="val",
         size=112,
+        resolution=resolution,
         partition=SMALL,
         seed=3,
-        crf=crf,
-        guided=guided,
+        refine=refine,
     )
     options = evaluation.RunOptions(out=tmp_path / "out", batch_size=2)
     words = shlex.split(command_line(settings, options))
-    assert ("--crf" in words) == (crf is not None)
-    assert ("--guided" in words) == (guided is not None)
+    given = [words[i : i + 2] for i, word in enumerate(words) if word == "--refine"]
+    assert given == ([flags] if flags else [])
     args = build_parser().parse_args(words[1:])
     assert settings_from_args(args) == settings
     assert (args.out, args.batch_size) == (options.out, options.batch_size)
 
 
-def test_command_line_refuses_crf_settings_without_flags(tmp_path):
+def test_command_line_refuses_refinement_settings_without_flags(tmp_path):
     settings = evaluation.EvalSettings(
-        dataset="voc2012", data_dir=str(tmp_path), split="val", crf=CRFConfig(n_iter=2)
+        dataset="voc2012", data_dir=str(tmp_path), split="val", refine=CRFConfig(n_iter=2)
     )
-    with pytest.raises(ValueError, match="only --crf"):
+    with pytest.raises(ValueError, match="--refine guided and --refine crf take the"):
         command_line(settings, evaluation.RunOptions(out=tmp_path))
-    settings = dataclasses.replace(settings, crf=None, guided=GuidedConfig(radius=3))
-    with pytest.raises(ValueError, match="--guided"):
+    settings = dataclasses.replace(settings, refine=GuidedConfig(radius=3))
+    with pytest.raises(ValueError, match="GuidedConfig and CRFConfig defaults"):
         command_line(settings, evaluation.RunOptions(out=tmp_path))
 
 
-def test_crf_and_guided_exclude_each_other(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("flags", "refine"),
+    [
+        ([], GuidedConfig()),
+        (["--crf"], CRFConfig()),
+        (["--refine", "crf"], CRFConfig()),
+        (["--refine", "none"], None),
+        (["--resolution", "patch"], None),
+    ],
+)
+def test_refine_flags(flags, refine):
+    """The guided filter without a flag (none at the patch grid); --crf is --refine crf."""
+    args = build_parser().parse_args(
+        ["evaluate", "--dataset", "voc2012", "--data-dir", ".", *flags]
+    )
+    assert settings_from_args(args).refine == refine
+
+
+def test_crf_and_refine_exclude_each_other(capsys):
+    argv = ["evaluate", "--dataset", "voc2012", "--data-dir", ".", "--crf", "--refine", "guided"]
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--dataset", "voc2012", "--data-dir", ".", "--crf", "--guided"])
-    with pytest.raises(ValueError, match="not both"):
-        evaluation.EvalSettings(
-            dataset="voc2012",
-            data_dir=str(tmp_path),
-            split="val",
-            crf=CRFConfig(),
-            guided=GuidedConfig(),
-        )
+        build_parser().parse_args(argv)
+    assert "not allowed with argument" in capsys.readouterr().err

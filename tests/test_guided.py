@@ -1,15 +1,25 @@
 """Guided-filter refinement (hiseg_jax.crf.guided) against a plain NumPy guided filter that
-fits the per-window affine model pixel by pixel (explicit windows, np.linalg.solve)."""
+fits the per-window affine model pixel by pixel (explicit windows, np.linalg.solve); the
+choice of refinement (hiseg_jax.crf.refine)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from hiseg_jax.crf.dense_crf import leaf_ancestors, lift_leaves
+from hiseg_jax.crf.dense_crf import CRFConfig, leaf_ancestors, lift_leaves
 from hiseg_jax.crf.guided import GuidedConfig, box_mean, guided_filter, guided_level_labels
+from hiseg_jax.crf.refine import (
+    DEFAULT_REFINEMENT,
+    METHODS,
+    refinement_method,
+    refinement_of,
+    refinement_settings,
+)
 from hiseg_jax.tree import upsample_labels
 
 
@@ -109,3 +119,19 @@ def test_config_rejects_bad_values():
         GuidedConfig(radius=0)
     with pytest.raises(ValueError, match="source"):
         GuidedConfig(source="crf")
+
+
+def test_refinement_choice_and_its_record():
+    """Every method name gives its default settings and back; the guided filter is the
+    default; settings files record the method beside the fields; anything else is refused."""
+    assert GuidedConfig() == DEFAULT_REFINEMENT and METHODS == ("guided", "crf", "none")
+    for method in METHODS:
+        assert refinement_method(refinement_of(method)) == method
+    assert refinement_of("none") is None and refinement_of("crf") == CRFConfig()
+    assert refinement_settings(None) == {"method": "none"}
+    record = refinement_settings(GuidedConfig(radius=3))
+    assert record == {"method": "guided", **dataclasses.asdict(GuidedConfig(radius=3))}
+    with pytest.raises(ValueError, match="refinement must be one of"):
+        refinement_of("bilateral")
+    with pytest.raises(ValueError, match="not a refinement"):
+        refinement_method("guided")

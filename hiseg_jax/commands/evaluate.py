@@ -3,7 +3,7 @@
     hiseg evaluate --dataset NAME --data-dir DIR [--split val] [--backbone NAME_OR_PATH]
                    [--size S] [--resolution image|patch] [--matching max-overlap|hungarian]
                    [--limit N] [--batch-size B] [--out DIR] [--resume | --overwrite]
-                   [--seed N] [--hierarchy FILE] [--crf | --guided]
+                   [--seed N] [--hierarchy FILE] [--refine guided|crf|none | --crf]
                    [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 Prints the dataset's rows in the paper's format and writes `DIR/report.md`, `report.json`
@@ -11,9 +11,11 @@ Prints the dataset's rows in the paper's format and writes `DIR/report.md`, `rep
 written as each batch is scored), `settings.json` and `accumulator.npz` (the dataset
 totals, mergeable). An interrupted run continues with `--resume`. The dataset folder, DIR
 and the hierarchy file may be local, `gs://` or `s3://` (`files.as_path`); the prepared
-dataset (`--prepared-dir`) is local. `--crf` refines every image's leaves with the
-dense CRF at the image's own size (the paper's "w CRF" rows; `--resolution image` only),
-`--guided` with the guided filter (`crf.guided`, a fraction of the CRF's time).
+dataset (`--prepared-dir`) is local. At image resolution every image's leaves are refined
+at the image's own size (`--refine`, `crf.refine`): by the guided filter (the default), the
+dense CRF (`--crf`: the paper's "w CRF" rows) or not at all (`--refine none`: the paper's
+plain rows, nearest upsampling); at patch resolution there are no pixels to refine and the
+default is `none`.
 Exit status: 0, 1 when images were skipped (unreadable, or ground truth outside the
 hierarchy), 2 for bad input (missing or malformed dataset folder, bad settings, an output
 folder holding another run), 130 when interrupted.
@@ -32,6 +34,7 @@ import jax
 from hiseg_jax.commands.options import (
     add_partition_arguments,
     add_process_arguments,
+    add_refine_arguments,
     add_run_arguments,
     format_size,
     local_path,
@@ -40,11 +43,10 @@ from hiseg_jax.commands.options import (
     partition_flags,
     start_processes,
 )
-from hiseg_jax.crf.dense_crf import CRFConfig
-from hiseg_jax.crf.guided import GuidedConfig
+from hiseg_jax.crf.refine import DEFAULT_REFINEMENT, refinement_method, refinement_of
 from hiseg_jax.datasets import BUILDERS
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
-from hiseg_jax.evaluation.report import results_table
+from hiseg_jax.evaluation.report import REFINED, results_table
 from hiseg_jax.evaluation.result_files import read_records
 from hiseg_jax.evaluation.runner import MATCHINGS, RESOLUTIONS, EvalSettings, RunOptions, evaluate
 from hiseg_jax.features import DEFAULT_SIZE
@@ -114,19 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the dataset's ArrayRecord files are prepared (default: "
         "$HISEG_TFDS_DIR, else $HISEG_HOME/tfds)",
     )
-    refine = parser.add_mutually_exclusive_group()
-    refine.add_argument(
-        "--crf",
-        action="store_true",
-        help="refine the leaves with the dense CRF at every image's size "
-        "(crf.CRFConfig defaults, the paper's 'w CRF'; slow on a CPU)",
-    )
-    refine.add_argument(
-        "--guided",
-        action="store_true",
-        help="refine the leaves with the guided filter at every image's size "
-        "(crf.GuidedConfig defaults; a fraction of the CRF's time)",
-    )
+    add_refine_arguments(parser, f"{default_refine('image')}; none with --resolution patch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_process_arguments(parser)
     add_partition_arguments(parser)
@@ -146,19 +136,25 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         seed=args.seed,
         partition=partition_config(args),
         hierarchy=None if args.hierarchy is None else str(args.hierarchy),
-        crf=CRFConfig() if args.crf else None,
-        guided=GuidedConfig() if args.guided else None,
+        refine=refinement_of(args.refine or default_refine(args.resolution)),
     )
+
+
+def default_refine(resolution: str) -> str:
+    """The refinement without --refine: the guided filter at image resolution, none at the
+    patch grid (no pixels to refine)."""
+    return refinement_method(DEFAULT_REFINEMENT) if resolution == "image" else "none"
 
 
 def command_line(settings: EvalSettings, options: RunOptions) -> str:
     """A `hiseg evaluate` command that reproduces `settings` (defaults left out);
-    ValueError for CRF or guided-filter settings other than the defaults, which have no
+    ValueError for CRF or guided-filter settings other than their defaults, which have no
     flags."""
-    if settings.crf not in (None, CRFConfig()) or settings.guided not in (None, GuidedConfig()):
+    method = refinement_method(settings.refine)
+    if settings.refine != refinement_of(method):
         raise ValueError(
-            f"no command line gives the refinement settings {settings.crf or settings.guided}: "
-            "only --crf (CRFConfig defaults) and --guided (GuidedConfig defaults)"
+            f"no command line gives the refinement settings {settings.refine}: --refine "
+            "guided and --refine crf take the GuidedConfig and CRFConfig defaults"
         )
     words = [
         "hiseg",
@@ -180,14 +176,11 @@ def command_line(settings: EvalSettings, options: RunOptions) -> str:
         ("--hierarchy", settings.hierarchy, None),
         ("--limit", options.limit, None),
         ("--batch-size", options.batch_size, DEFAULT_BATCH_SIZE),
+        ("--refine", method, default_refine(settings.resolution)),
     )
     for flag, value, default in optional:
         if value != default:
             words += [flag, str(value)]
-    if settings.crf is not None:
-        words.append("--crf")
-    if settings.guided is not None:
-        words.append("--guided")
     words += partition_flags(settings.partition) + ["--out", str(options.out)]
     return shlex.join(words)
 
@@ -223,11 +216,11 @@ def run(args: argparse.Namespace) -> int:
     run_info = report["run"]
     if jax.process_index() != 0:  # process 0 prints the run's table
         return 1 if run_info["skipped"] else 0
+    refined = REFINED.get(refinement_method(settings.refine))
     print(
         f"\n{settings.dataset} {settings.split}: {run_info['scored']} images scored, "
         f"{run_info['skipped']} skipped ({settings.resolution} resolution"
-        f"{', w CRF' if settings.crf is not None else ''}"
-        f"{', w guided filter' if settings.guided is not None else ''})"
+        f"{f', {refined}' if refined else ''})"
     )
     print(results_table(report))
     for skipped in run_info["skipped_images"]:

@@ -1,6 +1,7 @@
 """Command-line options shared by subcommands: how to run the backbone (`add_run_arguments`),
-how processes join a multi-host run (`add_process_arguments`, `start_processes`) and one
-`--field-name` option per `PartitionConfig` field (`add_partition_arguments`)."""
+how the leaves are refined at pixel level (`add_refine_arguments`), how processes join a
+multi-host run (`add_process_arguments`, `start_processes`) and one `--field-name` option
+per `PartitionConfig` field (`add_partition_arguments`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
+from hiseg_jax.crf.refine import METHODS
 from hiseg_jax.engine.sharding import initialize_distributed
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.features import DEFAULT_SIZE, FEATURE_KINDS
@@ -130,6 +132,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="random key of the eigensolvers and k-means (default: 0)",
+    )
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """--refine guided|crf|none (dest "refine", None when not given) and --crf, the same as
+    --refine crf (the paper's "w CRF"); `default` says in the help what None stands for."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--refine",
+        choices=METHODS,
+        default=None,
+        help="how the leaves' borders go from the backbone's patch grid to the image's pixels: "
+        "'guided' (guided filter of the leaves' soft assignments on the image's colours; "
+        "under 1 s per image on a 2-core CPU), 'crf' (the dense CRF, the paper's 'w CRF'; several "
+        f"times slower), 'none' (nearest upsampling of the patch labels) (default: {default})",
+    )
+    group.add_argument(
+        "--crf",
+        dest="refine",
+        action="store_const",
+        const="crf",
+        help="the same as --refine crf",
     )
 
 

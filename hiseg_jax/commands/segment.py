@@ -1,8 +1,8 @@
 """`hiseg segment`: images and folders in, one folder of files per image out.
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
-                  [--batch-size B] [--features tokens|keys] [--seed N] [--crf | --guided]
-                  [--no-viewer]
+                  [--batch-size B] [--features tokens|keys] [--seed N]
+                  [--refine guided|crf|none | --crf] [--no-viewer]
                   [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 
 With no images it segments the default sample images (`images.SAMPLE_NAMES`). Folders are
@@ -10,6 +10,8 @@ searched recursively for image files. Each image gets `DIR/<name>/` with the fil
 `hiseg_jax.export`; `<name>` is the image's path inside the folder given (or the file's
 name) without its extension. `DIR` is checked (created, written) before any model is loaded.
 Images are decoded in the engine's prefetch thread while the device runs (`engine.stream`).
+The leaves are refined at each image's own size by the guided filter (`--refine`, default
+`guided`; `crf.refine`), or the dense CRF (`--crf`), or not (`--refine none`).
 
 Each image folder is written in a temporary folder and renamed into place when complete,
 so after a kill an image folder is either complete or absent. An image whose folder already
@@ -54,12 +56,18 @@ from hiseg_jax.api import ImageSegmentation, segment_stream
 from hiseg_jax.commands.options import (
     add_partition_arguments,
     add_process_arguments,
+    add_refine_arguments,
     add_run_arguments,
     partition_config,
     start_processes,
 )
-from hiseg_jax.crf.dense_crf import CRFConfig
-from hiseg_jax.crf.guided import GuidedConfig
+from hiseg_jax.crf.refine import (
+    DEFAULT_REFINEMENT,
+    Refinement,
+    refinement_method,
+    refinement_of,
+    refinement_settings,
+)
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.sharding import gather, local_mesh, process_share
 from hiseg_jax.engine.stream import engine_settings
@@ -77,6 +85,7 @@ from hiseg_jax.spectral.config import PartitionConfig
 from hiseg_jax.weights.checkpoint import load_backbone
 
 HELP = "segment images (default: the bundled sample images) into trees, label maps, pictures"
+REFINE = refinement_method(DEFAULT_REFINEMENT)  # without --refine: "guided"
 _TREE_ROWS = ("parent", "depth", "valid", "is_leaf", "parts")
 
 
@@ -104,19 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     add_run_arguments(parser)
-    refine = parser.add_mutually_exclusive_group()
-    refine.add_argument(
-        "--crf",
-        action="store_true",
-        help="refine the leaves with the dense CRF (crf.CRFConfig defaults; slow "
-        "on a CPU: it runs at every image's full size)",
-    )
-    refine.add_argument(
-        "--guided",
-        action="store_true",
-        help="refine the leaves with the guided filter (crf.GuidedConfig defaults; "
-        "a fraction of the CRF's time)",
-    )
+    add_refine_arguments(parser, REFINE)
     parser.add_argument(
         "--no-viewer",
         action="store_true",
@@ -255,8 +252,7 @@ def _segment_jobs(
             features=args.features,
             key=jax.random.key(args.seed),
             config=config,
-            crf=CRFConfig() if args.crf else None,
-            guided=GuidedConfig() if args.guided else None,
+            refine=refine_config(args),
             notify=bar.set_postfix_str,
             mesh=local_mesh(),
         )
@@ -327,6 +323,11 @@ def _write(result: ImageSegmentation, settings: dict[str, Any], args: argparse.N
         )
 
 
+def refine_config(args: argparse.Namespace) -> Refinement | None:
+    """The refinement --refine / --crf ask for (the guided filter without either)."""
+    return refinement_of(args.refine or REFINE)
+
+
 def run_settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str, Any]:
     """Everything that changes the result, JSON-normalised (compared with the marker's)."""
     settings = {
@@ -335,11 +336,9 @@ def run_settings(args: argparse.Namespace, config: PartitionConfig) -> dict[str,
         "features": args.features,
         "seed": args.seed,
         "partition": dataclasses.asdict(config),
-        "crf": dataclasses.asdict(CRFConfig()) if args.crf else None,
+        "refine": refinement_settings(refine_config(args)),
         "engine": engine_settings(args.batch_size),
     }
-    if args.guided:  # only then, so that earlier outputs keep matching their markers
-        settings["guided"] = dataclasses.asdict(GuidedConfig())
     return json.loads(json.dumps(settings))
 
 

@@ -1,5 +1,6 @@
-"""Guided-filter refinement of the tree's leaves at pixel resolution: a cheap, edge-aware
-alternative to the dense CRF (`--guided`; docs/method.md section 6).
+"""Guided-filter refinement of the tree's leaves at pixel resolution, the default
+refinement: a cheap, edge-aware alternative to the dense CRF (`--refine guided`;
+docs/method.md section 6).
 
 The leaves' soft assignments at image resolution, either the CRF's unaries
 (`source="unaries"`: softmax over the leaves of the upsampled feature . descriptor scores,

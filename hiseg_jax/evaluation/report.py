@@ -23,6 +23,9 @@ from hiseg_jax import __version__
 from hiseg_jax.files import AnyPath, write_text
 
 REPORT_FILES = ("report.md", "report.json")
+# How a refinement (settings "refine" "method", `crf.refine`) is named in titles and notes.
+REFINED = {"guided": "w guided filter", "crf": "w CRF"}
+REFINERS = {"guided": "guided filter", "crf": "dense CRF"}
 _PACKAGES = ("jax", "jaxlib", "flax", "numpy", "scipy", "tensorflow-datasets", "array-record")
 
 
@@ -155,15 +158,12 @@ def results_table(report: dict[str, Any]) -> str:
 
 def _notes(report: dict[str, Any]) -> list[str]:
     settings, run = report["settings"], report["run"]
-    if settings.get("crf"):
+    method = settings["refine"]["method"]
+    if method != "none":
         resolution = (
-            "image, w CRF: the leaves refined by the dense CRF on every image at "
-            "its own size (docs/method.md section 6), the inner nodes following them"
-        )
-    elif settings.get("guided"):
-        resolution = (
-            "image, w guided filter: the leaves refined by the guided filter on every "
-            "image at its own size (docs/method.md section 6), the inner nodes following them"
+            f"image, {REFINED[method]}: the leaves refined by the {REFINERS[method]} on "
+            "every image at its own size (docs/method.md section 6), the inner nodes "
+            "following them"
         )
     elif settings["resolution"] == "image":
         resolution = "image: predictions nearest-upsampled to every image's own size"
@@ -206,10 +206,8 @@ def format_report(report: dict[str, Any]) -> str:
     """`report.md`: the table, how to read it, the exact settings, software and machine."""
     settings, run = report["settings"], report["run"]
     title = f"hiseg evaluate: {settings['dataset']} {settings['split']}"
-    if settings.get("crf"):
-        title += " (w CRF)"
-    elif settings.get("guided"):
-        title += " (w guided filter)"
+    if settings["refine"]["method"] != "none":
+        title += f" ({REFINED[settings['refine']['method']]})"
     skipped = [f"- {s['name']} (index {s['index']}): {s['error']}" for s in run["skipped_images"]]
     parts = [
         f"# {title}",

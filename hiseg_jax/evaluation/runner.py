@@ -9,14 +9,14 @@ in its prefetch thread, resized to one fixed size and segmented `batch_size` at 
 one compiled program (every batch padded to `batch_size` with copies). The records of a
 batch (one per image: its scores) are written as one new file under `results/` as soon as
 the batch is scored (`result_files`); an image that cannot be decoded, or whose ground
-truth does not fit the dataset's hierarchy, gets a record saying why and is skipped. With
-`crf` (image resolution only), each image's leaves are refined by the dense CRF on the
-original image at its own size (docs/method.md section 6; `crf.dense_crf.crf_level_labels`)
-and its inner nodes follow from the refined leaves, instead of the nearest upsampling of
-the patch labels; `guided` does the same with the guided filter (`crf.guided`, much
-cheaper). A later run with `resume=True` scores only the images without a record, after
-checking that its settings are those of `settings.json`. The dataset totals are always
-rebuilt from the records (`scoring`), then reported (`report`).
+truth does not fit the dataset's hierarchy, gets a record saying why and is skipped. At
+image resolution each image's leaves are refined on the original image at its own size by
+`refine` (`crf.refine`: the guided filter by default, or the dense CRF; docs/method.md
+section 6) and its inner nodes follow from the refined leaves; `refine=None` scores the
+nearest upsampling of the patch labels. A later run with `resume=True` scores only the
+images without a record, after checking that its settings are those of `settings.json`.
+The dataset totals are always rebuilt from the records (`scoring`), then reported
+(`report`).
 
 The output folder, like the dataset folder, may be local or on an object store (`gs://`,
 `s3://`; `files.as_path`), through the same code: every file is written whole and
@@ -47,9 +47,13 @@ import numpy as np
 from tqdm import tqdm
 
 from hiseg_jax import __version__
-from hiseg_jax.crf.dense_crf import CRFConfig
-from hiseg_jax.crf.guided import GuidedConfig
-from hiseg_jax.crf.refine import refine_level_labels, refinement
+from hiseg_jax.crf.refine import (
+    DEFAULT_REFINEMENT,
+    Refinement,
+    refine_level_labels,
+    refinement_method,
+    refinement_settings,
+)
 from hiseg_jax.datasets import BUILDERS, load, read_example
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.sharding import barrier, gather, local_mesh, pad_batch, process_share
@@ -107,8 +111,8 @@ class EvalSettings:
     seed: int = 0
     partition: PartitionConfig = PartitionConfig()
     hierarchy: str | None = None  # a hierarchy file replacing the dataset's own
-    crf: CRFConfig | None = None  # refine the leaves with the dense CRF (pixel level)
-    guided: GuidedConfig | None = None  # or with the guided filter (pixel level)
+    # the leaves refined at pixel level (`crf.refine`); None: nearest upsampling
+    refine: Refinement | None = DEFAULT_REFINEMENT
 
     def __post_init__(self) -> None:
         if self.dataset not in BUILDERS:
@@ -117,10 +121,11 @@ class EvalSettings:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution!r}")
         if self.matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {MATCHINGS}, got {self.matching!r}")
-        if refinement(self.crf, self.guided) is not None and self.resolution != "image":
+        method = refinement_method(self.refine)
+        if method != "none" and self.resolution != "image":
             raise ValueError(
-                "the CRF and the guided filter refine the leaves at pixel level: they need "
-                f"resolution 'image', not {self.resolution!r}"
+                f"the {method} refinement works at pixel level: it needs resolution 'image', "
+                f"not {self.resolution!r} (or no refinement: --refine none, refine=None)"
             )
         if self.kind == "bsds" and (self.hierarchy is not None or self.matching != "max-overlap"):
             raise ValueError(
@@ -137,6 +142,7 @@ class EvalSettings:
         out = dataclasses.asdict(self)
         out["data_dir"] = absolute(as_path(self.data_dir))
         out["size"] = list(image_size(self.size, 1))
+        out["refine"] = refinement_settings(self.refine)
         meta = read_metadata(resolve_checkpoint(self.backbone))
         out["checkpoint"] = {k: meta[k] for k in ("variant", "source", "source_sha256")}
         if self.hierarchy is not None:
@@ -262,7 +268,7 @@ def _score_all(
         items,
         batch_size=options.batch_size,
         key=jax.random.key(settings.seed),
-        with_features=refinement(settings.crf, settings.guided) is not None,
+        with_features=settings.refine is not None,
         notify=bar.set_postfix_str,
     )
     last = time.perf_counter()
@@ -374,7 +380,7 @@ def score_batch(
     batch_size: int,
 ) -> list[dict[str, Any]]:
     """Score one batch of trees; records of its real images (with Hungarian matching, their
-    leaf data are saved under `out_dir` first). With `settings.crf` or `settings.guided` the
+    leaf data are saved under `out_dir` first). With `settings.refine` the
     real images' maps are refined. The trees, sizes and GT are padded to a multiple of `batch_size`
     with copies of the last image (as the device batch was), so that the scoring programs
     keep one shape per bucket."""
@@ -388,11 +394,10 @@ def score_batch(
     targets = padded([item.payload.target for item in result.items])
     tree = jax.tree.map(lambda a: pad_batch(np.asarray(a), rows), out.tree)
     pred, slot_ids = eval_scoring.compact_tree(tree)
-    refine = refinement(settings.crf, settings.guided)
     refined = [
-        refine_level_labels(item.image, out.features[b], pred.level_labels[b], refine)
+        refine_level_labels(item.image, out.features[b], pred.level_labels[b], settings.refine)
         for b, item in enumerate(result.items)
-        if refine is not None
+        if settings.refine is not None
     ]
     at_image = settings.resolution == "image"
     pred = eval_scoring.at_resolution(pred, padded(sizes) if at_image else None, refined)
