@@ -7,8 +7,10 @@ batch, the ratio reference / JAX, then the exponent b of a least-squares fit t ~
 profile over the sizes, and the process's peak resident memory.
 
 Profiles (`--profiles`):
-- `default`: `PartitionConfig()`: the top 32 eigenvectors of A by Lanczos on the low-rank
-  operator, coordinates, lattice-started k-means, graph statistics by farthest-pair search.
+- `default`: `PartitionConfig()`: the top 48 eigenvectors of A by block Lanczos on the
+  low-rank operator, coordinates, lattice-started k-means, graph statistics by
+  farthest-pair search.
+- `lanczos`: the previous default, the top 32 by single-vector Lanczos (96 steps).
 - `paper`: `PartitionConfig.paper()`, the authors' stage A: dense top-P eigenvectors, 10
   k-means++ restarts, exact graph statistics. Runs up to `--paper-max` patches.
 The reference (NumPy/SciPy, the authors' settings) runs up to `--reference-max` patches.
@@ -20,7 +22,7 @@ Compile time is excluded; each figure is the fastest of `--repeats` runs (a shar
 is noisy: read the ratios, measured in one process).
 
     .venv/bin/python benchmarks/partition_scaling.py [--sizes 448 840 1120 1792] [--images 2]
-        [--cache-dir DIR] [--profiles default paper] [--reference-max 6400] [--batch 4]
+        [--cache-dir DIR] [--profiles default lanczos paper] [--reference-max 6400] [--batch 4]
 
 Peak memory of one compiled batch, in a fresh process (ru_maxrss, whole process):
 
@@ -54,6 +56,7 @@ SHARED = bsds_data.SHARED
 STAGES = ("graph stats", "embedding", "k-means", "part graph", "stage B")
 PROFILES = {
     "default": PartitionConfig(),
+    "lanczos": PartitionConfig(stage_a_solver="lanczos", stage_a_k=32, lanczos_iters=96),
     "paper": PartitionConfig.paper(),
 }
 

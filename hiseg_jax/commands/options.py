@@ -27,10 +27,12 @@ PARTITION_HELP = {
     "gram_min": "largest patch distance of the minmax graph: 'search' (farthest-pair "
     "search, O(N)) or 'exact' (all pairs, O(N^2))",
     "n_parts": "number of stage-A parts P the patches are first clustered into",
-    "stage_a_solver": "stage-A eigensolver: 'lanczos' (low-rank, never forms the N x N "
-    "graph), 'eigh' (dense; top k only on CPU) or 'eigh_full' (dense, all pairs)",
+    "stage_a_solver": "stage-A eigensolver: 'block' (block Lanczos, low-rank, never forms "
+    "the N x N graph), 'lanczos' (the same one vector a step), 'eigh' (dense; top k only on "
+    "CPU) or 'eigh_full' (dense, all pairs)",
     "stage_a_k": "eigenvectors of the stage-A embedding (the paper: P)",
-    "lanczos_iters": "Krylov steps of the stage-A Lanczos solver",
+    "lanczos_iters": "Krylov vectors of the stage-A 'block' / 'lanczos' solvers",
+    "stage_a_block": "vectors per step of the stage-A 'block' solver",
     "stage_a_coords": "weight of the patch coordinates in the stage-A embedding (0: none)",
     "stage_a_init": "stage-A k-means start: 'lattice' (patches spread over the image, "
     "deterministic) or 'kmeans++' (best of --stage-a-restarts)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-StageASolver = Literal["lanczos", "eigh", "eigh_full"]
+StageASolver = Literal["lanczos", "block", "eigh", "eigh_full"]
 StageAInit = Literal["lattice", "kmeans++"]
 StageBSolver = Literal["eigh", "lanczos"]
 
@@ -34,11 +34,16 @@ class PartitionConfig:
     # measured on BSDS500 train); `PartitionConfig.paper()` gives the authors' stage A.
     n_parts: int = 200  # P; Cityscapes uses 300
     # Eigensolver of the top stage_a_k pairs of A: "lanczos" (Krylov on the low-rank
-    # operator, never forms an N x N array), "eigh" (dense A; LAPACK's top-k subset driver
-    # on CPU, the full eigh elsewhere) or "eigh_full" (dense A, the full eigh everywhere).
-    stage_a_solver: StageASolver = "lanczos"
-    stage_a_k: int = 32  # eigenvectors in the embedding, at most N (the paper's: P)
-    lanczos_iters: int = 96  # Krylov steps of the "lanczos" solver (clipped to [k, N])
+    # operator, never forms an N x N array), "block" (the same, a block of stage_a_block
+    # vectors per step: the operator is read once per block, not once per vector), "eigh"
+    # (dense A; LAPACK's top-k subset driver on CPU, the full eigh elsewhere) or
+    # "eigh_full" (dense A, the full eigh everywhere).
+    stage_a_solver: StageASolver = "block"
+    stage_a_k: int = 48  # eigenvectors in the embedding, at most N (the paper's: P)
+    # Krylov dimension of "lanczos" (its steps, clipped to [k, N]) and of "block" (rounded
+    # up to whole blocks).
+    lanczos_iters: int = 128
+    stage_a_block: int = 8  # vectors per step of the "block" solver
     # Weight of the patch coordinates (row / h, col / w) appended to the unit-row embedding:
     # parts become spatially coherent (0: the paper's, coordinates unused).
     stage_a_coords: float = 2.0
@@ -76,6 +81,7 @@ class PartitionConfig:
             "kmeans_restarts",
             "kmeans_max_iter",
             "lanczos_iters",
+            "stage_a_block",
             "stage_b_lanczos_steps",
             "node_chunk",
         )
@@ -84,9 +90,9 @@ class PartitionConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.levels < 1:
             raise ValueError(f"levels must be >= 1, got {self.levels}")
-        if self.stage_a_solver not in ("eigh", "eigh_full", "lanczos"):
+        if self.stage_a_solver not in ("eigh", "eigh_full", "lanczos", "block"):
             raise ValueError(
-                "stage_a_solver must be 'eigh', 'eigh_full' or 'lanczos', "
+                "stage_a_solver must be 'eigh', 'eigh_full', 'lanczos' or 'block', "
                 f"got {self.stage_a_solver!r}"
             )
         if self.stage_a_init not in ("lattice", "kmeans++"):

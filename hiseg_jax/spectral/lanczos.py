@@ -1,4 +1,5 @@
-"""Masked, fixed-step Lanczos for the largest eigenpairs of a symmetric operator.
+"""Masked, fixed-step Lanczos for the largest eigenpairs of a symmetric operator, and its
+block form for stage A (`block_lanczos_eigsh`, no mask: one product per block of vectors).
 
 One static-shape program (a `lax.fori_loop` of `num_iter` steps, then a dense eigh of the
 num_iter x num_iter tridiagonal matrix T), so it jit-compiles once and vmaps over operators,
@@ -26,6 +27,7 @@ Design choices (docs/method.md section 7):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -207,3 +209,89 @@ def _lanczos(
 
 
 _lanczos_jit = jax.jit(_lanczos, static_argnames=("n", "k", "num_iter", "dtype"))
+
+
+def _orthonormal_block(basis: jax.Array, block: jax.Array, tol: float) -> jax.Array:
+    """The columns of block [n, p] made orthonormal to basis [n, m] and to each other.
+
+    Block classical Gram-Schmidt twice against the basis (two matmuls, whatever p), modified
+    Gram-Schmidt twice inside the block, then once more against the basis (the in-block
+    combinations can lift rounding). A column left with less than `tol` of its norm lies in
+    the span already: it becomes zero (no factorization, so it jit-compiles to matmuls).
+    """
+    for _ in range(2):
+        block = block - jnp.matmul(
+            basis, jnp.matmul(basis.T, block, precision=HIGHEST), precision=HIGHEST
+        )
+    norms = jnp.linalg.norm(block, axis=0)
+    cols = []
+    for i in range(block.shape[1]):
+        c = block[:, i]
+        for _ in range(2):
+            for prev in cols:
+                c = c - jnp.dot(prev, c, precision=HIGHEST) * prev
+        size = jnp.linalg.norm(c)
+        keep = size > tol * jnp.maximum(norms[i], jnp.finfo(block.dtype).tiny)
+        cols.append(jnp.where(keep, c / jnp.where(keep, size, 1.0), 0.0))
+    block = jnp.stack(cols, axis=1)
+    return block - jnp.matmul(
+        basis, jnp.matmul(basis.T, block, precision=HIGHEST), precision=HIGHEST
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block", "steps"))
+def block_lanczos_eigsh(
+    op: Any, k: int, block: int, steps: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Top-k eigenpairs of a symmetric operator from a block Krylov space of `steps` blocks.
+
+    op: a dense [n, n] array or a `graph.LowRankOperator` (anything `apply_block` takes).
+    Each step multiplies a whole block of `block` vectors, so a low-rank operator's factor
+    is read 2 * steps times instead of 2 * steps * block (the single-vector recurrence is
+    bound by that memory traffic); every block is re-orthogonalised against the whole basis
+    (`_orthonormal_block`), and the Ritz pairs come from Q^T (A Q) with the products A Q kept
+    from the steps (no extra pass). Columns lost to breakdown are zero and get a Ritz value
+    below every other one (as in `lanczos_eigsh`), so they sort last.
+    Returns (evals [k] descending, evecs [n, k] orthonormal, sign fixed as in `lanczos_eigsh`,
+    residuals [k] = ||A v - lambda v||).
+    """
+    n = op.shape[0] if _is_array(op) else op.b.shape[0]
+    dtype = op.dtype if _is_array(op) else op.b.dtype
+    width = steps * block
+    if not 1 <= k <= width:
+        raise ValueError(f"need 1 <= k <= steps * block, got k={k}, steps * block={width}")
+    tol = 1e-4  # a column keeping < 1e-4 of its norm after projection is in the span
+
+    def apply(v: jax.Array) -> jax.Array:
+        if _is_array(op):
+            return jnp.matmul(op, v, precision=HIGHEST)
+        return op.b @ (op.w[:, None] * (op.b.T @ v)) - op.dinv[:, None] * v
+
+    basis = jnp.zeros((n, width + block), dtype)
+    start = jax.random.normal(key, (n, block), dtype)
+    basis = basis.at[:, :block].set(_orthonormal_block(basis, start, tol))
+    products = jnp.zeros((n, width), dtype)
+
+    def step(j: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        basis, products = carry
+        q = jax.lax.dynamic_slice_in_dim(basis, j * block, block, axis=1)
+        aq = apply(q)
+        products = jax.lax.dynamic_update_slice_in_dim(products, aq, j * block, axis=1)
+        nxt = _orthonormal_block(basis, aq, tol)
+        basis = jax.lax.dynamic_update_slice_in_dim(basis, nxt, (j + 1) * block, axis=1)
+        return basis, products
+
+    basis, products = jax.lax.fori_loop(0, steps, step, (basis, products))
+    basis = basis[:, :width]
+    t = jnp.matmul(basis.T, products, precision=HIGHEST)
+    t = 0.5 * (t + t.T)
+    active = jnp.linalg.norm(basis, axis=0) > 0.5
+    sentinel = -jnp.max(jnp.sum(jnp.abs(t), axis=1)) - 1.0  # below every Ritz value
+    t = t + jnp.diag(jnp.where(active, 0.0, sentinel))
+    theta, s = jnp.linalg.eigh(t)
+    evals, s = theta[::-1][:k], s[:, ::-1][:, :k]
+    evecs = jnp.matmul(basis, s, precision=HIGHEST)
+    peak = jnp.take_along_axis(evecs, jnp.argmax(jnp.abs(evecs), axis=0)[None], axis=0)
+    sign = jnp.where(peak < 0, -1.0, 1.0).astype(dtype)
+    residual = jnp.matmul(products, s, precision=HIGHEST) - evecs * evals[None, :]
+    return evals, evecs * sign, jnp.linalg.norm(residual, axis=0)

@@ -74,7 +74,7 @@ def affinity(x: jax.Array, config: PartitionConfig) -> graph.LowRankOperator | j
     The Lanczos solver gets the O(N E) `graph.LowRankOperator` when the adjacency is low
     rank, else (and for "eigh") the dense [N, N] matrix.
     """
-    if config.stage_a_solver == "lanczos" and lowrank_ok(config):
+    if config.stage_a_solver in ("lanczos", "block") and lowrank_ok(config):
         return graph.lowrank_operator(x, eps=config.eps, gram_min=config.gram_min)
     w = graph.adjacency(x, kind=config.adjacency, sigma=config.sigma, threshold=config.threshold)
     return graph.normalized_adjacency(w, eps=config.eps)[0]
@@ -86,6 +86,7 @@ def top_eigenvectors(
     """Orthonormal top K = min(`config.stage_a_k`, N) eigenvectors of A: [N, K].
 
     "lanczos": `config.lanczos_iters` Lanczos steps (clipped to [K, N]) on the operator;
+    "block": a block Krylov space of about as many vectors, `config.stage_a_block` a step;
     "eigh": dense A [N, N], LAPACK's top-K subset driver on CPU, the full eigh elsewhere
     (`dense_eigh`); "eigh_full": the full eigh everywhere.
     """
@@ -93,6 +94,9 @@ def top_eigenvectors(
     k = min(config.stage_a_k, n)
     if config.stage_a_solver in ("eigh", "eigh_full"):
         return dense_eigh.top_eigenvectors(a, k, subset=config.stage_a_solver == "eigh")
+    if config.stage_a_solver == "block":
+        steps = -(-max(config.lanczos_iters, k) // config.stage_a_block)
+        return lanczos.block_lanczos_eigsh(a, k, config.stage_a_block, steps, key)[1]
     steps = min(max(config.lanczos_iters, k), n)
     return lanczos.lanczos_eigsh(a, n, k, steps, key)[1]
 
