@@ -16,6 +16,8 @@ KEY = jax.random.key(0)
 # One configuration (plus float64) for most tests: each new one costs a ~2 s compile.
 N, K, STEPS = 200, 11, 100
 ALL = jnp.ones(N, bool)
+# Block Lanczos (stage A's "block" solver): 12 blocks of 8, about the Krylov size of STEPS.
+BLOCK, BLOCKS = 8, 12
 
 
 def gapped_matrix(n=N, top=(10.0, 9.0, 8.0, 7.0, 6.0, 5.0), seed=0):
@@ -51,11 +53,18 @@ def assert_same_vectors(got, want, atol):
     np.testing.assert_allclose(got * sign, want, atol=atol)
 
 
+SOLVERS = {
+    "lanczos": lambda a: lanczos_eigsh(a, N, K, STEPS, KEY, ALL),
+    "block": lambda a: block_lanczos_eigsh(a, K, BLOCK, BLOCKS, KEY),
+}
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 2e-5)])
-def test_gapped_random_matrix(dtype, tol):
+def test_gapped_random_matrix(dtype, tol, solver):
     with jax.enable_x64(dtype == np.float64):
         a = gapped_matrix().astype(dtype)
-        evals, evecs, res = lanczos_eigsh(jnp.asarray(a), N, K, STEPS, KEY, ALL)
+        evals, evecs, res = SOLVERS[solver](jnp.asarray(a))
         assert evals.dtype == dtype and evecs.shape == (N, K) and res.shape == (K,)
         lam, v = sub_eigh(a, np.ones(N, bool))
         np.testing.assert_allclose(evals[:6], lam[:6], atol=tol * 10)
@@ -185,23 +194,6 @@ def test_bad_input_raises():
         lanczos_eigsh(lambda v: v[:3], 5, 2, 3, KEY)
     with pytest.raises(ValueError, match="positive int"):
         lanczos_eigsh(a, 5, 0, 3, KEY)
-
-
-# Block Lanczos (stage A's "block" solver): 12 blocks of 8 = the same 96 vectors as STEPS.
-BLOCK, BLOCKS = 8, 12
-
-
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 2e-5)])
-def test_block_gapped_random_matrix(dtype, tol):
-    with jax.enable_x64(dtype == np.float64):
-        a = gapped_matrix().astype(dtype)
-        evals, evecs, res = block_lanczos_eigsh(jnp.asarray(a), K, BLOCK, BLOCKS, KEY)
-        assert evals.dtype == dtype and evecs.shape == (N, K) and res.shape == (K,)
-        lam, v = sub_eigh(a, np.ones(N, bool))
-        np.testing.assert_allclose(evals[:6], lam[:6], atol=tol * 10)
-        assert_same_vectors(evecs[:, :6], v[:, :6], atol=tol)
-        assert np.max(res[:6]) < tol * 10
-        np.testing.assert_allclose(np.asarray(evecs).T @ np.asarray(evecs), np.eye(K), atol=tol)
 
 
 def test_block_repeated_eigenvalue_and_low_rank_breakdown():
