@@ -7,9 +7,8 @@ features -> `spectral.partition.partition_arrays`, the `Tree` over the patch gri
 `crf.refine.refine_level_labels` (the leaves refined at each image's own size: by default the
 guided filter, `GuidedConfig`; or the dense CRF, `CRFConfig`) or, with `refine=None`,
 `tree.upsample_labels` (nearest, back to each image's own size). Every batch, the last one
-too, is padded
-to `batch_size` images, so an image's result does not depend on the images it shares a
-batch with.
+too, is padded to `batch_size` images, so an image's result does not depend on the images it
+shares a batch with.
 
     import hiseg_jax
     result = hiseg_jax.segment([hiseg_jax.load_image("cat.jpg")], levels=4)

@@ -164,7 +164,7 @@ FACTORIZATION = re.compile(
     re.IGNORECASE,
 )
 SIDE = 48  # N = 2304 patches: every legitimate factorization is far smaller
-SMALL = 256  # >= P = 200, the Lanczos steps (96) and K; << N
+SMALL = 256  # >= P = 200, the Krylov sizes (96, 128) and K; << N
 
 
 def factorization_problems(text: str) -> list[str]:

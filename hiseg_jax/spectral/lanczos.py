@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hiseg_jax.precision import HIGHEST
+from hiseg_jax.spectral import graph
 
 DGKS = 0.5**0.5  # re-orthogonalise when a Gram-Schmidt pass keeps less than this fraction
 Operator = Any  # a dense [n, n] array or a callable v [n] -> A v [n] (e.g. a pytree with __call__)
@@ -245,7 +246,7 @@ def block_lanczos_eigsh(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Top-k eigenpairs of a symmetric operator from a block Krylov space of `steps` blocks.
 
-    op: a dense [n, n] array or a `graph.LowRankOperator` (anything `apply_block` takes).
+    op: a dense [n, n] array or a `graph.LowRankOperator` (applied by `graph.matmat`).
     Each step multiplies a whole block of `block` vectors, so a low-rank operator's factor
     is read 2 * steps times instead of 2 * steps * block (the single-vector recurrence is
     bound by that memory traffic); every block is re-orthogonalised against the whole basis
@@ -265,7 +266,7 @@ def block_lanczos_eigsh(
     def apply(v: jax.Array) -> jax.Array:
         if _is_array(op):
             return jnp.matmul(op, v, precision=HIGHEST)
-        return op.b @ (op.w[:, None] * (op.b.T @ v)) - op.dinv[:, None] * v
+        return graph.matmat(op, v)
 
     basis = jnp.zeros((n, width + block), dtype)
     start = jax.random.normal(key, (n, block), dtype)
