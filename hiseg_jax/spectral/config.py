@@ -136,6 +136,8 @@ class PartitionConfig:
             stage_a_coords=0.0,
             stage_a_init="kmeans++",
             stage_a_restarts=10,
+            perturb_fallback=False,
+            merge_below=0,
         )
         return cls(**(paper | overrides))
 
