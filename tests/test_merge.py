@@ -114,15 +114,19 @@ def test_partition_applies_the_merge():
     feats = rng.normal(size=(2, 10, 12, 8)).astype(np.float32)
     config = PartitionConfig(n_parts=30, levels=4, kmeans_restarts=2)
     plain = partition(feats, config, jax.random.key(1))
-    merged = partition(feats, dataclasses.replace(config, merge_below=4), jax.random.key(1))
+    leaf = np.asarray(plain.is_leaf & (plain.parent >= 0))
+    slots = leaf.shape[1]
+    areas = [np.bincount(np.asarray(plain.labels[b, -1]), minlength=slots)[leaf[b]] for b in (0, 1)]
+    below = int(np.concatenate(areas).min()) + 1  # at least one leaf is merged
+    merged = partition(feats, dataclasses.replace(config, merge_below=below), jax.random.key(1))
     for b in range(2):
         args = (np.asarray(a[b]) for a in (plain.labels, plain.parent, plain.depth, plain.valid))
-        want = reference.merge_small_leaves(*args, plain.grid, 4)
+        want = reference.merge_small_leaves(*args, plain.grid, below)
         got = (merged.labels, merged.parent, merged.depth, merged.valid, merged.is_leaf)
         for g, r in zip(got, want, strict=True):
             np.testing.assert_array_equal(np.asarray(g[b]), r)
         area = np.bincount(want[0][-1], minlength=want[3].size)
-        assert np.all(area[want[4] & (want[1] >= 0)] >= 4)
+        assert np.all(area[want[4] & (want[1] >= 0)] >= below)
     assert merged.valid.sum() < plain.valid.sum()
 
 
