@@ -72,3 +72,24 @@ def test_refine_option_names_its_default(command, default, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--refine {guided,crf,none}" in out and default in out
     assert "--crf the same as --refine crf" in out
+
+
+def test_partition_options_round_trip_booleans_and_reject_bad_ones(capsys):
+    """partition_flags -> argparse -> partition_config gives the config back (bool fields
+    parse 'True' / 'false', not Python's truthiness); bad text is one argparse line."""
+    import argparse
+
+    from hiseg_jax.commands.options import (
+        add_partition_arguments,
+        partition_config,
+        partition_flags,
+    )
+
+    parser = argparse.ArgumentParser()
+    add_partition_arguments(parser)
+    config = PartitionConfig(perturb_fallback=True, merge_below=4, max_perturb=200.0)
+    assert partition_config(parser.parse_args(partition_flags(config))) == config
+    assert not partition_config(parser.parse_args(["--perturb-fallback", "false"])).perturb_fallback
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--perturb-fallback", "maybe"])
+    assert "expected true or false" in capsys.readouterr().err

@@ -210,6 +210,22 @@ def test_stage_b_equals_reference_on_planted_part_graphs(seed, solver):
     assert all(frozenset(np.flatnonzero(g)) in regions for _, g in groups)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_perturbation_fallback_equals_reference(seed):
+    """perturb_fallback with a perturbation bound every 3-way cut fails: those nodes split
+    in two (k - 1) instead of stopping, as in the reference (to depth 3: below, the planted
+    leaves are noise and k-means draws differ)."""
+    wp, _ = synthetic.planted_part_graph(seed, branching=(2, 3, 2), leaf_size=10)
+    config = dataclasses.replace(CONFIG, max_perturb=1e-3, perturb_fallback=True, levels=3)
+    res = _stage_b(jnp.asarray(wp, jnp.float32), config, jax.random.key(seed), ALL_PARTS[:120])
+    want = _ref_nodes(reference.reference_stage_b(wp, config, seed))
+    assert _jax_nodes(res) == want
+    stops = [n[4] for n in want]
+    assert "perturbation" not in stops
+    fell_back = [i for i, n in enumerate(want) if n[3] > 2 and n[4] == "split"]
+    assert fell_back and all(sum(m[1] == i for m in want) == 2 for i in fell_back)
+
+
 def test_stage_b_is_independent_of_chunk_and_stops_at_depth():
     """Two depths only, split 3 nodes at a time: the reference's tree cut at depth 2, and the
     tree of the default chunk (up to depth 2)."""

@@ -107,6 +107,7 @@ def test_paper_config_is_the_authors_stage_a():
     assert (paper.stage_a_solver, paper.stage_a_k, paper.stage_a_coords) == ("eigh", 200, 0)
     assert (paper.stage_a_init, paper.stage_a_restarts, paper.gram_min) == ("kmeans++", 10, "exact")
     assert paper.stage_b_solver == "eigh"
+    assert (paper.perturb_fallback, paper.merge_below) == (False, 0)
     assert PartitionConfig.paper(n_parts=300).stage_a_k == 300
     same = {
         f.name

@@ -45,6 +45,10 @@ PARTITION_HELP = {
     "min_points": "a region of at most this many parts is not split",
     "mncut_th": "a split is accepted only if its mean normalised cut is below this",
     "max_perturb": "a k > 2 split is rejected when its perturbation ratio exceeds this",
+    "perturb_fallback": "true: a rejected k > 2 split retries with k - 1, ..., 2 children "
+    "instead of stopping the region (false: the paper's)",
+    "merge_below": "after stage B, leaves of fewer than this many patches join their "
+    "best-bordering sibling (0: off, the paper's)",
     "stage_b_solver": "stage-B eigensolver of each region's part graph: 'eigh' (dense) or "
     "'lanczos'",
     "stage_b_lanczos_steps": "Krylov steps of the stage-B Lanczos solver (at most P)",
@@ -95,6 +99,16 @@ def parse_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
+
+
+def parse_bool(text: str) -> bool:
+    """'true' / 'false' (any case; also 1 / 0, yes / no) -> bool."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def format_value(value: object) -> str:
@@ -210,6 +224,8 @@ def field_type(field: dataclasses.Field, hint: object) -> typing.Callable[[str],
         return str
     if isinstance(field.default, tuple):
         return parse_ints
+    if isinstance(field.default, bool):
+        return parse_bool
     return type(field.default)
 
 

@@ -60,6 +60,9 @@ class PartitionConfig:
     min_points: int = 1
     mncut_th: float = 0.8
     max_perturb: float = 50.0  # published configs say 80 but it is never passed through
+    # A k0-way cut (k0 > 2) that fails the perturbation test: False stops the node (the
+    # paper's); True retries with k0 - 1, ..., 2 clusters, as after a high MNcut.
+    perturb_fallback: bool = False
     # "lanczos": masked Lanczos on each node's Laplacian (the default: same trees on BSDS500,
     # docs/method.md section 9, and several times faster); "eigh": its dense eigh (paper).
     stage_b_solver: StageBSolver = "lanczos"
@@ -69,6 +72,9 @@ class PartitionConfig:
     # >= n (P for larger nodes): most nodes are small, and their eigh, k-means and sweeps then
     # cost a fraction of P x P work. Results do not depend on them beyond rounding.
     stage_b_node_sizes: tuple[int, ...] = (64, 16)
+    # After stage B, leaves of fewer than merge_below patches join their best-bordering
+    # sibling, smallest first (`spectral.merge`; section 4). 0 or 1: off (the paper's).
+    merge_below: int = 0
 
     def __post_init__(self) -> None:
         if self.n_parts < 2:
@@ -88,6 +94,8 @@ class PartitionConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.merge_below < 0:
+            raise ValueError(f"merge_below must be >= 0, got {self.merge_below}")
         if self.levels < 1:
             raise ValueError(f"levels must be >= 1, got {self.levels}")
         if self.stage_a_solver not in ("eigh", "eigh_full", "lanczos", "block"):
@@ -128,6 +136,8 @@ class PartitionConfig:
             stage_a_coords=0.0,
             stage_a_init="kmeans++",
             stage_a_restarts=10,
+            perturb_fallback=False,
+            merge_below=0,
         )
         return cls(**(paper | overrides))
 

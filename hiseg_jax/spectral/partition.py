@@ -29,6 +29,7 @@ from hiseg_jax.precision import HIGHEST
 from hiseg_jax.spectral import dense_eigh, graph, lanczos
 from hiseg_jax.spectral.config import PartitionConfig, check_grid
 from hiseg_jax.spectral.kmeans import kmeans
+from hiseg_jax.spectral.merge import merge_small_leaves
 from hiseg_jax.tree import Tree
 
 N_SWEEP = 10  # evenly spaced thresholds of the k = 2 sweep (plus 0 and the mean)
@@ -384,6 +385,8 @@ def split_node(w: jax.Array, mask: jax.Array, key: jax.Array, config: PartitionC
         labels, cost = attempt(k, first, subkey)
         rho = perturbation(labels, lap, mask, gap, eps)
         rejected = first & (k > 2) & (rho > config.max_perturb)
+        if config.perturb_fallback:  # retry with k - 1 clusters, as after a high MNcut
+            return k, labels, jnp.where(rejected, jnp.inf, cost), Stop.SPLIT, loop_key
         return k, labels, cost, jnp.where(rejected, Stop.PERTURBATION, Stop.SPLIT), loop_key
 
     pair_labels = jnp.where(mask, jnp.cumsum(mask) - 1, 0).astype(jnp.int32)
@@ -585,6 +588,11 @@ def _partition_one(
     sizes = jax.ops.segment_sum(jnp.ones_like(parts), parts, num_segments=config.n_parts)
     tree = stage_b(w_p, config, b_key, sizes > 0)
     labels = tree.node_of_part[:, parts]
+    if config.merge_below > 1:
+        labels, parent, depth, valid, is_leaf = merge_small_leaves(
+            labels, tree.parent, tree.depth, tree.valid, grid, config.merge_below
+        )
+        return labels, parent, depth, is_leaf, valid, parts
     return labels, tree.parent, tree.depth, tree.is_leaf, tree.valid, parts
 
 

@@ -296,9 +296,11 @@ def split_node(w: np.ndarray, depth: int, config: PartitionConfig, seed: int) ->
         emb = normalize_rows(vecs[:, :k], eps)
         labels = kmeans_labels(emb, k, config, seed)
         rho = perturbation_ratio(lap, labels, evals[k] - evals[k - 1], eps)
-        if rho > config.max_perturb:
+        if rho > config.max_perturb and not config.perturb_fallback:
             return Decision(None, "perturbation", k_chosen, rho=rho)
     cost = np.inf if labels is None else mean_ncut(w, labels, k, eps)
+    if rho > config.max_perturb:  # perturb_fallback: retry with k - 1 clusters
+        cost = np.inf
     while cost >= th and k > 2:
         k -= 1
         labels = kmeans_labels(emb, k, config, seed) if k > 2 else _bipartition(w, emb[:, 1], eps)
@@ -382,3 +384,67 @@ def reference_partition(features: np.ndarray, config: PartitionConfig, seed: int
     parts = parts_from_graph(w, config, seed)
     nodes = reference_stage_b(part_graph(w, parts, int(parts.max()) + 1), config, seed)
     return RefResult(parts, nodes, grid)
+
+
+def _border_counts(inside: np.ndarray, target: np.ndarray, grid: tuple[int, int]) -> dict:
+    """{id: number of 4-neighbour borders between the patches `inside` [N] and the patches of
+    that id in target [N]} (ids < 0 ignored)."""
+    h, w = grid
+    inside, target = inside.reshape(h, w), target.reshape(h, w)
+    counts: dict[int, int] = {}
+    for y, x in zip(*np.nonzero(inside), strict=True):
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < h and 0 <= nx < w and target[ny, nx] >= 0:
+                counts[int(target[ny, nx])] = counts.get(int(target[ny, nx]), 0) + 1
+    return counts
+
+
+def merge_small_leaves(
+    labels: np.ndarray,
+    parent: np.ndarray,
+    depth: np.ndarray,
+    valid: np.ndarray,
+    grid: tuple[int, int],
+    min_patches: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One image's tree (labels [L + 1, N], parent, depth, valid [M]) with its small leaves
+    merged, one removal a step: a leaf that is its parent's only child goes back into the
+    parent (the first such slot); else the leaf of < min_patches patches with a sibling,
+    smallest first (smaller slot on ties), joins the sibling it borders most (ties: larger,
+    then smaller slot), and at every depth below, the ancestors of the leaf under that
+    sibling it borders most (ties: larger, then smaller slot).
+    Returns (labels, parent, depth, valid, is_leaf)."""
+    labels, parent, valid = labels.copy(), parent.copy(), valid.copy()
+
+    def children() -> np.ndarray:
+        return np.bincount(parent[valid & (parent >= 0)], minlength=valid.size)
+
+    while True:
+        count = children()
+        leaf = valid & (count == 0) & (parent >= 0)
+        siblings = count[np.maximum(parent, 0)]
+        area = np.bincount(labels[-1], minlength=valid.size)
+        lonely = np.flatnonzero(leaf & (siblings == 1))
+        small = np.flatnonzero(leaf & (siblings > 1) & (area < min_patches))
+        if lonely.size:
+            c = lonely[0]
+            labels[labels == c] = parent[c]
+            valid[c], parent[c] = False, -1
+            continue
+        if small.size == 0:
+            break
+        a = small[np.argmin(area[small])]  # argmin: the smaller slot on ties
+        d = depth[a]
+        in_a = labels[d] == a
+        contacts = _border_counts(in_a, labels[d], grid)
+        siblings = [int(s) for s in np.flatnonzero(valid & (parent == parent[a])) if s != a]
+        b = max(siblings, key=lambda s: (contacts.get(s, 0), (labels[d] == s).sum(), -s))
+        in_b = labels[d] == b
+        near = _border_counts(in_a, np.where(in_b, labels[-1], -1), grid)
+        under = np.unique(labels[-1][in_b])
+        leaf = max(under, key=lambda m: (near.get(int(m), 0), (labels[-1] == m).sum(), -m))
+        q = np.flatnonzero(labels[-1] == leaf)[0]
+        labels[d:, in_a] = labels[d:, q][:, None]
+        valid[a], parent[a] = False, -1
+    is_leaf = valid & (children() == 0)
+    return labels, parent, np.where(valid, depth, 0), valid, is_leaf
