@@ -6,11 +6,13 @@ paper's stage A when the list starts with `@paper` (`PartitionConfig.paper()`), 
 partitioner are items of the same list: `refine=crf|guided` (leaves refined at image
 resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.FIELD=VALUE`
 (CRFConfig / GuidedConfig overrides, implying that refinement), `features=keys` (the last
-block's keys instead of the tokens) and `size=PIXELS` (input size; features cached by
-`bsds_data.py`), e.g. `gf:guided.radius=16`, `k560:size=560,refine=crf`. Every setting
-runs under each PRNG key on the cached default-backbone features of the first `--images`
-images of the split (`bsds_data.py`), in fixed batches of `--batch` images (a short last
-batch padded with copies), and its trees are scored against the human segmentations with
+block's keys instead of the tokens), `size=PIXELS` (input size; features cached by
+`bsds_data.py`) and `stride=PIXELS` (the patch embedding's stride, the "stride trick" of
+overlapping patches: a grid of (size - 14) / stride + 1 patches per side), e.g.
+`gf:guided.radius=16`, `k560:size=560,refine=crf`, `s7:stride=7`. Every setting runs under
+each PRNG key on the cached default-backbone features of the first `--images` images of the
+split (`bsds_data.py`), in fixed batches of `--batch` images (a short last batch padded with
+copies), and its trees are scored against the human segmentations with
 the project's metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image
 resolution by default, nearest-upsampled labels; `--resolution patch` samples the GT at
 patch centres):
@@ -74,6 +76,7 @@ class Setting:
     refine: CRFConfig | GuidedConfig | None = None
     features: str = "tokens"
     size: int | None = None
+    stride: int | None = None
 
 
 def parse_setting(text: str) -> tuple[str, PartitionConfig]:
@@ -103,12 +106,12 @@ def _value(default: object, value: str) -> object:
 def parse_full_setting(text: str) -> Setting:
     """`parse_setting`'s syntax plus the sweep's own items: `refine=crf|guided|none`,
     `crf.FIELD=VALUE` / `guided.FIELD=VALUE` (CRFConfig / GuidedConfig overrides; they
-    imply that refinement), `features=tokens|keys`, `size=PIXELS`."""
+    imply that refinement), `features=tokens|keys`, `size=PIXELS`, `stride=PIXELS`."""
     name, _, assignments = text.partition(":")
     rest, extra = [], {}
     for item in (a for a in assignments.split(",") if a):
         field, _, value = item.partition("=")
-        if field in ("refine", "features", "size") or field.split(".")[0] in REFINERS:
+        if field in ("refine", "features", "size", "stride") or field.split(".")[0] in REFINERS:
             extra[field] = value
         else:
             rest.append(item)
@@ -135,7 +138,8 @@ def parse_full_setting(text: str) -> Setting:
     if features not in ("tokens", "keys"):
         raise SystemExit(f"features must be tokens or keys in {text!r}")
     size = int(extra["size"]) if "size" in extra else None
-    return Setting(name, config, refiner, features, size)
+    stride = int(extra["stride"]) if "stride" in extra else None
+    return Setting(name, config, refiner, features, size, stride)
 
 
 def digest(fields: dict) -> str:
@@ -328,12 +332,17 @@ def main() -> None:
     rows, inputs = {}, {}
     for setting in settings:
         size = setting.size or args.size
-        if (setting.features, size) not in inputs:
-            ids, feats = bsds_data.bsds_features(
-                args.split, args.images, size, args.cache_dir, kind=setting.features
+        source = (setting.features, size, setting.stride)
+        if source not in inputs:
+            inputs[source] = bsds_data.bsds_features(
+                args.split,
+                args.images,
+                size,
+                args.cache_dir,
+                kind=setting.features,
+                stride=setting.stride,
             )
-            inputs[setting.features, size] = (ids, feats)
-        ids, feats = inputs[setting.features, size]
+        ids, feats = inputs[source]
         segs = bsds_data.segmentations(args.split, ids)
         images = bsds_data.load_images(args.split, ids) if setting.refine is not None else None
         data = Data(ids, feats, segs, images)
@@ -343,7 +352,7 @@ def main() -> None:
             images=len(ids),
             resolution=args.resolution,
             batch=args.batch,
-        )
+        ) | ({} if setting.stride is None else dict(stride=setting.stride))
         rows[setting.name] = []
         for key in args.keys:
             t0 = time.perf_counter()
