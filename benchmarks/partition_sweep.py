@@ -197,11 +197,13 @@ def score_batch(
     segs: Sequence[np.ndarray],
     resolution: str,
     refine: tuple[Callable, Sequence[np.ndarray], np.ndarray, object] | None = None,
+    patch_stride: tuple[int, int] = (1, 1),
 ) -> tuple[list[dict], list[float]]:
     """BSDS records (eval_scoring) of the first len(segs) trees of a batch, and each
     image's refinement seconds (0 without one; compilations included). `refine`:
     (function, images, features, config), `function(image, features[b], level_labels[b],
-    config)` as `crf_level_labels`."""
+    config)` as `crf_level_labels`. `patch_stride`: the backbone's (patch, stride), for
+    labels upsampled by patch centre (`tree.upsample_labels`)."""
     pred, _ = eval_scoring.compact_tree(tree)
     count = len(segs)
     refined, seconds = [], [0.0] * count
@@ -214,7 +216,7 @@ def score_batch(
     segs = list(segs) + [segs[-1]] * (pred.level_labels.shape[0] - count)
     if resolution == "image":
         sizes = [s.shape[1:] for s in segs]
-        pred = eval_scoring.at_resolution(pred, sizes, refined)
+        pred = eval_scoring.at_resolution(pred, sizes, refined, patch_stride)
         hw, grid = eval_scoring.padded_shape(sizes), None
     else:
         grid = tuple(pred.level_labels.shape[2:])
@@ -263,8 +265,9 @@ def run_setting(
         refine = None
         if refiner is not None:
             refine = (refiner, data.images[start : start + batch], chunk, setting.refine)
+        patch_stride = (bsds_data.PATCH, setting.stride or bsds_data.PATCH)
         records, refine_seconds = score_batch(
-            tree, data.segs[start : start + batch], resolution, refine
+            tree, data.segs[start : start + batch], resolution, refine, patch_stride
         )
         new = [
             dict(name=n, seconds=seconds, refine_seconds=t) | r
