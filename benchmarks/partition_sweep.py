@@ -14,8 +14,9 @@ each PRNG key on the cached default-backbone features of the first `--images` im
 split (`bsds_data.py`), in fixed batches of `--batch` images (a short last batch padded with
 copies), and its trees are scored against the human segmentations with
 the project's metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image
-resolution by default, nearest-upsampled labels; `--resolution patch` samples the GT at
-patch centres):
+resolution by default, nearest-upsampled labels, on a `stride=` grid by nearest patch centre
+(`tree.upsample_labels`; the refinements' unaries still stretch the grid over the image);
+`--resolution patch` samples the GT at patch centres, without `stride=`):
 Best (area-weighted covering of the best node per segment), NMCovering, ODS / OIS (one tree
 level for the dataset / per image) and the node count. Per-image records are appended to
 `<out>/<setting>__<hash>__key<k>.jsonl` as batches finish, so an interrupted sweep resumes
@@ -332,6 +333,8 @@ def main() -> None:
     settings = [parse_full_setting(s) for s in args.setting or ["default:"]]
     if args.resolution == "patch" and any(s.refine is not None for s in settings):
         raise SystemExit("refinement (refine=, crf., guided.) needs --resolution image")
+    if args.resolution == "patch" and any(s.stride is not None for s in settings):
+        raise SystemExit("stride= needs --resolution image (GT samples tile the image)")
     rows, inputs = {}, {}
     for setting in settings:
         size = setting.size or args.size
