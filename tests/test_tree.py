@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import chex
 import jax
@@ -129,11 +130,40 @@ class UpsampleTest(parameterized.TestCase):
         out = jax.vmap(lambda a: upsample_labels(a, (10, 7)))(labels)
         np.testing.assert_array_equal(out, nearest_reference(labels, 10, 7))
 
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(((14, 7), (37, 50)), ((4, 3), (17, 29)), ((5, 1), (9, 40)))
+    def test_overlapping_patches_take_the_nearest_patch_centre(self, patch_stride, out_hw):
+        """Reference: each pixel centre, stretched over the input p + s (h - 1) pixels tall,
+        takes the patch centre p / 2 + s i nearest to it (exact fractions; ties go to the
+        later patch, as the pixel at a boundary between two equal cells at overlap 1)."""
+        labels = np.random.default_rng(2).integers(0, 50, size=(3, 4, 6)).astype(np.int32)
+        upsample = self.variant(upsample_labels, static_argnums=(1, 2))
+        out = np.asarray(upsample(labels, out_hw, patch_stride))
+        p, s = patch_stride
+
+        def nearest(pixels: int, cells: int) -> list[int]:
+            centres = [Fraction(p, 2) + s * i for i in range(cells)]
+            span = p + s * (cells - 1)
+            index = []
+            for y in range(pixels):
+                u = (y + Fraction(1, 2)) * span / pixels
+                gaps = [abs(u - c) for c in centres]
+                index.append(max(i for i, g in enumerate(gaps) if g == min(gaps)))
+            return index
+
+        rows, cols = nearest(out_hw[0], 4), nearest(out_hw[1], 6)
+        np.testing.assert_array_equal(out, labels[:, rows][:, :, cols])
+        np.testing.assert_array_equal(
+            upsample_labels(labels, out_hw, (p, p)), upsample_labels(labels, out_hw)
+        )
+
     def test_identity_and_bad_size(self):
         labels = np.arange(12, dtype=np.int32).reshape(3, 4)
         np.testing.assert_array_equal(upsample_labels(labels, (3, 4)), labels)
         with pytest.raises(ValueError, match="positive"):
             upsample_labels(labels, (0, 4))
+        with pytest.raises(ValueError, match=r"1 <= stride <= patch, got \(7, 14\)"):
+            upsample_labels(labels, (6, 8), (7, 14))
 
 
 def test_leaf_descriptors_are_leaf_means():

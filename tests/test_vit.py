@@ -106,6 +106,92 @@ class JitTest(chex.TestCase):
         np.testing.assert_allclose(aux["keys"], want["keys"], rtol=0, atol=1e-4)
 
 
+def _strided_dinov2(model: torch.nn.Module, stride: int) -> None:
+    """Turn a transformers DINOv2 into the stride-trick reference, in place: its patch
+    convolution steps by `stride`, and its position embeddings are resampled (torch bicubic,
+    `size=`) to the grid that convolution yields, whatever the pixel size."""
+    embeddings = model.embeddings
+    embeddings.patch_embeddings.projection.stride = (stride, stride)
+    table = embeddings.position_embeddings  # [1, 1 + G * G, D]
+    g = math.isqrt(table.shape[1] - 1)
+    patch = embeddings.patch_embeddings.patch_size[0]
+
+    def posemb(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        rows, cols = (height - patch) // stride + 1, (width - patch) // stride + 1
+        assert tokens.shape[1] == 1 + rows * cols
+        grid = table[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = torch.nn.functional.interpolate(
+            grid, size=(rows, cols), mode="bicubic", align_corners=False
+        )
+        return torch.cat([table[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], 1)
+
+    embeddings.interpolate_pos_encoding = posemb
+
+
+class StrideTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_stride_equal_to_the_patch_is_the_default_path_bit_for_bit(self):
+        model, config = make_family("dinov2")
+        params, apply = make_apply(
+            vit_from_flat(config, convert_state_dict(state_dict(model), config, "hf"))
+        )
+        run = self.variant(apply, static_argnames=("blocks", "stride"))
+        images = _images(SIZES[0], seed=2)
+        tokens, aux = run(params, images)
+        strided, strided_aux = run(params, images, stride=config.patch_size)
+        np.testing.assert_array_equal(strided, tokens)
+        np.testing.assert_array_equal(strided_aux["keys"], aux["keys"])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_overlapping_patches_match_a_strided_transformers_dinov2(self):
+        """Patch 4 at strides 2 and 3 on sizes that are not multiples of the patch: grids
+        (H - 4) / s + 1, against transformers with a strided convolution and posemb."""
+        for stride, size, grid in [
+            (2, (12, 20), (5, 9)),
+            (3, (13, 19), (4, 6)),
+            (1, (6, 9), (3, 6)),
+        ]:
+            model, config = make_family("dinov2")
+            flat = convert_state_dict(state_dict(model), config, "hf")
+            params, apply = make_apply(vit_from_flat(config, flat))
+            images = _images(size, seed=stride)
+            tokens, aux = self.variant(apply, static_argnames=("blocks", "stride"))(
+                params, images, blocks=(BLOCK,), stride=stride
+            )
+            chex.assert_shape(tokens, (2, *grid, config.width))
+            _strided_dinov2(model, stride)
+            want = torch_outputs(model, config, images, BLOCK, stride)
+            for kind, value in [
+                ("tokens", tokens),
+                ("keys", aux["keys"]),
+                ("block_00", aux["block_00"]),
+            ]:
+                np.testing.assert_allclose(
+                    value, want[kind], rtol=0, atol=1e-4, err_msg=f"{stride} {kind}"
+                )
+
+
+def test_bad_strides_are_one_line_value_errors():
+    config = ViTConfig("dino", 4, 16, 1, 2, 32, posemb_grid=2)
+    params, apply = make_apply(vit_from_flat(config, _random_params(config)))
+    run = jax.jit(apply, static_argnames=("blocks", "stride"))
+    images = jnp.zeros((1, 8, 12, 3))
+    for stride, message in [
+        (0, r"stride must be in 1..4 \(the patch size\), got 0"),
+        (5, r"stride must be in 1..4 \(the patch size\), got 5"),
+        (2.0, r"stride must be an int in 1..4 \(the patch size\), got 2.0"),
+        (
+            3,
+            r"image size 8x12 does not fit patch 4 at stride 3: each side must be 4 \+ a multiple",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run(params, images, stride=stride)
+    with pytest.raises(ValueError, match=r"image size 3x12 does not fit patch 4 at stride 1"):
+        run(params, jnp.zeros((1, 3, 12, 3)), stride=1)
+    chex.assert_shape(run(params, images, stride=2)[0], (1, 3, 5, 16))
+
+
 def test_vmap_over_a_leading_axis_equals_separate_calls():
     config = ViTConfig("dinov2", 4, 16, 1, 2, 32, layer_scale=True, registers=2, posemb_grid=3)
     params, apply = make_apply(vit_from_flat(config, _random_params(config)))

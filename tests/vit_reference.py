@@ -82,16 +82,19 @@ def _module(model: torch.nn.Module, pattern: str) -> torch.nn.Module:
 
 
 def torch_outputs(
-    model: torch.nn.Module, config: ViTConfig, images: np.ndarray, block: int
+    model: torch.nn.Module, config: ViTConfig, images: np.ndarray, block: int, stride: int = 0
 ) -> dict[str, np.ndarray]:
-    """Reference outputs for `images [B, H, W, 3]`, shaped like `ViT`'s (tokens, keys, ...).
+    """Reference outputs for `images [B, H, W, 3]`, shaped like `ViT`'s (tokens, keys, ...);
+    `stride` (0: the patch size) only sizes the grid (the model must already run at it).
 
     Keys come from a forward hook on the last block's key projection, the block output from a
     hook on block `block`; nothing is recomputed outside transformers except CLIP's
     `post_layernorm` on the patch tokens (transformers applies it to the class token only).
     """
     b, height, width, _ = images.shape
-    h, w = height // config.patch_size, width // config.patch_size
+    p = config.patch_size
+    step = stride or p
+    h, w = (height - p) // step + 1, (width - p) // step + 1
     captured = {}
     layers = r"(?:encoder\.layers?|layers)\.{}"
     hooks = [

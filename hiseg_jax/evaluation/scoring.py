@@ -123,17 +123,19 @@ def at_resolution(
     pred: TreePrediction,
     sizes: Sequence[tuple[int, int]] | None,
     refined: Sequence[np.ndarray] = (),
+    patch_stride: tuple[int, int] = (1, 1),
 ) -> TreePrediction:
     """Patch-grid prediction, or (sizes given) at each image's size, padded with -1 to
     `padded_shape(sizes)`: the first images' maps are `refined` (int [L + 1, H_b, W_b] in
-    the prediction's node ids, e.g. CRF-refined), the others nearest-upsampled."""
+    the prediction's node ids, e.g. CRF-refined), the others nearest-upsampled
+    (`tree.upsample_labels`, by patch centre for `patch_stride` = (patch, stride))."""
     if sizes is None:
         return pred
     hw = padded_shape(sizes)
     maps = [
         *refined,
         *(
-            np.asarray(upsample_labels(pred.level_labels[b], s))
+            np.asarray(upsample_labels(pred.level_labels[b], s, patch_stride))
             for b, s in enumerate(sizes)
             if b >= len(refined)
         ),

@@ -219,24 +219,31 @@ class ViT(nnx.Module):
         self.norm = _layer_norm(config, rngs)
 
     def __call__(
-        self, images: jax.Array, blocks: tuple[int, ...] = ()
+        self, images: jax.Array, blocks: tuple[int, ...] = (), stride: int | None = None
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Patch features of normalised images.
 
         Args:
           images: `[B, H, W, 3]` float, normalised with `config.image_mean/std`; `H` and `W`
-            multiples of the patch size (any aspect ratio).
+            fit the patch grid (`patch_grid`: multiples of the patch size at the default
+            stride, any aspect ratio).
           blocks: 0-based block indices whose outputs to return in `aux`.
+          stride: step of the patch embedding in pixels, 1..patch size (None: the patch
+            size). A smaller stride gives overlapping patches (Amir et al., "Deep ViT
+            Features as Dense Visual Descriptors"): the same weights on a denser grid, the
+            position embeddings resampled to that grid as for any other input size.
 
         Returns:
-          tokens: `[B, h, w, D]` patch tokens after the final norm (h = H / patch).
+          tokens: `[B, h, w, D]` patch tokens after the final norm (`(h, w) = patch_grid`,
+            h = H / patch at the default stride); patch (i, j) covers pixels
+            `[stride * i, stride * i + patch)` x `[stride * j, stride * j + patch)`.
           aux: `"keys"` `[B, h, w, D]` last block's attention keys of the patch tokens (with
             bias, heads concatenated); `"cls"` `[B, D]` class token after the final norm;
             `"block_NN"` `[B, h, w, D]` patch tokens output by block NN, before any norm.
         """
-        self._check_inputs(images, blocks)
+        stride = self._check_inputs(images, blocks, stride)
         cfg = self.config
-        x = self.patch_embed(images)
+        x = self._embed_patches(images, stride)
         b, h, w, d = x.shape
         pos = self.pos_embed[...]
         grid = pos[1:].reshape(cfg.posemb_grid, cfg.posemb_grid, d)
@@ -260,21 +267,62 @@ class ViT(nnx.Module):
         aux["cls"] = x[:, 0]
         return as_grid(x), aux
 
-    def _check_inputs(self, images: jax.Array, blocks: tuple[int, ...]) -> None:
-        """Static checks (shapes, dtype, block indices), so they also run at jit trace time."""
-        p, depth = self.config.patch_size, self.config.depth
+    def _embed_patches(self, images: jax.Array, stride: int) -> jax.Array:
+        """`[B, H, W, 3]` -> `[B, h, w, D]`: the patch convolution at `stride` (at the patch
+        size exactly the trained layer, so the default path is unchanged)."""
+        conv = self.patch_embed
+        if stride == self.config.patch_size:
+            return conv(images)
+        x = jax.lax.conv_general_dilated(
+            images,
+            conv.kernel[...],
+            (stride, stride),
+            "VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return x if conv.bias is None else x + conv.bias[...]
+
+    def _check_inputs(self, images: jax.Array, blocks: tuple[int, ...], stride: int | None) -> int:
+        """Static checks (shapes, dtype, block indices, stride), so they also run at jit
+        trace time; returns the stride (the patch size for None)."""
+        depth = self.config.depth
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3], got shape {tuple(images.shape)}")
         if not jnp.issubdtype(images.dtype, jnp.floating):
             raise ValueError(f"images must be normalised floats, got dtype {images.dtype}")
-        height, width = images.shape[1:3]
-        if height % p or width % p or height == 0 or width == 0:
-            raise ValueError(
-                f"image size {height}x{width} is not a positive multiple of the patch size {p}"
-            )
+        stride = check_stride(stride, self.config.patch_size)
+        patch_grid(tuple(images.shape[1:3]), self.config.patch_size, stride)
         bad = [i for i in blocks if not isinstance(i, int | np.integer) or not 0 <= i < depth]
         if bad:
             raise ValueError(f"blocks {bad} out of range: this model has blocks 0..{depth - 1}")
+        return stride
+
+
+def check_stride(stride: int | None, patch: int) -> int:
+    """The patch-embedding stride (None: `patch`); ValueError unless an int in 1..patch."""
+    if stride is None:
+        return patch
+    if isinstance(stride, bool) or not isinstance(stride, int | np.integer):
+        raise ValueError(f"stride must be an int in 1..{patch} (the patch size), got {stride!r}")
+    if not 1 <= stride <= patch:
+        raise ValueError(f"stride must be in 1..{patch} (the patch size), got {stride}")
+    return int(stride)
+
+
+def patch_grid(size: tuple[int, int], patch: int, stride: int) -> tuple[int, int]:
+    """Patch grid `(h, w) = ((H - patch) / stride + 1, (W - patch) / stride + 1)` of an
+    `H x W` input; ValueError unless the patches tile it exactly (no pixel left over)."""
+    height, width = (int(v) for v in size)
+    if stride == patch and (height % patch or width % patch or height == 0 or width == 0):
+        raise ValueError(
+            f"image size {height}x{width} is not a positive multiple of the patch size {patch}"
+        )
+    if height < patch or width < patch or (height - patch) % stride or (width - patch) % stride:
+        raise ValueError(
+            f"image size {height}x{width} does not fit patch {patch} at stride {stride}: "
+            f"each side must be {patch} + a multiple of {stride}"
+        )
+    return (height - patch) // stride + 1, (width - patch) // stride + 1
 
 
 def _dino(patch: int, width: int, depth: int, heads: int) -> ViTConfig:
@@ -413,16 +461,20 @@ ApplyFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def make_apply(model: ViT) -> tuple[nnx.State, ApplyFn]:
-    """Split a model into (params pytree, pure `apply(params, images, blocks=())`).
+    """Split a model into (params pytree, pure `apply(params, images, blocks=(), stride=None)`).
 
-    `apply` takes params as an argument, so `jax.jit(apply, static_argnames="blocks")` never
+    `apply` takes params as an argument, so
+    `jax.jit(apply, static_argnames=("blocks", "stride"))` never
     closes over (and constant-folds) the weights.
     """
     graphdef, params = nnx.split(model)
 
     def apply(
-        params: nnx.State, images: jax.Array, blocks: tuple[int, ...] = ()
+        params: nnx.State,
+        images: jax.Array,
+        blocks: tuple[int, ...] = (),
+        stride: int | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return nnx.merge(graphdef, params)(images, blocks=blocks)
+        return nnx.merge(graphdef, params)(images, blocks=blocks, stride=stride)
 
     return params, apply
