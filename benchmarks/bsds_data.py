@@ -1,9 +1,12 @@
 """BSDS500 images, human segmentations and cached default-backbone features for benchmarks.
 
 Features are computed once per (split, size) and stored as one .npz per split and size:
-`<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>.npz` (kind "tokens" or "keys") holding
-`x` float32 [B, size / 14, size / 14, E] and `ids` (image ids, sorted by name, the first
-`count` of the split). Exact preprocessing: `images.load_image`, then `features.preprocess`
+`<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>.npz` holding `x` float32
+[B, size / 14, size / 14, E] and `ids` (image ids, sorted by name, the first `count` of the
+split). Kinds (`check_kind`): "tokens", "keys" (`features.extract_features`), "blockNN" (the patch
+tokens output by block NN, 0-based, before any norm) and "colour" (`features.patch_colour`:
+each patch's mean CIELAB colour of the resized input, centred and scaled per image, E = 3).
+Exact preprocessing: `images.load_image`, then `features.preprocess`
 (antialiased bilinear resize to size x size, aspect ratio not kept, ImageNet normalisation),
 then `features.extract_features(model, x, kind)` of the default backbone
 (`dinov2_vits14_imgfocus`), always in batches of `BATCH` images (a short last batch is
@@ -63,22 +66,42 @@ def cache_path(split: str, size: int, cache_dir: Path = CACHE_DIR, kind: str = "
     return cache_dir / f"bsds500_{split}_{size}px_{BACKBONE}_{kind}.npz"
 
 
+def check_kind(kind: str) -> str:
+    """`kind` if it names a cached feature kind (see the module docstring), else ValueError."""
+    block = kind.startswith("block") and kind[5:].isdigit() and int(kind[5:]) < 12
+    if kind not in ("tokens", "keys", "colour") and not block:
+        raise ValueError(f"feature kind must be tokens, keys, colour or blockNN, got {kind!r}")
+    return kind
+
+
 def compute_features(
     split: str, ids: Sequence[str], size: int, shared: Path = SHARED, kind: str = "tokens"
 ) -> np.ndarray:
     """float32 [B, size / 14, size / 14, E] features of the images, BATCH at a time."""
+    import jax
+
     from hiseg_jax import features
+    from hiseg_jax.models.vit import make_apply
     from hiseg_jax.paths import default_checkpoint_path
     from hiseg_jax.weights.checkpoint import load_backbone
 
     model = load_backbone(default_checkpoint_path())
+    cfg = model.config
+    blocks = (int(kind[5:]),) if kind.startswith("block") else ()
+    params, apply = make_apply(model)
+    apply = jax.jit(apply, static_argnames="blocks")
     out = []
     for start in range(0, len(ids), BATCH):
         chunk = load_images(split, ids[start : start + BATCH], shared)
         count = len(chunk)
         chunk += chunk[-1:] * (BATCH - count)
-        x = features.preprocess(chunk, size, model.config)
-        x = features.extract_features(model, x, kind)
+        x = features.preprocess(chunk, size, cfg)
+        if kind == "colour":
+            x = features.patch_colour(x, cfg)
+        elif blocks:
+            x = apply(params, x, blocks=blocks)[1][f"block_{blocks[0]:02d}"]
+        else:
+            x = features.extract_features(model, x, kind)
         out.append(np.asarray(x)[:count])
     return np.concatenate(out)
 
@@ -93,7 +116,8 @@ def bsds_features(
 ) -> tuple[list[str], np.ndarray]:
     """(ids, features) of the first `count` images of a split, from the cache when it has
     them (the cache is written or extended otherwise; `cache_dir=None`: no cache). `kind`:
-    "tokens" or "keys" (`features.extract_features`)."""
+    one of the module docstring's kinds."""
+    check_kind(kind)
     ids = split_ids(split, count, shared)
     path = None if cache_dir is None else cache_path(split, size, cache_dir, kind)
     have_ids, have = [], None
@@ -120,7 +144,7 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--features", default="tokens", choices=("tokens", "keys"))
+    parser.add_argument("--features", default="tokens", type=check_kind)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     args = parser.parse_args()
     start = time.perf_counter()

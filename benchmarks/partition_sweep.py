@@ -5,9 +5,13 @@ paper's stage A when the list starts with `@paper` (`PartitionConfig.paper()`), 
 `paper:@paper`, `k48:stage_a_k=48,lanczos_iters=128`; the quality levers beyond the
 partitioner are items of the same list: `refine=crf|guided` (leaves refined at image
 resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.FIELD=VALUE`
-(CRFConfig / GuidedConfig overrides, implying that refinement), `features=keys` (the last
-block's keys instead of the tokens) and `size=PIXELS` (input size; features cached by
-`bsds_data.py`), e.g. `gf:guided.radius=16`, `k560:size=560,refine=crf`. Every setting
+(CRFConfig / GuidedConfig overrides, implying that refinement), `features=SPEC` (the
+backbone features: `keys` for the last block's keys instead of the tokens, `block09` for
+block 9's output, or a mix `tokens+block09:0.5`, each part row-normalised and weighted),
+`colour=W` (`features.patch_colour`: each patch's mean CIELAB colour, centred and scaled
+per image, joined to the features with weight W: `features_mix`) and `size=PIXELS` (input
+size; features cached by `bsds_data.py`), e.g. `gf:guided.radius=16`,
+`k560:size=560,refine=crf`, `mix:features=tokens+block09:0.5,colour=0.5`. Every setting
 runs under each PRNG key on the cached default-backbone features of the first `--images`
 images of the split (`bsds_data.py`), in fixed batches of `--batch` images (a short last
 batch padded with copies), and its trees are scored against the human segmentations with
@@ -76,6 +80,33 @@ class Setting:
     size: int | None = None
 
 
+def feature_parts(spec: str) -> list[tuple[str, float]]:
+    """'tokens+block09:0.5+colour:0.3' -> [("tokens", 1), ("block09", .5), ("colour", .3)]."""
+    parts = []
+    for part in spec.split("+"):
+        kind, _, weight = part.partition(":")
+        try:
+            parts.append((bsds_data.check_kind(kind), float(weight or 1.0)))
+        except ValueError as error:
+            raise SystemExit(f"features {spec!r}: {error}") from None
+    return parts
+
+
+def features_mix(parts: Sequence[tuple[np.ndarray, str, float]]) -> np.ndarray:
+    """Features [B, h, w, sum E] of (features [B, h, w, E], kind, weight) parts: one part
+    as it is; several joined along E, each times its weight after deep features are
+    row-normalised (the "colour" part is already scaled per image), so the joined rows keep
+    the cosine graph low-rank (rank sum E + 1)."""
+    if len(parts) == 1:
+        return parts[0][0]
+    out = []
+    for x, kind, weight in parts:
+        if kind != "colour":
+            x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        out.append(np.float32(weight) * x)
+    return np.concatenate(out, axis=-1).astype(np.float32)
+
+
 def parse_setting(text: str) -> tuple[str, PartitionConfig]:
     """'name:[@paper,]field=value,...' -> (name, PartitionConfig)."""
     name, _, assignments = text.partition(":")
@@ -103,12 +134,13 @@ def _value(default: object, value: str) -> object:
 def parse_full_setting(text: str) -> Setting:
     """`parse_setting`'s syntax plus the sweep's own items: `refine=crf|guided|none`,
     `crf.FIELD=VALUE` / `guided.FIELD=VALUE` (CRFConfig / GuidedConfig overrides; they
-    imply that refinement), `features=tokens|keys`, `size=PIXELS`."""
+    imply that refinement), `features=SPEC` (`feature_parts`), `colour=W` (adds
+    `+colour:W` to the features), `size=PIXELS`."""
     name, _, assignments = text.partition(":")
     rest, extra = [], {}
     for item in (a for a in assignments.split(",") if a):
         field, _, value = item.partition("=")
-        if field in ("refine", "features", "size") or field.split(".")[0] in REFINERS:
+        if field in ("refine", "features", "colour", "size") or field.split(".")[0] in REFINERS:
             extra[field] = value
         else:
             rest.append(item)
@@ -132,8 +164,9 @@ def parse_full_setting(text: str) -> Setting:
                 kwargs[attr] = _value(getattr(base, attr), value)
         refiner = cls(**kwargs)
     features = extra.get("features", "tokens")
-    if features not in ("tokens", "keys"):
-        raise SystemExit(f"features must be tokens or keys in {text!r}")
+    if "colour" in extra:
+        features += f"+colour:{float(extra['colour'])}"
+    feature_parts(features)
     size = int(extra["size"]) if "size" in extra else None
     return Setting(name, config, refiner, features, size)
 
@@ -328,12 +361,15 @@ def main() -> None:
     rows, inputs = {}, {}
     for setting in settings:
         size = setting.size or args.size
-        if (setting.features, size) not in inputs:
-            ids, feats = bsds_data.bsds_features(
-                args.split, args.images, size, args.cache_dir, kind=setting.features
-            )
-            inputs[setting.features, size] = (ids, feats)
-        ids, feats = inputs[setting.features, size]
+        parts = []
+        for kind, weight in feature_parts(setting.features):
+            if (kind, size) not in inputs:
+                inputs[kind, size] = bsds_data.bsds_features(
+                    args.split, args.images, size, args.cache_dir, kind=kind
+                )
+            ids, x = inputs[kind, size]
+            parts.append((x, kind, weight))
+        feats = features_mix(parts)
         segs = bsds_data.segmentations(args.split, ids)
         images = bsds_data.load_images(args.split, ids) if setting.refine is not None else None
         data = Data(ids, feats, segs, images)

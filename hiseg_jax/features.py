@@ -148,3 +148,46 @@ def backbone_features(
     features = (tokens if kind == "tokens" else aux["keys"]).astype(jnp.float32)
     finite = jnp.isfinite(features).reshape(features.shape[0], -1).all(axis=1)
     return features, finite
+
+
+# sRGB (D65) -> CIE XYZ, and the D65 white point (the constants of the sRGB standard).
+SRGB_TO_XYZ = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+D65_WHITE = (0.95047, 1.0, 1.08883)
+
+
+def srgb_to_lab(rgb: jax.Array) -> jax.Array:
+    """sRGB in [0, 1] `[..., 3]` -> CIELAB `[..., 3]` (L in [0, 100]; D65 white)."""
+    linear = jnp.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = linear @ jnp.asarray(SRGB_TO_XYZ, rgb.dtype).T / jnp.asarray(D65_WHITE, rgb.dtype)
+    delta = 6.0 / 29.0
+    f = jnp.where(
+        xyz > delta**3, jnp.cbrt(jnp.maximum(xyz, delta**3)), xyz / (3 * delta**2) + 4.0 / 29.0
+    )
+    return jnp.stack(
+        [
+            116.0 * f[..., 1] - 16.0,
+            500.0 * (f[..., 0] - f[..., 1]),
+            200.0 * (f[..., 1] - f[..., 2]),
+        ],
+        axis=-1,
+    )
+
+
+def patch_colour(images: jax.Array, config: ViTConfig) -> jax.Array:
+    """Colour cue of each patch: preprocessed images `[B, H, W, 3]` (normalised with
+    `config.image_mean` / `config.image_std`) -> `[B, h, w, 3]` mean CIELAB colour of each
+    patch, centred on the image's mean colour and divided by the image's root-mean-square
+    distance to it (mean squared norm 1 per image; 0 for a one-colour image)."""
+    mean = jnp.asarray(config.image_mean, images.dtype)
+    std = jnp.asarray(config.image_std, images.dtype)
+    lab = srgb_to_lab(jnp.clip(images * std + mean, 0.0, 1.0))
+    b, height, width, _ = lab.shape
+    p = config.patch_size
+    lab = lab.reshape(b, height // p, p, width // p, p, 3).mean(axis=(2, 4))
+    centred = lab - lab.mean(axis=(1, 2), keepdims=True)
+    rms = jnp.sqrt(jnp.mean(jnp.sum(centred**2, axis=-1), axis=(1, 2)))
+    return centred / jnp.maximum(rms, 1e-6)[:, None, None, None]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 import pytest
+import skimage.color
 import skimage.data
 from flax import nnx
 
-from hiseg_jax.features import extract_features, image_size, preprocess
+from hiseg_jax.features import (
+    extract_features,
+    image_size,
+    patch_colour,
+    preprocess,
+    srgb_to_lab,
+)
 from hiseg_jax.models.vit import ViT, ViTConfig, get_config
 
 TINY = ViTConfig(
@@ -118,3 +126,47 @@ def test_extract_features_compiles_once_per_shape_and_takes_params_as_arguments(
 def test_extract_features_rejects_bad_input(tiny_model, images, kind, message):
     with pytest.raises(ValueError, match=message):
         extract_features(tiny_model, images, kind=kind)
+
+
+def _lab_reference(rgb: np.ndarray) -> np.ndarray:
+    """sRGB [..., 3] in [0, 1] -> CIELAB (D65), the textbook formulas in float64."""
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    m = np.array([[0.412453, 0.35758, 0.180423], [0.212671, 0.71516, 0.072169],
+                  [0.019334, 0.119193, 0.950227]])  # fmt: skip
+    xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
+
+
+def test_srgb_to_lab_matches_the_formula_and_skimage():
+    rng = np.random.default_rng(0)
+    rgb = rng.random((64, 3))
+    rgb[:4] = [[0, 0, 0], [1, 1, 1], [0.01, 0.02, 0.03], [1, 0, 0]]  # black, white, dark, red
+    got = np.asarray(srgb_to_lab(jax.numpy.asarray(rgb, np.float32)))
+    np.testing.assert_allclose(got, _lab_reference(rgb), atol=2e-3)
+    np.testing.assert_allclose(got, skimage.color.rgb2lab(rgb), atol=2e-3)
+    np.testing.assert_allclose(got[1], [100, 0, 0], atol=1e-2)  # the white point
+
+
+class PatchColourTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_patch_colour_is_the_centred_scaled_patch_mean_lab(self):
+        config = get_config("dinov2_vits14")
+        images = [skimage.data.chelsea(), skimage.data.astronaut()]
+        x = preprocess(images, (28, 42), config)
+        got = np.asarray(self.variant(patch_colour, static_argnums=1)(x, config))
+        rgb = np.clip(x * np.asarray(config.image_std) + np.asarray(config.image_mean), 0, 1)
+        lab = _lab_reference(rgb.astype(np.float64))
+        want = lab.reshape(2, 2, 14, 3, 14, 3).mean(axis=(2, 4))
+        want -= want.mean(axis=(1, 2), keepdims=True)
+        want /= np.sqrt((want**2).sum(-1).mean(axis=(1, 2)))[:, None, None, None]
+        chex.assert_shape(got, (2, 2, 3, 3))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_patch_colour_of_a_one_colour_image_is_zero():
+    config = get_config("dinov2_vits14")
+    x = preprocess(np.full((1, 28, 28, 3), 90, np.uint8), 28, config)
+    np.testing.assert_array_equal(np.asarray(patch_colour(x, config)), 0.0)
