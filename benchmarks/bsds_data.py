@@ -3,9 +3,9 @@
 Features are computed once per (split, size) and stored as one .npz per split and size:
 `<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>.npz` holding `x` float32
 [B, size / 14, size / 14, E] and `ids` (image ids, sorted by name, the first `count` of the
-split). Kinds (`check_kind`): "tokens", "keys" (`features.extract_features`), "blockNN" (the patch
-tokens output by block NN, 0-based, before any norm) and "colour" (`features.patch_colour`:
-each patch's mean CIELAB colour of the resized input, centred and scaled per image, E = 3).
+split). Kinds (`features.feature_parts`, one per cache): "tokens", "keys", "blockNN" (the
+patch tokens output by block NN, 0-based, before any norm) and "colour"
+(`features.patch_colour`: each patch's mean CIELAB colour, centred and scaled per image).
 Exact preprocessing: `images.load_image`, then `features.preprocess`
 (antialiased bilinear resize to size x size, aspect ratio not kept, ImageNet normalisation),
 then `features.extract_features(model, x, kind)` of the default backbone
@@ -67,10 +67,11 @@ def cache_path(split: str, size: int, cache_dir: Path = CACHE_DIR, kind: str = "
 
 
 def check_kind(kind: str) -> str:
-    """`kind` if it names a cached feature kind (see the module docstring), else ValueError."""
-    block = kind.startswith("block") and kind[5:].isdigit() and int(kind[5:]) < 12
-    if kind not in ("tokens", "keys", "colour") and not block:
-        raise ValueError(f"feature kind must be tokens, keys, colour or blockNN, got {kind!r}")
+    """`kind` if it names one cached feature kind (`features.feature_parts`), else ValueError."""
+    from hiseg_jax.features import feature_parts
+
+    if len(feature_parts(kind)) != 1 or ":" in kind:
+        raise ValueError(f"one feature kind per cache, got {kind!r}")
     return kind
 
 
@@ -78,30 +79,18 @@ def compute_features(
     split: str, ids: Sequence[str], size: int, shared: Path = SHARED, kind: str = "tokens"
 ) -> np.ndarray:
     """float32 [B, size / 14, size / 14, E] features of the images, BATCH at a time."""
-    import jax
-
     from hiseg_jax import features
-    from hiseg_jax.models.vit import make_apply
     from hiseg_jax.paths import default_checkpoint_path
     from hiseg_jax.weights.checkpoint import load_backbone
 
     model = load_backbone(default_checkpoint_path())
-    cfg = model.config
-    blocks = (int(kind[5:]),) if kind.startswith("block") else ()
-    params, apply = make_apply(model)
-    apply = jax.jit(apply, static_argnames="blocks")
     out = []
     for start in range(0, len(ids), BATCH):
         chunk = load_images(split, ids[start : start + BATCH], shared)
         count = len(chunk)
         chunk += chunk[-1:] * (BATCH - count)
-        x = features.preprocess(chunk, size, cfg)
-        if kind == "colour":
-            x = features.patch_colour(x, cfg)
-        elif blocks:
-            x = apply(params, x, blocks=blocks)[1][f"block_{blocks[0]:02d}"]
-        else:
-            x = features.extract_features(model, x, kind)
+        x = features.preprocess(chunk, size, model.config)
+        x = features.extract_features(model, x, kind)
         out.append(np.asarray(x)[:count])
     return np.concatenate(out)
 

@@ -9,7 +9,7 @@ resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.F
 backbone features: `keys` for the last block's keys instead of the tokens, `block09` for
 block 9's output, or a mix `tokens+block09:0.5`, each part row-normalised and weighted),
 `colour=W` (`features.patch_colour`: each patch's mean CIELAB colour, centred and scaled
-per image, joined to the features with weight W: `features_mix`) and `size=PIXELS` (input
+per image, joined to the features with weight W: `features.join_features`) and `size=PIXELS` (input
 size; features cached by `bsds_data.py`), e.g. `gf:guided.radius=16`,
 `k560:size=560,refine=crf`, `mix:features=tokens+block09:0.5,colour=0.5`. Every setting
 runs under each PRNG key on the cached default-backbone features of the first `--images`
@@ -56,6 +56,7 @@ import bsds_data  # noqa: E402
 from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels  # noqa: E402
 from hiseg_jax.crf.guided import GuidedConfig, guided_level_labels  # noqa: E402
 from hiseg_jax.evaluation import scoring as eval_scoring  # noqa: E402
+from hiseg_jax.features import feature_parts, join_features  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 from hiseg_jax.spectral.partition import partition  # noqa: E402
 from hiseg_jax.tree import Tree  # noqa: E402
@@ -78,33 +79,6 @@ class Setting:
     refine: CRFConfig | GuidedConfig | None = None
     features: str = "tokens"
     size: int | None = None
-
-
-def feature_parts(spec: str) -> list[tuple[str, float]]:
-    """'tokens+block09:0.5+colour:0.3' -> [("tokens", 1), ("block09", .5), ("colour", .3)]."""
-    parts = []
-    for part in spec.split("+"):
-        kind, _, weight = part.partition(":")
-        try:
-            parts.append((bsds_data.check_kind(kind), float(weight or 1.0)))
-        except ValueError as error:
-            raise SystemExit(f"features {spec!r}: {error}") from None
-    return parts
-
-
-def features_mix(parts: Sequence[tuple[np.ndarray, str, float]]) -> np.ndarray:
-    """Features [B, h, w, sum E] of (features [B, h, w, E], kind, weight) parts: one part
-    as it is; several joined along E, each times its weight after deep features are
-    row-normalised (the "colour" part is already scaled per image), so the joined rows keep
-    the cosine graph low-rank (rank sum E + 1)."""
-    if len(parts) == 1:
-        return parts[0][0]
-    out = []
-    for x, kind, weight in parts:
-        if kind != "colour":
-            x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-        out.append(np.float32(weight) * x)
-    return np.concatenate(out, axis=-1).astype(np.float32)
 
 
 def parse_setting(text: str) -> tuple[str, PartitionConfig]:
@@ -134,7 +108,7 @@ def _value(default: object, value: str) -> object:
 def parse_full_setting(text: str) -> Setting:
     """`parse_setting`'s syntax plus the sweep's own items: `refine=crf|guided|none`,
     `crf.FIELD=VALUE` / `guided.FIELD=VALUE` (CRFConfig / GuidedConfig overrides; they
-    imply that refinement), `features=SPEC` (`feature_parts`), `colour=W` (adds
+    imply that refinement), `features=SPEC` (`features.feature_parts`), `colour=W` (adds
     `+colour:W` to the features), `size=PIXELS`."""
     name, _, assignments = text.partition(":")
     rest, extra = [], {}
@@ -166,7 +140,10 @@ def parse_full_setting(text: str) -> Setting:
     features = extra.get("features", "tokens")
     if "colour" in extra:
         features += f"+colour:{float(extra['colour'])}"
-    feature_parts(features)
+    try:
+        feature_parts(features)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     size = int(extra["size"]) if "size" in extra else None
     return Setting(name, config, refiner, features, size)
 
@@ -369,7 +346,7 @@ def main() -> None:
                 )
             ids, x = inputs[kind, size]
             parts.append((x, kind, weight))
-        feats = features_mix(parts)
+        feats = np.asarray(join_features(parts))
         segs = bsds_data.segmentations(args.split, ids)
         images = bsds_data.load_images(args.split, ids) if setting.refine is not None else None
         data = Data(ids, feats, segs, images)

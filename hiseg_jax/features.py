@@ -22,7 +22,10 @@ from PIL import Image
 
 from hiseg_jax.models.vit import ViT, ViTConfig
 
-FeatureKind = Literal["tokens", "keys"]
+# The features of the graph: one kind, or several joined (`feature_parts`): "tokens" (after
+# the final norm), "keys" (last block), "blockNN" (block NN's output, 0-based), "colour"
+# (`patch_colour`, not a backbone output); e.g. "tokens+block09:0.5+colour:0.5".
+FeatureKind = str
 FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys")
 # Default input size: the default backbone is a ViT-S/14 trained at 518 px (37 x 37 grid);
 # 448 px gives a 32 x 32 grid, N = 1024 patches, about 5 per stage-A part at P = 200, while
@@ -100,18 +103,87 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+def feature_parts(spec: str) -> tuple[tuple[str, float], ...]:
+    """'tokens+block09:0.5+colour:0.3' -> (("tokens", 1.0), ("block09", 0.5), ("colour", 0.3)).
+
+    ValueError naming the problem for an unknown kind, a bad or non-positive weight, or a kind
+    given twice."""
+    parts = []
+    for part in spec.split("+") if isinstance(spec, str) else [spec]:
+        kind, _, weight = str(part).partition(":")
+        block = kind.startswith("block") and kind[5:].isdigit() and len(kind) == 7
+        if kind not in (*FEATURE_KINDS, "colour") and not block:
+            raise ValueError(
+                f"features {spec!r}: {kind!r} is not one of tokens, keys, blockNN (e.g. "
+                "block09), colour"
+            )
+        try:
+            value = float(weight or 1.0)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or not np.isfinite(value):
+            raise ValueError(f"features {spec!r}: weight {weight!r} is not a positive number")
+        parts.append((kind, value))
+    if len({k for k, _ in parts}) < len(parts):
+        raise ValueError(f"features {spec!r}: a kind is given twice")
+    return tuple(parts)
+
+
+def feature_blocks(spec: str) -> tuple[int, ...]:
+    """The block indices whose outputs the features `spec` needs from the backbone."""
+    return tuple(int(kind[5:]) for kind, _ in feature_parts(spec) if kind.startswith("block"))
+
+
+def join_features(parts: Sequence[tuple[jax.Array, str, float]]) -> jax.Array:
+    """Features `[B, h, w, sum E]` of (features `[B, h, w, E]`, kind, weight) parts: one part
+    as it is; several joined along E, each times its weight after backbone features are
+    row-normalised ("colour" is already scaled per image, `patch_colour`). The graph's cosine
+    adjacency of the joined rows stays low-rank (rank sum E + 1)."""
+    if len(parts) == 1:
+        return parts[0][0]
+    out = []
+    for x, kind, weight in parts:
+        x = jnp.asarray(x, jnp.float32)
+        if kind != "colour":
+            norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+            x = x / jnp.maximum(norm, 1e-12)
+        out.append(weight * x)
+    return jnp.concatenate(out, axis=-1)
+
+
+def select_features(
+    tokens: jax.Array,
+    aux: dict[str, jax.Array],
+    images: jax.Array,
+    spec: FeatureKind,
+    config: ViTConfig,
+) -> jax.Array:
+    """The features `spec` (`feature_parts`) of a backbone's outputs `(tokens, aux)` (aux
+    holding the blocks of `feature_blocks(spec)`) and its input images `[B, H, W, 3]`."""
+    pieces = []
+    for kind, weight in feature_parts(spec):
+        if kind == "colour":
+            x = patch_colour(images.astype(jnp.float32), config)
+        elif kind.startswith("block"):
+            x = aux[f"block_{int(kind[5:]):02d}"].astype(jnp.float32)
+        else:
+            x = tokens if kind == "tokens" else aux["keys"]
+        pieces.append((x, kind, weight))
+    return join_features(pieces)
+
+
 def extract_features(
     model: ViT, images: np.ndarray | jax.Array, kind: FeatureKind = "tokens"
 ) -> jax.Array:
     """Patch features `[B, h, w, E]` of preprocessed images `[B, H, W, 3]` (h = H / patch).
 
     `kind="tokens"`: patch tokens after the final LayerNorm (the paper's features);
-    `kind="keys"`: the last block's attention keys (Deep Spectral Methods' choice).
+    `kind="keys"`: the last block's attention keys (Deep Spectral Methods' choice); or any
+    `feature_parts` spec (intermediate blocks, the colour cue, mixes).
     Compiled once per (model structure, input shape, kind); the params are passed to the
     compiled function as arguments, never baked in as constants.
     """
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"kind must be one of {FEATURE_KINDS}, got {kind!r}")
+    feature_parts(kind)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [B, H, W, 3], got shape {tuple(images.shape)}")
     if not np.issubdtype(images.dtype, np.floating):
@@ -127,8 +199,9 @@ def compiled_features(
 ) -> jax.Array:
     """The jitted core of `extract_features` (no checks): one compilation per model
     structure, input shape and kind; the params are arguments, never baked-in constants."""
-    tokens, aux = nnx.merge(graphdef, params)(images)
-    return tokens if kind == "tokens" else aux["keys"]
+    model = nnx.merge(graphdef, params)
+    tokens, aux = model(images, blocks=feature_blocks(kind))
+    return select_features(tokens, aux, images, kind, model.config)
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
@@ -139,13 +212,23 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
 
 
 def backbone_features(
-    apply: Callable, params: Any, images: jax.Array, kind: FeatureKind, dtype: Any
+    apply: Callable,
+    params: Any,
+    images: jax.Array,
+    kind: FeatureKind,
+    dtype: Any,
+    config: ViTConfig | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Traced backbone in `dtype` (params must already be in it, see `cast_floating`):
     images [B, H, W, 3] -> (float32 features [B, h, w, E], bool [B] all of the image's
-    features finite). `apply` is `models.vit.make_apply`'s; no host checks."""
-    tokens, aux = apply(params, images.astype(dtype))
-    features = (tokens if kind == "tokens" else aux["keys"]).astype(jnp.float32)
+    features finite). `apply` is `models.vit.make_apply`'s; `kind` a `feature_parts` spec
+    (`config`, the backbone's, is needed for "colour"); no host checks."""
+    if config is None and "colour" in dict(feature_parts(kind)):
+        raise ValueError("the colour features need the backbone's config")
+    tokens, aux = apply(params, images.astype(dtype), blocks=feature_blocks(kind))
+    tokens = tokens.astype(jnp.float32)
+    aux = {name: x.astype(jnp.float32) for name, x in aux.items()}
+    features = select_features(tokens, aux, images, kind, config)
     finite = jnp.isfinite(features).reshape(features.shape[0], -1).all(axis=1)
     return features, finite
 
