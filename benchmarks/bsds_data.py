@@ -1,11 +1,14 @@
 """BSDS500 images, human segmentations and cached default-backbone features for benchmarks.
 
 Features are computed once per (split, size, kind, stride) and stored as one .npz each:
-`<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>[_s<stride>].npz` (kind "tokens" or
-"keys"; the `_s<stride>` suffix only for a patch-embedding stride other than the patch size
-14, `features.extract_features(..., stride=)`) holding `x` float32 [B, h, h, E]
-(h = (size - 14) / stride + 1) and `ids` (image ids, sorted by name, the first `count` of
-the split). Exact preprocessing: `images.load_image`, then `features.preprocess`
+`<cache_dir>/bsds500_<split>_<size>px_<backbone>_<kind>[_s<stride>].npz` holding `x` float32
+[B, h, h, E] (h = (size - 14) / stride + 1) and `ids` (image ids, sorted by name, the first
+`count` of the split). Kinds (`features.feature_parts`, one per cache): "tokens", "keys",
+"blockNN" (the patch tokens output by block NN, 0-based, before any norm) and "colour"
+(`features.patch_colour`: each patch's mean CIELAB colour, centred and scaled per image); the
+`_s<stride>` suffix only for a patch-embedding stride other than the patch size 14
+(`features.extract_features(..., stride=)`). Exact preprocessing: `images.load_image`, then
+`features.preprocess`
 (antialiased bilinear resize to size x size, aspect ratio not kept, ImageNet normalisation),
 then `features.extract_features(model, x, kind, stride)` of the default backbone
 (`dinov2_vits14_imgfocus`), always in batches of `BATCH` images (a short last batch is
@@ -73,6 +76,15 @@ def cache_path(
     return cache_dir / f"bsds500_{split}_{size}px_{BACKBONE}_{kind}{suffix}.npz"
 
 
+def check_kind(kind: str) -> str:
+    """`kind` if it names one cached feature kind (`features.feature_parts`), else ValueError."""
+    from hiseg_jax.features import feature_parts
+
+    if len(feature_parts(kind)) != 1 or ":" in kind:
+        raise ValueError(f"one feature kind per cache, got {kind!r}")
+    return kind
+
+
 def compute_features(
     split: str,
     ids: Sequence[str],
@@ -110,7 +122,9 @@ def bsds_features(
 ) -> tuple[list[str], np.ndarray]:
     """(ids, features) of the first `count` images of a split, from the cache when it has
     them (the cache is written or extended otherwise; `cache_dir=None`: no cache). `kind`:
-    "tokens" or "keys", `stride`: the patch embedding's (`features.extract_features`)."""
+    one of the module docstring's kinds, `stride`: the patch embedding's
+    (`features.extract_features`)."""
+    check_kind(kind)
     ids = split_ids(split, count, shared)
     path = None if cache_dir is None else cache_path(split, size, cache_dir, kind, stride)
     have_ids, have = [], None
@@ -145,7 +159,7 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=("train", "val"))
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--features", default="tokens", choices=("tokens", "keys"))
+    parser.add_argument("--features", default="tokens", type=check_kind)
     parser.add_argument("--stride", type=int, default=None)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
     args = parser.parse_args()

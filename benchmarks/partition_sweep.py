@@ -5,12 +5,16 @@ paper's stage A when the list starts with `@paper` (`PartitionConfig.paper()`), 
 `paper:@paper`, `k48:stage_a_k=48,lanczos_iters=128`; the quality levers beyond the
 partitioner are items of the same list: `refine=crf|guided` (leaves refined at image
 resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.FIELD=VALUE`
-(CRFConfig / GuidedConfig overrides, implying that refinement), `features=keys` (the last
-block's keys instead of the tokens), `size=PIXELS` (input size; features cached by
-`bsds_data.py`) and `stride=PIXELS` (the patch embedding's stride, the "stride trick" of
-overlapping patches: a grid of (size - 14) / stride + 1 patches per side), e.g.
-`gf:guided.radius=16`, `k560:size=560,refine=crf`, `s7:stride=7`. Every setting runs under
-each PRNG key on the cached default-backbone features of the first `--images` images of the
+(CRFConfig / GuidedConfig overrides, implying that refinement), `features=SPEC` (the
+backbone features: `keys` for the last block's keys instead of the tokens, `block09` for
+block 9's output, or a mix `tokens+block09:0.5`, each part row-normalised and weighted),
+`colour=W` (`features.patch_colour`: each patch's mean CIELAB colour, centred and scaled
+per image, joined to the features with weight W: `features.join_features`), `size=PIXELS`
+(input size; features cached by `bsds_data.py`) and `stride=PIXELS` (the patch embedding's
+stride, the "stride trick" of overlapping patches: a grid of (size - 14) / stride + 1
+patches per side), e.g. `gf:guided.radius=16`, `k560:size=560,refine=crf`,
+`mix:features=tokens+block09:0.5,colour=0.5`, `s7:stride=7`. Every setting runs under each
+PRNG key on the cached default-backbone features of the first `--images` images of the
 split (`bsds_data.py`), in fixed batches of `--batch` images (a short last batch padded with
 copies), and its trees are scored against the human segmentations with
 the project's metrics exactly as `hiseg evaluate` scores them (`eval_scoring`: image
@@ -55,6 +59,7 @@ import bsds_data  # noqa: E402
 from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels  # noqa: E402
 from hiseg_jax.crf.guided import GuidedConfig, guided_level_labels  # noqa: E402
 from hiseg_jax.evaluation import scoring as eval_scoring  # noqa: E402
+from hiseg_jax.features import feature_parts, join_features  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 from hiseg_jax.spectral.partition import partition  # noqa: E402
 from hiseg_jax.tree import Tree  # noqa: E402
@@ -107,12 +112,15 @@ def _value(default: object, value: str) -> object:
 def parse_full_setting(text: str) -> Setting:
     """`parse_setting`'s syntax plus the sweep's own items: `refine=crf|guided|none`,
     `crf.FIELD=VALUE` / `guided.FIELD=VALUE` (CRFConfig / GuidedConfig overrides; they
-    imply that refinement), `features=tokens|keys`, `size=PIXELS`, `stride=PIXELS`."""
+    imply that refinement), `features=SPEC` (`features.feature_parts`), `colour=W` (adds
+    `+colour:W` to the features), `size=PIXELS`, `stride=PIXELS`."""
     name, _, assignments = text.partition(":")
     rest, extra = [], {}
     for item in (a for a in assignments.split(",") if a):
         field, _, value = item.partition("=")
-        if field in ("refine", "features", "size", "stride") or field.split(".")[0] in REFINERS:
+        if field in ("refine", "features", "colour", "size", "stride") or (
+            field.split(".")[0] in REFINERS
+        ):
             extra[field] = value
         else:
             rest.append(item)
@@ -136,8 +144,12 @@ def parse_full_setting(text: str) -> Setting:
                 kwargs[attr] = _value(getattr(base, attr), value)
         refiner = cls(**kwargs)
     features = extra.get("features", "tokens")
-    if features not in ("tokens", "keys"):
-        raise SystemExit(f"features must be tokens or keys in {text!r}")
+    if "colour" in extra:
+        features += f"+colour:{float(extra['colour'])}"
+    try:
+        feature_parts(features)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     size = int(extra["size"]) if "size" in extra else None
     stride = int(extra["stride"]) if "stride" in extra else None
     return Setting(name, config, refiner, features, size, stride)
@@ -338,17 +350,16 @@ def main() -> None:
     rows, inputs = {}, {}
     for setting in settings:
         size = setting.size or args.size
-        source = (setting.features, size, setting.stride)
-        if source not in inputs:
-            inputs[source] = bsds_data.bsds_features(
-                args.split,
-                args.images,
-                size,
-                args.cache_dir,
-                kind=setting.features,
-                stride=setting.stride,
-            )
-        ids, feats = inputs[source]
+        parts = []
+        for kind, weight in feature_parts(setting.features):
+            source = (kind, size, setting.stride)
+            if source not in inputs:
+                inputs[source] = bsds_data.bsds_features(
+                    args.split, args.images, size, args.cache_dir, kind=kind, stride=setting.stride
+                )
+            ids, x = inputs[source]
+            parts.append((x, kind, weight))
+        feats = np.asarray(join_features(parts))
         segs = bsds_data.segmentations(args.split, ids)
         images = bsds_data.load_images(args.split, ids) if setting.refine is not None else None
         data = Data(ids, feats, segs, images)

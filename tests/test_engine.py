@@ -45,6 +45,16 @@ def test_backbone_float32_equals_extract_features(model):
     assert finite.tolist() == [True, True]
 
 
+def test_step_backbone_computes_mixed_features_as_extract_features(model):
+    spec = "keys+block00:0.5+colour:0.5"
+    step = make_step(model, 32, CONFIG, features=spec)
+    images = preprocess(_images(2), 32, TINY_VIT)
+    params, batch, _ = step.arguments(images)
+    features, finite, _ = step.programs.backbone(params, batch)
+    assert features.shape == (2, 8, 8, 32 + 32 + 3) and finite.tolist() == [True, True]
+    np.testing.assert_allclose(features, extract_features(model, images, spec), atol=1e-6)
+
+
 def test_backbone_bfloat16_runs_in_bfloat16_and_returns_float32(model):
     images = preprocess(_images(2), 32, TINY_VIT)
     params, apply = make_apply(model)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import numpy as np
 import pytest
+import skimage.color
 import skimage.data
 from flax import nnx
 
-from hiseg_jax.features import extract_features, image_size, preprocess
-from hiseg_jax.models.vit import ViT, ViTConfig, get_config
+from hiseg_jax.features import (
+    backbone_features,
+    extract_features,
+    feature_parts,
+    image_size,
+    patch_colour,
+    preprocess,
+    srgb_to_lab,
+)
+from hiseg_jax.models.vit import ViT, ViTConfig, get_config, make_apply
 
 TINY = ViTConfig(
     "dinov2", patch_size=4, width=32, depth=2, heads=2, mlp_dim=64, layer_scale=True, posemb_grid=4
@@ -122,7 +132,7 @@ def test_extract_features_compiles_once_per_shape_and_takes_params_as_arguments(
 @pytest.mark.parametrize(
     ("images", "kind", "message"),
     [
-        (np.zeros((1, 16, 16, 3), np.float32), "values", "kind must be one of"),
+        (np.zeros((1, 16, 16, 3), np.float32), "values", "'values' is not one of"),
         (np.zeros((1, 18, 16, 3), np.float32), "tokens", "18x16 is not a multiple of the patch"),
         (np.zeros((1, 16, 16, 3), np.uint8), "tokens", "preprocessed floats"),
         (np.zeros((16, 16, 3), np.float32), "tokens", r"\[B, H, W, 3\]"),
@@ -136,3 +146,106 @@ def test_extract_features_rejects_bad_input(tiny_model, images, kind, message):
     options = dict(stride=kind) if isinstance(kind, int) else dict(kind=kind)
     with pytest.raises(ValueError, match=message):
         extract_features(tiny_model, images, **options)
+
+
+def _lab_reference(rgb: np.ndarray) -> np.ndarray:
+    """sRGB [..., 3] in [0, 1] -> CIELAB (D65), the textbook formulas in float64."""
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    m = np.array([[0.412453, 0.35758, 0.180423], [0.212671, 0.71516, 0.072169],
+                  [0.019334, 0.119193, 0.950227]])  # fmt: skip
+    xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
+
+
+def test_srgb_to_lab_matches_the_formula_and_skimage():
+    rng = np.random.default_rng(0)
+    rgb = rng.random((64, 3))
+    rgb[:4] = [[0, 0, 0], [1, 1, 1], [0.01, 0.02, 0.03], [1, 0, 0]]  # black, white, dark, red
+    got = np.asarray(srgb_to_lab(jax.numpy.asarray(rgb, np.float32)))
+    np.testing.assert_allclose(got, _lab_reference(rgb), atol=2e-3)
+    np.testing.assert_allclose(got, skimage.color.rgb2lab(rgb), atol=2e-3)
+    np.testing.assert_allclose(got[1], [100, 0, 0], atol=1e-2)  # the white point
+
+
+class PatchColourTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_patch_colour_is_the_centred_scaled_patch_mean_lab(self):
+        config = get_config("dinov2_vits14")
+        images = [skimage.data.chelsea(), skimage.data.astronaut()]
+        x = preprocess(images, (28, 42), config)
+        got = np.asarray(self.variant(patch_colour, static_argnums=1)(x, config))
+        rgb = np.clip(x * np.asarray(config.image_std) + np.asarray(config.image_mean), 0, 1)
+        lab = _lab_reference(rgb.astype(np.float64))
+        want = lab.reshape(2, 2, 14, 3, 14, 3).mean(axis=(2, 4))
+        want -= want.mean(axis=(1, 2), keepdims=True)
+        want /= np.sqrt((want**2).sum(-1).mean(axis=(1, 2)))[:, None, None, None]
+        chex.assert_shape(got, (2, 2, 3, 3))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_patch_colour_of_a_one_colour_image_is_zero():
+    config = get_config("dinov2_vits14")
+    x = preprocess(np.full((1, 28, 28, 3), 90, np.uint8), 28, config)
+    np.testing.assert_array_equal(np.asarray(patch_colour(x, config)), 0.0)
+
+
+def test_feature_parts_parses_kinds_and_weights():
+    assert feature_parts("tokens") == (("tokens", 1.0),)
+    assert feature_parts("tokens+block09:0.5+colour:.25") == (
+        ("tokens", 1.0),
+        ("block09", 0.5),
+        ("colour", 0.25),
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("pixels", "'pixels' is not one of"),
+        ("block9", "'block9' is not one of"),
+        ("tokens+colour:-1", "not a positive number"),
+        ("tokens+colour:x", "not a positive number"),
+        ("tokens+tokens:2", "given twice"),
+    ],
+)
+def test_feature_parts_rejects_bad_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        feature_parts(spec)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class MixedFeaturesTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_mixes_join_normalised_blocks_and_the_colour_cue(self):
+        model = ViT(TINY, rngs=nnx.Rngs(0))
+        images = preprocess([skimage.data.chelsea()], (12, 20), TINY)
+        tokens, aux = model(jax.numpy.asarray(images), blocks=(0,))
+        spec = "tokens+block00:0.5+colour:2"
+        params, apply = make_apply(model)
+        run = lambda p, x: backbone_features(apply, p, x, spec, jax.numpy.float32, TINY)
+        got, finite = self.variant(run)(params, images)
+        colour = np.asarray(patch_colour(images, TINY))
+        want = np.concatenate([_unit(tokens), 0.5 * _unit(aux["block_00"]), 2 * colour], -1)
+        chex.assert_shape(got, (1, 3, 5, 32 + 32 + 3))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(extract_features(model, images, spec), want, atol=1e-5)
+        assert finite.tolist() == [True]
+
+
+def test_colour_features_need_the_backbone_config(tiny_model):
+    params, apply = make_apply(tiny_model)
+    images = np.zeros((1, 8, 8, 3), np.float32)
+    with pytest.raises(ValueError, match="need the backbone's config"):
+        backbone_features(apply, params, images, "colour", jax.numpy.float32)
+
+
+def test_the_colour_cue_refuses_a_stride(tiny_model):
+    images = np.zeros((1, 16, 16, 3), np.float32)
+    with pytest.raises(ValueError, match="colour cue needs whole patches"):
+        extract_features(tiny_model, images, kind="tokens+colour:0.25", stride=2)

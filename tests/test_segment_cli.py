@@ -191,6 +191,9 @@ def test_bad_settings_exit_with_a_message(tmp_path, capsys, default_checkpoint):
     assert "levels must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*argv, "--adjacency", "cosine"])
+    with pytest.raises(SystemExit):
+        main([*argv, "--features", "tokens+pixels"])
+    assert "'pixels' is not one of tokens, keys, blockNN" in capsys.readouterr().err
 
 
 def tiny_images(folder: Path, count: int) -> list[str]:

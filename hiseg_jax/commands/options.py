@@ -13,7 +13,7 @@ from pathlib import Path
 from hiseg_jax.crf.refine import METHODS
 from hiseg_jax.engine.sharding import initialize_distributed
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
-from hiseg_jax.features import DEFAULT_SIZE, FEATURE_KINDS
+from hiseg_jax.features import DEFAULT_SIZE, feature_parts
 from hiseg_jax.files import AnyPath, as_path
 from hiseg_jax.paths import DEFAULT_BACKBONE
 from hiseg_jax.spectral.config import PartitionConfig
@@ -69,6 +69,15 @@ def parse_size(text: str) -> int | tuple[int, int]:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise argparse.ArgumentTypeError(f"size must be S or HxW, got {text!r}")
+
+
+def parse_features(text: str) -> str:
+    """A `features.feature_parts` spec, checked: 'tokens', 'tokens+colour:0.5', ..."""
+    try:
+        feature_parts(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def local_path(text: str) -> Path:
@@ -139,9 +148,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--features",
-        choices=FEATURE_KINDS,
+        type=parse_features,
         default="tokens",
-        help="patch tokens (the paper's) or last-block keys (default: tokens)",
+        help="tokens (the paper's), keys (last block's), blockNN (block NN's output), colour "
+        "(patch mean CIELAB) or a weighted mix, e.g. tokens+colour:0.5 (default: tokens)",
     )
     parser.add_argument(
         "--seed",

@@ -1,7 +1,7 @@
 """`hiseg segment`: images and folders in, one folder of files per image out.
 
     hiseg segment [IMAGES_OR_FOLDERS ...] [--out DIR] [--backbone NAME_OR_PATH] [--size S]
-                  [--batch-size B] [--features tokens|keys] [--seed N]
+                  [--batch-size B] [--features tokens|keys|SPEC] [--seed N]
                   [--refine guided|crf|none | --crf] [--no-viewer]
                   [--levels L --n-parts P --stage-b-solver S ... (every PartitionConfig field)]
 

@@ -45,11 +45,11 @@ from hiseg_jax.engine.sharding import (
 )
 from hiseg_jax.features import (
     BACKBONE_DTYPES,
-    FEATURE_KINDS,
     BackboneDType,
     FeatureKind,
     backbone_features,
     cast_floating,
+    feature_parts,
     image_size,
 )
 from hiseg_jax.metrics.checks import raise_for_violations
@@ -150,8 +150,11 @@ def _programs(
     compilations, so repeated steps with the same settings compile nothing)."""
 
     def backbone(params: nnx.State, images: jax.Array) -> tuple[jax.Array, ...]:
-        apply = lambda p, x: nnx.merge(graphdef, p)(x)
-        features, finite = backbone_features(apply, params, images, kind, BACKBONE_DTYPES[dtype])
+        apply = lambda p, x, blocks=(): nnx.merge(graphdef, p)(x, blocks=blocks)
+        vit = nnx.merge(graphdef, params).config
+        features, finite = backbone_features(
+            apply, params, images, kind, BACKBONE_DTYPES[dtype], vit
+        )
         return features, finite, one_colour(images)
 
     targets = (True,) if metric is not None else ()
@@ -255,8 +258,7 @@ def make_step(
     a checkpoint name or path, or a loaded `ViT`. Compiles on the first call per shape.
     ValueError (on the host) for settings that fit no image.
     """
-    if features not in FEATURE_KINDS:
-        raise ValueError(f"features must be one of {FEATURE_KINDS}, got {features!r}")
+    feature_parts(features)
     if dtype not in BACKBONE_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(BACKBONE_DTYPES)}, got {dtype!r}")
     config = PartitionConfig() if config is None else config
