@@ -38,7 +38,7 @@ from hiseg_jax.crf.refine import (
 from hiseg_jax.engine.batches import Failure, Item
 from hiseg_jax.engine.step import Step, make_step
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE, stream
-from hiseg_jax.features import DEFAULT_SIZE, FeatureKind
+from hiseg_jax.features import DEFAULT_FEATURES, DEFAULT_SIZE, FeatureKind
 from hiseg_jax.models.vit import ViT
 from hiseg_jax.paths import DEFAULT_BACKBONE
 from hiseg_jax.spectral.config import PartitionConfig
@@ -91,7 +91,7 @@ def segment(
     size: int | tuple[int, int] = DEFAULT_SIZE,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    features: FeatureKind = "tokens",
+    features: FeatureKind = DEFAULT_FEATURES,
     key: jax.Array | None = None,
     config: PartitionConfig | None = None,
     refine: Refinement | None = DEFAULT_REFINEMENT,
@@ -150,7 +150,7 @@ def segment_stream(
     size: int | tuple[int, int] = DEFAULT_SIZE,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    features: FeatureKind = "tokens",
+    features: FeatureKind = DEFAULT_FEATURES,
     key: jax.Array | None = None,
     config: PartitionConfig | None = None,
     refine: Refinement | None = DEFAULT_REFINEMENT,

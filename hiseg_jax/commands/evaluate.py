@@ -36,6 +36,7 @@ from hiseg_jax.commands.options import (
     add_process_arguments,
     add_refine_arguments,
     add_run_arguments,
+    features_of,
     format_size,
     local_path,
     location,
@@ -49,7 +50,7 @@ from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
 from hiseg_jax.evaluation.report import REFINED, results_table
 from hiseg_jax.evaluation.result_files import read_records
 from hiseg_jax.evaluation.runner import MATCHINGS, RESOLUTIONS, EvalSettings, RunOptions, evaluate
-from hiseg_jax.features import DEFAULT_SIZE
+from hiseg_jax.features import DEFAULT_FEATURES, DEFAULT_SIZE
 from hiseg_jax.paths import DEFAULT_BACKBONE
 
 HELP = "evaluate on a benchmark dataset: the paper's table rows, a report, resumable results"
@@ -132,7 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         size=args.size,
         resolution=args.resolution,
         matching=args.matching,
-        features=args.features,
+        features=features_of(args),
         seed=args.seed,
         partition=partition_config(args),
         hierarchy=None if args.hierarchy is None else str(args.hierarchy),
@@ -171,7 +172,7 @@ def command_line(settings: EvalSettings, options: RunOptions) -> str:
         ("--size", format_size(settings.size), format_size(DEFAULT_SIZE)),
         ("--resolution", settings.resolution, "image"),
         ("--matching", settings.matching, "max-overlap"),
-        ("--features", settings.features, "tokens"),
+        ("--features", settings.features, DEFAULT_FEATURES),
         ("--seed", settings.seed, 0),
         ("--hierarchy", settings.hierarchy, None),
         ("--limit", options.limit, None),

@@ -13,7 +13,7 @@ from pathlib import Path
 from hiseg_jax.crf.refine import METHODS
 from hiseg_jax.engine.sharding import initialize_distributed
 from hiseg_jax.engine.stream import DEFAULT_BATCH_SIZE
-from hiseg_jax.features import DEFAULT_SIZE, feature_parts
+from hiseg_jax.features import DEFAULT_FEATURES, DEFAULT_SIZE, PAPER_FEATURES, feature_parts
 from hiseg_jax.files import AnyPath, as_path
 from hiseg_jax.paths import DEFAULT_BACKBONE
 from hiseg_jax.spectral.config import PartitionConfig
@@ -149,9 +149,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--features",
         type=parse_features,
-        default="tokens",
+        default=None,
         help="tokens (the paper's), keys (last block's), blockNN (block NN's output), colour "
-        "(patch mean CIELAB) or a weighted mix, e.g. tokens+colour:0.5 (default: tokens)",
+        f"(patch mean CIELAB) or a weighted mix, e.g. tokens+colour:0.5 (default: "
+        f"{DEFAULT_FEATURES}; with --paper: {PAPER_FEATURES})",
     )
     parser.add_argument(
         "--seed",
@@ -245,8 +246,9 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--paper",
         action="store_true",
-        help="the authors' stage A (PartitionConfig.paper(): dense top-P eigenvectors, "
-        "10 k-means++ restarts); the options below still apply on top",
+        help="the authors' method (PartitionConfig.paper(): dense top-P eigenvectors, "
+        "10 k-means++ restarts, their stopping rule; the last tokens as features unless "
+        "--features is given); the options below still apply on top",
     )
     hints = typing.get_type_hints(PartitionConfig)
     paper = PartitionConfig.paper()
@@ -263,6 +265,13 @@ def add_partition_arguments(parser: argparse.ArgumentParser) -> None:
             choices=choices,
             help=f"{PARTITION_HELP[field.name]} (default: {format_value(field.default)}{note})",
         )
+
+
+def features_of(args: argparse.Namespace) -> str:
+    """The `--features` given, else the default's (`--paper`: the paper's tokens)."""
+    if args.features is not None:
+        return args.features
+    return PAPER_FEATURES if args.paper else DEFAULT_FEATURES
 
 
 def partition_config(args: argparse.Namespace) -> PartitionConfig:

@@ -45,6 +45,7 @@ from hiseg_jax.engine.sharding import (
 )
 from hiseg_jax.features import (
     BACKBONE_DTYPES,
+    DEFAULT_FEATURES,
     BackboneDType,
     FeatureKind,
     backbone_features,
@@ -245,7 +246,7 @@ def make_step(
     size: int | tuple[int, int],
     config: PartitionConfig | None = None,
     *,
-    features: FeatureKind = "tokens",
+    features: FeatureKind = DEFAULT_FEATURES,
     dtype: BackboneDType = "float32",
     metric: Metric | None = None,
     mesh: Mesh | None = None,

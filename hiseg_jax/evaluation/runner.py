@@ -63,7 +63,7 @@ from hiseg_jax.evaluation import hungarian as eval_hungarian
 from hiseg_jax.evaluation import report as eval_report
 from hiseg_jax.evaluation import scoring as eval_scoring
 from hiseg_jax.evaluation.result_files import RESULTS, batch_files, read_records, write_batch
-from hiseg_jax.features import DEFAULT_SIZE, FeatureKind, image_size
+from hiseg_jax.features import DEFAULT_FEATURES, DEFAULT_SIZE, FeatureKind, image_size
 from hiseg_jax.files import (
     AnyPath,
     absolute,
@@ -107,7 +107,7 @@ class EvalSettings:
     size: int | tuple[int, int] = DEFAULT_SIZE
     resolution: Resolution = "image"
     matching: Matching = "max-overlap"
-    features: FeatureKind = "tokens"
+    features: FeatureKind = DEFAULT_FEATURES
     seed: int = 0
     partition: PartitionConfig = PartitionConfig()
     hierarchy: str | None = None  # a hierarchy file replacing the dataset's own
