@@ -1,7 +1,7 @@
 """Where the default trees lose BSDS500 covering: per-image scores, oracle bounds, pictures.
 
-Every image of a split runs through the default partition (PRNG key `--key`, cached
-default-backbone features of `bsds_data.py`, batches of 8) and the default refinement, and
+Every image of a split runs through the default features and partition (PRNG key `--key`,
+cached default-backbone features of `bsds_data.py`, batches of 8) and the default refinement, and
 its nodes are scored as `hiseg evaluate` scores BSDS500 (Best: area-weighted covering of
 each human segment by its best node, mean over annotators). Beside Best, three oracle
 coverings split the loss by stage. Each takes a partition of the image into candidate pieces,
@@ -39,6 +39,12 @@ import bsds_data  # noqa: E402
 
 from hiseg_jax.crf.guided import GuidedConfig, guided_level_labels  # noqa: E402
 from hiseg_jax.evaluation import scoring as eval_scoring  # noqa: E402
+from hiseg_jax.features import (  # noqa: E402
+    DEFAULT_FEATURES,
+    DEFAULT_SIZE,
+    feature_parts,
+    join_features,
+)
 from hiseg_jax.pictures import region_colors, render_level  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 from hiseg_jax.spectral.partition import partition  # noqa: E402
@@ -93,7 +99,11 @@ def image_record(
 def analyse(split: str, count: int, key: int) -> tuple[list[dict], dict]:
     """Per-image records and, for the pictures, each image's arrays."""
     config, refine = PartitionConfig(), GuidedConfig()
-    ids, feats = bsds_data.bsds_features(split, count, 448)
+    parts = []
+    for kind, weight in feature_parts(DEFAULT_FEATURES):
+        ids, x = bsds_data.bsds_features(split, count, DEFAULT_SIZE, kind=kind)
+        parts.append((x, kind, weight))
+    feats = np.asarray(join_features(parts))
     segs = bsds_data.segmentations(split, ids)
     images = bsds_data.load_images(split, ids)
     records, arrays = [], {}

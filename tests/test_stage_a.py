@@ -107,13 +107,14 @@ def test_paper_config_is_the_authors_stage_a():
     assert (paper.stage_a_solver, paper.stage_a_k, paper.stage_a_coords) == ("eigh", 200, 0)
     assert (paper.stage_a_init, paper.stage_a_restarts, paper.gram_min) == ("kmeans++", 10, "exact")
     assert paper.stage_b_solver == "eigh"
-    assert (paper.perturb_fallback, paper.merge_below) == (False, 0)
+    assert (paper.max_perturb, paper.perturb_fallback, paper.merge_below) == (50, False, 0)
     assert PartitionConfig.paper(n_parts=300).stage_a_k == 300
+    stopping = {"max_perturb", "perturb_fallback", "merge_below"}
     same = {
         f.name
         for f in dataclasses.fields(PartitionConfig)
         if not f.name.startswith(("stage_a", "lanczos", "gram_min", "stage_b_solver"))
-    }
+    } - stopping
     assert all(getattr(paper, f) == getattr(DEFAULT, f) for f in same)
 
 
