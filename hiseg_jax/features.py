@@ -140,6 +140,17 @@ def feature_blocks(spec: str) -> tuple[int, ...]:
     return tuple(int(kind[5:]) for kind, _ in feature_parts(spec) if kind.startswith("block"))
 
 
+def check_blocks(spec: str, config: ViTConfig) -> None:
+    """ValueError naming the problem when the features `spec` need a block the backbone
+    `config` does not have (e.g. the default's block 9 of a 2-block test model)."""
+    missing = [b for b in feature_blocks(spec) if b >= config.depth]
+    if missing:
+        raise ValueError(
+            f"features {spec!r} need block {missing[0]}, but the backbone has {config.depth} "
+            "blocks; choose other features, e.g. 'tokens'"
+        )
+
+
 def join_features(parts: Sequence[tuple[jax.Array, str, float]]) -> jax.Array:
     """Features `[B, h, w, sum E]` of (features `[B, h, w, E]`, kind, weight) parts: one part
     as it is; several joined along E, each times its weight after backbone features are
@@ -197,6 +208,7 @@ def extract_features(
     the compiled function as arguments, never baked in as constants.
     """
     parts = feature_parts(kind)
+    check_blocks(kind, model.config)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [B, H, W, 3], got shape {tuple(images.shape)}")
     if not np.issubdtype(images.dtype, np.floating):

@@ -110,9 +110,16 @@ def test_an_image_result_does_not_depend_on_its_batch():
         picture[: picture.shape[0] // 2] //= 4  # a dark half: structure to split on
     config = PartitionConfig(n_parts=12, levels=3, kmeans_restarts=2, kmeans_max_iter=50)
     image = pictures[4]
-    alone = segment([image], tiny, 32, batch_size=4, config=config)
-    last = segment(pictures, tiny, 32, batch_size=4, config=config)
-    full = segment([pictures[0], image, *pictures[1:3]], tiny, 32, batch_size=4, config=config)
+    alone = segment([image], tiny, 32, batch_size=4, config=config, features="tokens")
+    last = segment(pictures, tiny, 32, batch_size=4, config=config, features="tokens")
+    full = segment(
+        [pictures[0], image, *pictures[1:3]],
+        tiny,
+        32,
+        batch_size=4,
+        config=config,
+        features="tokens",
+    )
     assert int(alone.tree.valid.sum()) > 1
     for result, b in ((last, 4), (full, 1)):
         chex.assert_trees_all_equal(result.tree[b], alone.tree[0])
@@ -138,7 +145,7 @@ def test_degenerate_images_are_one_node_and_named_in_a_warning():
         picture,
     ]
     with pytest.warns(UserWarning) as caught:
-        result = segment(images, tiny, 32, batch_size=4, config=config)
+        result = segment(images, tiny, 32, batch_size=4, config=config, features="tokens")
     assert [int(v.sum()) for v in result.tree.valid[:3]] == [1, 1, 1]
     assert int(result.tree.valid[3].sum()) > 1
     for labels in result.level_labels[:3]:

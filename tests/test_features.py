@@ -249,3 +249,9 @@ def test_the_colour_cue_refuses_a_stride(tiny_model):
     images = np.zeros((1, 16, 16, 3), np.float32)
     with pytest.raises(ValueError, match="colour cue needs whole patches"):
         extract_features(tiny_model, images, kind="tokens+colour:0.25", stride=2)
+
+
+def test_features_that_need_a_missing_block_are_refused(tiny_model):
+    images = np.zeros((1, 16, 16, 3), np.float32)
+    with pytest.raises(ValueError, match=r"need block 9, but the backbone has \d+ blocks"):
+        extract_features(tiny_model, images, kind="tokens+block09")

@@ -50,6 +50,7 @@ from hiseg_jax.features import (
     FeatureKind,
     backbone_features,
     cast_floating,
+    check_blocks,
     feature_parts,
     image_size,
 )
@@ -264,6 +265,7 @@ def make_step(
         raise ValueError(f"dtype must be one of {sorted(BACKBONE_DTYPES)}, got {dtype!r}")
     config = PartitionConfig() if config is None else config
     model = backbone if isinstance(backbone, ViT) else load_backbone(backbone)
+    check_blocks(features, model.config)
     patch = model.config.patch_size
     hw = image_size(size, patch)
     check_grid((hw[0] // patch, hw[1] // patch), config)
