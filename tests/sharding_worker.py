@@ -60,7 +60,7 @@ def main() -> None:
         initialize_distributed(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     model = ViT(TINY_VIT, rngs=nnx.Rngs(0))
     metric = bsds_metric(NUM_REGIONS, ANNOTATORS)
-    step = make_step(model, SIZE, CONFIG, metric=metric)
+    step = make_step(model, SIZE, CONFIG, metric=metric, features="tokens")
     mine = items(seed=jax.process_index())  # each process feeds its own images
     # One image per device: several per CPU device can deadlock in jaxlib's batched eigh
     # (see the warning of engine.step.make_step).

@@ -167,17 +167,19 @@ def test_upsample_to_canvas_is_api_upsample_inside_and_padding_outside(size):
 
 def test_make_step_rejects_bad_settings(model):
     with pytest.raises(ValueError, match="dtype"):
-        make_step(model, 32, CONFIG, dtype="float16")
+        make_step(model, 32, CONFIG, dtype="float16", features="tokens")
     with pytest.raises(ValueError, match="features"):
         make_step(model, 32, CONFIG, features="values")
+    with pytest.raises(ValueError, match="need block 9, but the backbone has 2 blocks"):
+        make_step(model, 32, CONFIG)  # the default features on a 2-block model
     with pytest.raises(ValueError, match="fewer than n_parts"):
-        make_step(model, 8, CONFIG)
+        make_step(model, 8, CONFIG, features="tokens")
     with pytest.raises(ValueError, match="multiple of the patch size"):
-        make_step(model, 30, CONFIG)
+        make_step(model, 30, CONFIG, features="tokens")
 
 
 def test_step_checks_its_inputs_on_the_host(model):
-    step = make_step(model, 32, CONFIG)
+    step = make_step(model, 32, CONFIG, features="tokens")
     assert step.image_size == (32, 32) and step.batch_multiple == 1
     good = preprocess(_images(1), 32, TINY_VIT)
     with pytest.raises(ValueError, match=r"\[B > 0, 32, 32, 3\]"):
@@ -186,7 +188,7 @@ def test_step_checks_its_inputs_on_the_host(model):
         step.dispatch(good.astype(np.float64))
     with pytest.raises(ValueError, match="no metric"):
         step.dispatch(good, targets=np.zeros((1, 1, 4, 4), np.int32))
-    metric_step = make_step(model, 32, CONFIG, metric=bsds_metric(8, 2))
+    metric_step = make_step(model, 32, CONFIG, metric=bsds_metric(8, 2), features="tokens")
     with pytest.raises(ValueError, match="has a metric"):
         metric_step.dispatch(good)
     with pytest.raises(ValueError, match="rows for 1 images"):
