@@ -27,6 +27,7 @@ from hiseg_jax.commands.segment import find_jobs, output_names
 from hiseg_jax.crf.dense_crf import CRFConfig
 from hiseg_jax.crf.guided import GuidedConfig
 from hiseg_jax.engine.batches import Failure
+from hiseg_jax.features import DEFAULT_FEATURES, feature_parts
 from hiseg_jax.images import SAMPLE_NAMES, load_image
 from hiseg_jax.tree import upsample_labels
 
@@ -118,7 +119,9 @@ def test_every_promised_file_is_consistent(batch_run, name):
     np.testing.assert_array_equal(labels["leaf_ids"], sorted(leaves))
     for m in leaves:
         assert labels["leaf_ids"][nodes[m]["descriptor"]] == m
-    assert labels["leaf_descriptors"].shape == (len(leaves), 384)
+    # the default features join two unit-length 384-wide parts (tokens + block 9)
+    width = 384 * len(feature_parts(DEFAULT_FEATURES))
+    assert labels["leaf_descriptors"].shape == (len(leaves), width)
     assert np.isfinite(labels["leaf_descriptors"]).all()
 
     for d in range(1, 4):
