@@ -120,8 +120,8 @@ def test_every_promised_file_is_consistent(batch_run, name):
     for m in leaves:
         assert labels["leaf_ids"][nodes[m]["descriptor"]] == m
     # the default features join two unit-length 384-wide parts (tokens + block 9)
-    width = 384 * len(feature_parts(DEFAULT_FEATURES))
-    assert labels["leaf_descriptors"].shape == (len(leaves), width)
+    span = 384 * len(feature_parts(DEFAULT_FEATURES))
+    assert labels["leaf_descriptors"].shape == (len(leaves), span)
     assert np.isfinite(labels["leaf_descriptors"]).all()
 
     for d in range(1, 4):
