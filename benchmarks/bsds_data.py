@@ -154,6 +154,25 @@ def bsds_features(
     return ids, x
 
 
+def spec_features(
+    split: str,
+    count: int | None,
+    size: int,
+    spec: str,
+    cache_dir: Path | None = CACHE_DIR,
+    stride: int | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """(ids, features) of a `features.feature_parts` spec ("tokens+block09", ...): each kind
+    from its cache (`bsds_features`), joined as the engine joins them (`join_features`)."""
+    from hiseg_jax.features import feature_parts, join_features
+
+    parts = []
+    for kind, weight in feature_parts(spec):
+        ids, x = bsds_features(split, count, size, cache_dir, kind=kind, stride=stride)
+        parts.append((x, kind, weight))
+    return ids, np.asarray(join_features(parts))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="val", choices=("train", "val"))

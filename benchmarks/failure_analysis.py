@@ -42,8 +42,6 @@ from hiseg_jax.evaluation import scoring as eval_scoring  # noqa: E402
 from hiseg_jax.features import (  # noqa: E402
     DEFAULT_FEATURES,
     DEFAULT_SIZE,
-    feature_parts,
-    join_features,
 )
 from hiseg_jax.pictures import region_colors, render_level  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
@@ -99,11 +97,7 @@ def image_record(
 def analyse(split: str, count: int, key: int) -> tuple[list[dict], dict]:
     """Per-image records and, for the pictures, each image's arrays."""
     config, refine = PartitionConfig(), GuidedConfig()
-    parts = []
-    for kind, weight in feature_parts(DEFAULT_FEATURES):
-        ids, x = bsds_data.bsds_features(split, count, DEFAULT_SIZE, kind=kind)
-        parts.append((x, kind, weight))
-    feats = np.asarray(join_features(parts))
+    ids, feats = bsds_data.spec_features(split, count, DEFAULT_SIZE, DEFAULT_FEATURES)
     segs = bsds_data.segmentations(split, ids)
     images = bsds_data.load_images(split, ids)
     records, arrays = [], {}

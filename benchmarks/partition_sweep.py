@@ -59,7 +59,7 @@ import bsds_data  # noqa: E402
 from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels  # noqa: E402
 from hiseg_jax.crf.guided import GuidedConfig, guided_level_labels  # noqa: E402
 from hiseg_jax.evaluation import scoring as eval_scoring  # noqa: E402
-from hiseg_jax.features import feature_parts, join_features  # noqa: E402
+from hiseg_jax.features import feature_parts  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 from hiseg_jax.spectral.partition import partition  # noqa: E402
 from hiseg_jax.tree import Tree  # noqa: E402
@@ -350,16 +350,12 @@ def main() -> None:
     rows, inputs = {}, {}
     for setting in settings:
         size = setting.size or args.size
-        parts = []
-        for kind, weight in feature_parts(setting.features):
-            source = (kind, size, setting.stride)
-            if source not in inputs:
-                inputs[source] = bsds_data.bsds_features(
-                    args.split, args.images, size, args.cache_dir, kind=kind, stride=setting.stride
-                )
-            ids, x = inputs[source]
-            parts.append((x, kind, weight))
-        feats = np.asarray(join_features(parts))
+        source = (setting.features, size, setting.stride)
+        if source not in inputs:
+            inputs[source] = bsds_data.spec_features(
+                args.split, args.images, size, setting.features, args.cache_dir, setting.stride
+            )
+        ids, feats = inputs[source]
         segs = bsds_data.segmentations(args.split, ids)
         images = bsds_data.load_images(args.split, ids) if setting.refine is not None else None
         data = Data(ids, feats, segs, images)
