@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from hiseg_jax.crf.dense_crf import CRFConfig, leaf_ancestors, lift_leaves
-from hiseg_jax.crf.guided import GuidedConfig, box_mean, guided_filter, guided_level_labels
+from hiseg_jax.crf.guided import (
+    GuidedConfig,
+    block_mean_matrix,
+    box_mean,
+    fast_guided_filter,
+    guided_filter,
+    guided_level_labels,
+    linear_matrix,
+)
 from hiseg_jax.crf.refine import (
     DEFAULT_REFINEMENT,
     METHODS,
@@ -27,8 +35,11 @@ def _window(y: int, x: int, radius: int) -> tuple[slice, slice]:
     return slice(max(y - radius, 0), y + radius + 1), slice(max(x - radius, 0), x + radius + 1)
 
 
-def _numpy_guided(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s colour guided filter, float64, one window at a time (clipped windows)."""
+def _numpy_coefficients(
+    guide: np.ndarray, source: np.ndarray, radius: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """He et al.'s window means of the affine coefficients, mean(a) [H, W, 3, K] and
+    mean(b) [H, W, K], float64, one window at a time (clipped windows)."""
     h, w, k = source.shape
     a = np.zeros((h, w, 3, k))
     b = np.zeros((h, w, k))
@@ -42,14 +53,44 @@ def _numpy_guided(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
             cross = (i - mi).T @ (p - mp) / len(i)
             a[y, x] = np.linalg.solve(cov + eps * np.eye(3), cross)
             b[y, x] = mp - mi @ a[y, x]
-    out = np.zeros((h, w, k))
+    mean_a, mean_b = np.zeros_like(a), np.zeros_like(b)
     for y in range(h):
         for x in range(w):
             win = _window(y, x, radius)
-            out[y, x] = guide[y, x] @ a[win].reshape(-1, 3, k).mean(0) + b[win].reshape(-1, k).mean(
-                0
-            )
-    return out
+            mean_a[y, x] = a[win].reshape(-1, 3, k).mean(0)
+            mean_b[y, x] = b[win].reshape(-1, k).mean(0)
+    return mean_a, mean_b
+
+
+def _numpy_guided(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s colour guided filter, float64."""
+    mean_a, mean_b = _numpy_coefficients(guide, source, radius, eps)
+    return np.einsum("hwi,hwik->hwk", guide, mean_a) + mean_b
+
+
+def _numpy_fast_guided(
+    guide: np.ndarray, source: np.ndarray, radius: int, eps: float, s: int
+) -> np.ndarray:
+    """The fast guided filter, float64: s x s block means of the guide, coefficients there
+    with radius max(1, round(r / s)), each coefficient interpolated (np.interp) between the
+    block centres along rows then columns, applied to the full-resolution guide."""
+    h, w = source.shape[:2]
+    small = np.array(
+        [
+            [guide[y * s : (y + 1) * s, x * s : (x + 1) * s].mean((0, 1)) for x in range(w)]
+            for y in range(h)
+        ]
+    )
+    mean_a, mean_b = _numpy_coefficients(small, source, max(1, round(radius / s)), eps)
+    coefficients = np.concatenate([mean_a.reshape(h, w, -1), mean_b], -1)
+    centres = lambda n, full: (np.arange(n) * s + np.minimum(np.arange(n) * s + s, full) - 1) / 2
+    rows, cols = centres(h, guide.shape[0]), centres(w, guide.shape[1])
+    up = lambda v, c, n: np.interp(np.arange(n), c, v)
+    coefficients = np.apply_along_axis(up, 0, coefficients, rows, guide.shape[0])
+    coefficients = np.apply_along_axis(up, 1, coefficients, cols, guide.shape[1])
+    k = source.shape[2]
+    mean_a = coefficients[..., : 3 * k].reshape(*guide.shape[:2], 3, k)
+    return np.einsum("hwi,hwik->hwk", guide, mean_a) + coefficients[..., 3 * k :]
 
 
 def test_box_mean_matches_explicit_windows():
@@ -73,6 +114,34 @@ class TestGuidedFilter(chex.TestCase):
             want = _numpy_guided(guide, source, radius, eps)
             np.testing.assert_allclose(run(guide, source, radius, eps), want, atol=2e-4)
 
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_fast_filter_matches_numpy(self):
+        """Subsample 2 and 3 on sizes that do and do not divide into whole blocks."""
+        run = self.variant(fast_guided_filter, static_argnums=(2, 3, 4))
+        for (height, width), s in (((12, 10), 2), ((13, 11), 3)):
+            rng = np.random.default_rng(s)
+            guide = rng.uniform(size=(height, width, 3)).astype(np.float32)
+            guide[:, width // 2 :] += 0.5 * guide[:, width // 2 :]
+            small = (-(-height // s), -(-width // s))
+            source = rng.dirichlet(np.ones(4), size=small).astype(np.float32)
+            want = _numpy_fast_guided(guide, source, 4, 1e-2, s)
+            np.testing.assert_allclose(run(guide, source, 4, 1e-2, s), want, atol=2e-4)
+
+
+@pytest.mark.parametrize("n, s", [(12, 3), (13, 3), (7, 1), (5, 8)])
+def test_resampling_matrices(n, s):
+    """Block means of s pixels (the last block shorter) and linear interpolation between the
+    block centres (np.interp, constant beyond the end centres)."""
+    x = np.random.default_rng(n).normal(size=n)
+    down = block_mean_matrix(n, s)
+    want = [x[i : i + s].mean() for i in range(0, n, s)]
+    np.testing.assert_allclose(down @ x, want, rtol=1e-5, atol=1e-6)
+    v = x[: down.shape[0]]
+    centres = [(i + min(i + s, n) - 1) / 2 for i in range(0, n, s)]
+    np.testing.assert_allclose(
+        linear_matrix(n, s) @ v, np.interp(np.arange(n), centres, v), atol=1e-6
+    )
+
 
 def test_guided_filter_moves_a_label_border_onto_the_colour_edge():
     """A one-hot split 3 pixels off a sharp colour edge snaps to the edge (r = 8); with a
@@ -95,8 +164,8 @@ def test_leaf_ancestors_round_trip():
     assert (ancestors[0, :, 3] == -1).all()
 
 
-@pytest.mark.parametrize("source", ["unaries", "labels"])
-def test_guided_level_labels_keep_the_tree(source):
+@pytest.mark.parametrize("source, subsample", [("unaries", 1), ("labels", 1), ("unaries", 3)])
+def test_guided_level_labels_keep_the_tree(source, subsample):
     """Pixel labels are node ids of the tree: each pixel's ids at every level are those of
     one leaf's patches, and a flat image leaves the nearest upsampling nearly unchanged."""
     rng = np.random.default_rng(1)
@@ -105,7 +174,7 @@ def test_guided_level_labels_keep_the_tree(source):
     features = rng.normal(size=(8, 8, 5)).astype(np.float32)
     features += 3 * np.eye(5, dtype=np.float32)[leaves]
     image = np.full((40, 40, 3), 128, np.uint8)
-    config = GuidedConfig(radius=3, source=source)
+    config = GuidedConfig(radius=3, source=source, subsample=subsample)
     out = guided_level_labels(image, jax.numpy.asarray(features), levels, config)
     assert out.shape == (3, 40, 40) and out.dtype == np.int32
     pairs = {tuple(levels[:, y, x]) for y in range(8) for x in range(8)}
@@ -119,6 +188,8 @@ def test_config_rejects_bad_values():
         GuidedConfig(radius=0)
     with pytest.raises(ValueError, match="source"):
         GuidedConfig(source="crf")
+    with pytest.raises(ValueError, match="subsample must be >= 1"):
+        GuidedConfig(subsample=0)
 
 
 def test_refinement_choice_and_its_record():

@@ -7,6 +7,7 @@ import colorsys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from hiseg_jax import pictures
 from hiseg_jax.pictures import (
@@ -195,10 +196,18 @@ def test_tree_picture_explains_its_marks():
     assert "+n" in tree_legend(TreeLimits()) and "0.5%" in tree_legend(TreeLimits())
 
 
-def test_save_png(tmp_path):
+def test_save_png_decodes_to_the_picture(tmp_path):
+    """Pillow reads back exactly the pixels written, for a level picture and for noise
+    (where the Sub filter's differences wrap around modulo 256); bad input is refused."""
     levels, *_ = handmade_tree()
-    pictures.save_png(tmp_path / "x.png", render_level(gray_image(), levels[2]))
-    assert (tmp_path / "x.png").stat().st_size > 100
+    noise = np.random.default_rng(0).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    for picture in (render_level(gray_image(), levels[2]), noise):
+        pictures.save_png(tmp_path / "x.png", picture)
+        with Image.open(tmp_path / "x.png") as file:
+            assert file.format == "PNG" and file.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(file), picture)
+    with pytest.raises(ValueError, match="image must be uint8"):
+        pictures.encode_png(noise.astype(np.float32))
 
 
 def test_root_only_tree_renders():

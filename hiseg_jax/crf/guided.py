@@ -17,6 +17,15 @@ label borders move onto colour edges within about r pixels. Windows are clipped 
 image border (means over the pixels inside). Everything is box means (cumulative sums
 along each axis: O(H W) per channel whatever r) and per-pixel 3 x 3 solves (closed-form
 adjugate), elementwise work with static shapes: jit- and vmap-safe, no N x N array.
+
+With `subsample` s > 1 it is the fast guided filter (He & Sun, arXiv:1505.00996): the
+assignments are made at the image shrunk s times (blocks of s x s pixels averaged), the
+coefficients mean(a), mean(b) are fitted there with radius r / s, and only the last step,
+mean(a) . I + mean(b), runs at full resolution with the coefficients upsampled linearly
+(block centre to block centre). The coefficients vary slowly, so borders stay on the
+full-resolution colour edges while the fitting costs s^2 times less. Shrinking and
+upsampling are products with small constant matrices (`block_mean_matrix`,
+`linear_matrix`): matmuls, not gathers.
 """
 
 from __future__ import annotations
@@ -47,6 +56,11 @@ class GuidedConfig:
     source:      "unaries" (the CRF's leaf probabilities) or "labels" (one-hot leaves).
     temperature: softmax temperature of the unaries (as `CRFConfig.temperature`).
     prob_floor:  the unaries' probabilities are clipped below at this value.
+    subsample:   s: the assignments and the filter's coefficients are computed on the image
+                 shrunk s times, then applied at full resolution (the fast guided filter;
+                 1: everything at full resolution, the filter as first published). 2 scores
+                 the same covering as 1 on 100 BSDS500 train images in under half the time;
+                 3 and 4 lose 0.1-0.2 points of Best (docs/quality.md).
     """
 
     radius: int = 16
@@ -54,10 +68,12 @@ class GuidedConfig:
     source: GuidedSource = "unaries"
     temperature: float = 0.1
     prob_floor: float = 1e-5
+    subsample: int = 2
 
     def __post_init__(self) -> None:
-        if self.radius < 1:
-            raise ValueError(f"radius must be >= 1, got {self.radius}")
+        for name in ("radius", "subsample"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eps", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -87,7 +103,34 @@ def guided_filter(guide: jax.Array, source: jax.Array, radius: int, eps: float) 
     """Colour guided filter (module docstring) of `source: [H, W, K]` with
     `guide: [H, W, 3]` (colours in [0, 1]) -> float32 [H, W, K]. Traced, no checks."""
     guide = guide.astype(jnp.float32)
-    source = source.astype(jnp.float32)
+    mean_a, mean_b = _coefficients(guide, source.astype(jnp.float32), radius, eps)
+    return jnp.einsum("hwi,hwik->hwk", guide, mean_a, precision=HIGHEST) + mean_b
+
+
+def fast_guided_filter(
+    guide: jax.Array, source: jax.Array, radius: int, eps: float, subsample: int
+) -> jax.Array:
+    """Fast guided filter (module docstring): `guide: [H, W, 3]` (colours in [0, 1]) at full
+    resolution, `source: [h, w, K]` at `shrunk_size((H, W), subsample)` -> float32
+    [H, W, K]. The coefficients are fitted with radius max(1, round(radius / subsample)).
+    Traced, no checks."""
+    height, width = guide.shape[:2]
+    guide = guide.astype(jnp.float32)
+    rows, cols = (jnp.asarray(block_mean_matrix(n, subsample)) for n in (height, width))
+    small = jnp.einsum("yY,YXc,xX->yxc", rows, guide, cols, precision=HIGHEST)
+    radius = max(1, round(radius / subsample))
+    mean_a, mean_b = _coefficients(small, source.astype(jnp.float32), radius, eps)
+    rows, cols = (jnp.asarray(linear_matrix(n, subsample)) for n in (height, width))
+    mean_a = jnp.einsum("Yy,yxik,Xx->YXik", rows, mean_a, cols, precision=HIGHEST)
+    mean_b = jnp.einsum("Yy,yxk,Xx->YXk", rows, mean_b, cols, precision=HIGHEST)
+    return jnp.einsum("hwi,hwik->hwk", guide, mean_a, precision=HIGHEST) + mean_b
+
+
+def _coefficients(
+    guide: jax.Array, source: jax.Array, radius: int, eps: float
+) -> tuple[jax.Array, jax.Array]:
+    """The window means of the affine coefficients, mean(a) [H, W, 3, K] and mean(b)
+    [H, W, K], of `source: [H, W, K]` on `guide: [H, W, 3]` (both float32)."""
     mean = lambda x: box_mean(x, radius)
     mean_i = mean(guide)
     outer = guide[..., :, None] * guide[..., None, :]
@@ -98,8 +141,36 @@ def guided_filter(guide: jax.Array, source: jax.Array, radius: int, eps: float) 
     cross = cross.reshape(*guide.shape, -1) - mean_i[..., :, None] * mean_p[..., None, :]
     a = jnp.einsum("hwij,hwjk->hwik", _inverse3(cov), cross, precision=HIGHEST)
     b = mean_p - jnp.einsum("hwi,hwik->hwk", mean_i, a, precision=HIGHEST)
-    mean_a = mean(a.reshape(*guide.shape[:2], -1)).reshape(a.shape)
-    return jnp.einsum("hwi,hwik->hwk", guide, mean_a, precision=HIGHEST) + mean(b)
+    return mean(a.reshape(*guide.shape[:2], -1)).reshape(a.shape), mean(b)
+
+
+def shrunk_size(hw: tuple[int, int], subsample: int) -> tuple[int, int]:
+    """(ceil(H / s), ceil(W / s)): the size of an image of size `hw` in blocks of s x s."""
+    return tuple(-(-int(n) // subsample) for n in hw)
+
+
+def block_mean_matrix(n: int, subsample: int) -> np.ndarray:
+    """float32 [ceil(n / s), n]: row i averages pixels [i s, min((i + 1) s, n)) (the last
+    block may be shorter)."""
+    blocks = np.arange(n) // subsample
+    matrix = np.eye(blocks[-1] + 1, dtype=np.float32)[:, blocks]
+    return matrix / matrix.sum(1, keepdims=True)
+
+
+def linear_matrix(n: int, subsample: int) -> np.ndarray:
+    """float32 [n, ceil(n / s)]: linear interpolation of block values, placed at the blocks'
+    centres, at every pixel centre (constant beyond the first and last centres)."""
+    starts = np.arange(0, n, subsample)
+    centres = (starts + np.minimum(starts + subsample, n) - 1) / 2
+    if centres.size == 1:
+        return np.ones((n, 1), np.float32)
+    pixel = np.clip(np.arange(n, dtype=np.float64), centres[0], centres[-1])
+    right = np.clip(np.searchsorted(centres, pixel, side="right"), 1, centres.size - 1)
+    t = (pixel - centres[right - 1]) / (centres[right] - centres[right - 1])
+    matrix = np.zeros((n, centres.size), np.float32)
+    matrix[np.arange(n), right - 1] = 1 - t
+    matrix[np.arange(n), right] += t
+    return matrix
 
 
 def _inverse3(m: jax.Array) -> jax.Array:
@@ -128,9 +199,14 @@ def guided_leaves(
 ) -> jax.Array:
     """int32 [B, H, W]: the largest guided-filtered assignment of each pixel.
 
-    assignments float32 [B, H, W, K] (probabilities or one-hot), image [B, H, W, 3] in
-    [0, 255], label_mask bool [B, K] (labels that exist). Pure, no checks."""
-    one = lambda p, i: guided_filter(i / 255.0, p, config.radius, config.eps)
+    assignments float32 [B, h, w, K] (probabilities or one-hot) at
+    `shrunk_size((H, W), config.subsample)`, image [B, H, W, 3] in [0, 255], label_mask
+    bool [B, K] (labels that exist). Pure, no checks."""
+    radius, eps, subsample = config.radius, config.eps, config.subsample
+    if subsample == 1:
+        one = lambda p, i: guided_filter(i / 255.0, p, radius, eps)
+    else:
+        one = lambda p, i: fast_guided_filter(i / 255.0, p, radius, eps, subsample)
     filtered = jax.vmap(one)(assignments, image.astype(jnp.float32))
     filtered = jnp.where(label_mask[:, None, None, :], filtered, -jnp.inf)
     return jnp.argmax(filtered, axis=-1).astype(jnp.int32)
@@ -152,7 +228,7 @@ def guided_level_labels(
     leaves = np.unique(levels[0, -1]).size
     k = -(-leaves // 8) * 8
     compact, ancestors = leaf_ancestors(levels, k)
-    hw = image.shape[:2]
+    hw = shrunk_size(image.shape[:2], config.subsample)
     if config.source == "unaries":
         logits = leaf_unaries(
             np.asarray(features)[None],
