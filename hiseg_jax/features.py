@@ -27,11 +27,12 @@ from hiseg_jax.models.vit import ViT, ViTConfig, check_stride, patch_grid
 # (`patch_colour`, not a backbone output); e.g. "tokens+block09:0.5+colour:0.5".
 FeatureKind = str
 FEATURE_KINDS: tuple[str, ...] = ("tokens", "keys")
-# The default: the last tokens joined with block 9's output (the 10th of 12 blocks), each
-# unit length. Chosen on 100 BSDS500 train images (docs/quality.md, screens 3 and 4): finer,
-# better trees than the last tokens alone (the paper's features, PAPER_FEATURES, which
-# `--paper` selects), at no extra backbone cost (block 9 is computed anyway).
-DEFAULT_FEATURES: FeatureKind = "tokens+block09"
+# The default: the last tokens joined with the outputs of blocks 9 and 6 (the 10th and 7th of
+# 12), each unit length. Chosen on 100 BSDS500 train images (docs/quality.md, screens 3, 4
+# and 6): finer, better trees than the last tokens alone (the paper's features,
+# PAPER_FEATURES, which `--paper` selects), at no extra backbone cost (the blocks are
+# computed anyway).
+DEFAULT_FEATURES: FeatureKind = "tokens+block09+block06"
 PAPER_FEATURES: FeatureKind = "tokens"
 # Default input size: the default backbone is a ViT-S/14 trained at 518 px (37 x 37 grid);
 # 448 px gives a 32 x 32 grid, N = 1024 patches, about 5 per stage-A part at P = 200, while

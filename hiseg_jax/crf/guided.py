@@ -47,8 +47,9 @@ GuidedSource = Literal["unaries", "labels"]
 
 @dataclasses.dataclass(frozen=True)
 class GuidedConfig:
-    """Guided-filter refinement settings; radius and eps were chosen on 48 BSDS500 train
-    images (`benchmarks/partition_sweep.py`: r 8 / 16 / 32, eps 1e-3 / 1e-2 / 1e-1).
+    """Guided-filter refinement settings, chosen on BSDS500 train images
+    (`benchmarks/partition_sweep.py`; docs/quality.md screens 1 and 6): radius 24 of 8 / 16 /
+    24 / 32, eps 1e-3 of 1e-4 / 1e-3 / 1e-2 / 1e-1, subsample 2 of 1 / 2 / 3 / 4.
 
     radius:      window radius r in pixels of the image (window (2 r + 1)^2).
     eps:         regularisation of the colour covariance (colours scaled to [0, 1]): larger
@@ -63,7 +64,7 @@ class GuidedConfig:
                  3 and 4 lose 0.1-0.2 points of Best (docs/quality.md).
     """
 
-    radius: int = 16
+    radius: int = 24
     eps: float = 1e-3
     source: GuidedSource = "unaries"
     temperature: float = 0.1

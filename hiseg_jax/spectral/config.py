@@ -76,9 +76,10 @@ class PartitionConfig:
     # cost a fraction of P x P work. Results do not depend on them beyond rounding.
     stage_b_node_sizes: tuple[int, ...] = (64, 16)
     # After stage B, leaves of fewer than merge_below patches join their best-bordering
-    # sibling, smallest first (`spectral.merge`; section 4). 0 or 1: off (the paper's). 10
-    # (1% of the 448-px grid) removes the slivers the looser max_perturb adds.
-    merge_below: int = 10
+    # sibling, smallest first (`spectral.merge`; section 4). 0 or 1: off (the paper's). 14
+    # (1.4% of the 448-px grid) removes the slivers the looser max_perturb and the default
+    # features add (docs/quality.md screen 6).
+    merge_below: int = 14
 
     def __post_init__(self) -> None:
         if self.n_parts < 2:
