@@ -83,8 +83,9 @@ def image_record(
     gts: np.ndarray, levels: np.ndarray, pieces: dict[str, np.ndarray]
 ) -> dict[str, float]:
     """Best of the tree `levels` int [L + 1, H, W] and the oracle covering of each piece map,
-    means over the annotators `gts` int [A, H, W] (ids from 0)."""
-    record = dict(best=np.mean([covering_by_nodes(g, levels) for g in gts]))
+    means over the annotators `gts` int [A, H, W] (ids from 0). As `hiseg evaluate`, Best
+    leaves the root out (level 0) unless it is the only node (then level 1 is the root)."""
+    record = dict(best=np.mean([covering_by_nodes(g, levels[1:]) for g in gts]))
     for name, map_ in pieces.items():
         record[f"{name}_oracle"] = np.mean(
             [covering_by_nodes(g, majority_partition(g, map_)[None]) for g in gts]

@@ -35,3 +35,15 @@ def test_majority_partition_recovers_the_segments_from_finer_pieces():
     for piece in (0, 1):
         votes = np.bincount(gt[halves == piece], minlength=5)
         assert set(np.unique(merged[halves == piece])) == {int(votes.argmax())}
+
+
+def test_image_record_leaves_the_root_out_of_best():
+    """One human segment over the whole image: a tree that splits it in halves scores Best
+    .5 (the root does not count, as in `hiseg evaluate`); a tree that never splits scores 1
+    (the root is its only node)."""
+    gts = np.zeros((1, 4, 4), int)
+    halves = np.repeat([[0, 0, 1, 1]], 4, axis=0)
+    split = np.stack([np.zeros((4, 4), int), halves + 1])
+    assert failure_analysis.image_record(gts, split, {})["best"] == pytest.approx(0.5)
+    unsplit = np.zeros((3, 4, 4), int)
+    assert failure_analysis.image_record(gts, unsplit, {})["best"] == pytest.approx(1.0)
