@@ -7,7 +7,9 @@ partitioner are items of the same list: `refine=crf|guided` (leaves refined at i
 resolution by the dense CRF or the guided filter), `crf.FIELD=VALUE` / `guided.FIELD=VALUE`
 (CRFConfig / GuidedConfig overrides, implying that refinement), `features=SPEC` (the
 backbone features: `keys` for the last block's keys instead of the tokens, `block09` for
-block 9's output, or a mix `tokens+block09:0.5`, each part row-normalised and weighted),
+block 9's output, or a mix `tokens+block09:0.5`, each part row-normalised and weighted;
+without it the package's default, `features.DEFAULT_FEATURES`, or with `@paper` the
+paper's tokens; the refinement is none unless named),
 `colour=W` (`features.patch_colour`: each patch's mean CIELAB colour, centred and scaled
 per image, joined to the features with weight W: `features.join_features`), `size=PIXELS`
 (input size; features cached by `bsds_data.py`) and `stride=PIXELS` (the patch embedding's
@@ -59,7 +61,7 @@ import bsds_data  # noqa: E402
 from hiseg_jax.crf.dense_crf import CRFConfig, crf_level_labels  # noqa: E402
 from hiseg_jax.crf.guided import GuidedConfig, guided_level_labels  # noqa: E402
 from hiseg_jax.evaluation import scoring as eval_scoring  # noqa: E402
-from hiseg_jax.features import feature_parts  # noqa: E402
+from hiseg_jax.features import DEFAULT_FEATURES, PAPER_FEATURES, feature_parts  # noqa: E402
 from hiseg_jax.spectral.config import PartitionConfig  # noqa: E402
 from hiseg_jax.spectral.partition import partition  # noqa: E402
 from hiseg_jax.tree import Tree  # noqa: E402
@@ -80,7 +82,7 @@ class Setting:
     name: str
     config: PartitionConfig
     refine: CRFConfig | GuidedConfig | None = None
-    features: str = "tokens"
+    features: str = DEFAULT_FEATURES
     size: int | None = None
     stride: int | None = None
 
@@ -112,7 +114,8 @@ def _value(default: object, value: str) -> object:
 def parse_full_setting(text: str) -> Setting:
     """`parse_setting`'s syntax plus the sweep's own items: `refine=crf|guided|none`,
     `crf.FIELD=VALUE` / `guided.FIELD=VALUE` (CRFConfig / GuidedConfig overrides; they
-    imply that refinement), `features=SPEC` (`features.feature_parts`), `colour=W` (adds
+    imply that refinement), `features=SPEC` (`features.feature_parts`; default the
+    package's `DEFAULT_FEATURES`, the paper's tokens after `@paper`), `colour=W` (adds
     `+colour:W` to the features), `size=PIXELS`, `stride=PIXELS`."""
     name, _, assignments = text.partition(":")
     rest, extra = [], {}
@@ -143,7 +146,8 @@ def parse_full_setting(text: str) -> Setting:
                     raise SystemExit(f"unknown {cls.__name__} field {attr!r} in {text!r}")
                 kwargs[attr] = _value(getattr(base, attr), value)
         refiner = cls(**kwargs)
-    features = extra.get("features", "tokens")
+    paper = assignments.split(",")[0] == "@paper"
+    features = extra.get("features", PAPER_FEATURES if paper else DEFAULT_FEATURES)
     if "colour" in extra:
         features += f"+colour:{float(extra['colour'])}"
     try:
