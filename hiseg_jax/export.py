@@ -134,12 +134,10 @@ def write_image_outputs(
     )
     colors = pictures.node_colors(levels)
     for d in range(1, levels.shape[0]):
-        path = folder / f"level_{d:02d}.png"
-        if d > 1 and np.array_equal(levels[d], levels[d - 1]):
-            # nothing split at this depth: the same picture, so its bytes are not re-encoded
-            path.write_bytes((folder / f"level_{d - 1:02d}.png").read_bytes())
-            continue
-        pictures.save_png(path, pictures.render_level(image, levels[d], colors=colors))
+        # a depth where nothing split has the picture above it: its bytes are reused
+        if d == 1 or not np.array_equal(levels[d], levels[d - 1]):
+            png = pictures.encode_png(pictures.render_level(image, levels[d], colors=colors))
+        (folder / f"level_{d:02d}.png").write_bytes(png)
     overview = pictures.render_overview(image, levels, colors=colors)
     pictures.save_png(folder / "overview.png", overview)
     tree_picture = pictures.render_tree(image, levels, parent, depth, valid, colors=colors)

@@ -371,9 +371,9 @@ def encode_png(picture: np.ndarray) -> bytes:
 
     Every row takes PNG's "Sub" filter (each byte minus the byte of the pixel to its left)
     and the whole is deflated at zlib level 1 with run-length matching: the pictures are
-    flat tints with thin borders, whose filtered rows are mostly runs of zeros. About 3x
+    flat tints with thin borders, whose filtered rows are mostly runs of zeros. About 2x
     faster than Pillow at its fastest level (which tries five filters on every row) for
-    about 8% more bytes (`benchmarks/png_encoding.py`); `hiseg segment` writes about a dozen
+    about 9% more bytes (`benchmarks/png_encoding.py`); `hiseg segment` writes about a dozen
     pictures per image."""
     picture = _check_image(picture)
     height, width = picture.shape[:2]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hiseg_jax import pictures
+from hiseg_jax import export, pictures
 from hiseg_jax.pictures import (
     TreeLimits,
     boundary_mask,
@@ -217,3 +217,25 @@ def test_root_only_tree_renders():
     assert tree.shape[1] == 480 and 48 < tree.shape[0] < 200  # one tile and the legend
     overview = render_overview(gray_image(), levels, panel_height=120)
     assert overview.shape[1] == 2 * (180 + 8) + 8  # the image and one (unsplit) level
+
+
+def test_image_outputs_draw_every_level_and_reuse_an_unchanged_one(tmp_path):
+    """Each level_XX.png decodes to that level's picture; a depth where nothing split (the
+    last one here) gets the bytes of the picture above it."""
+    levels, parent, depth, valid = handmade_tree()
+    levels = np.concatenate([levels, levels[-1:]])
+    is_leaf = np.isin(np.arange(10), [2, 4, 5, 6, 7])
+    rows = dict(parent=parent, depth=depth, valid=valid, is_leaf=is_leaf)
+    rows["parts"] = levels[-1].ravel()
+    image = np.random.default_rng(0).integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    descriptors = np.zeros((10, 4), np.float32)
+    export.write_image_outputs(
+        tmp_path, image, levels, levels, rows, descriptors, {}, with_viewer=False
+    )
+    colors = pictures.node_colors(levels)
+    for d in range(1, levels.shape[0]):
+        with Image.open(tmp_path / f"level_{d:02d}.png") as file:
+            drawn = render_level(image, levels[d], colors=colors)
+            np.testing.assert_array_equal(np.asarray(file), drawn)
+    last, above = (tmp_path / f"level_{d:02d}.png" for d in (4, 3))
+    assert last.read_bytes() == above.read_bytes()

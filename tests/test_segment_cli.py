@@ -119,7 +119,7 @@ def test_every_promised_file_is_consistent(batch_run, name):
     np.testing.assert_array_equal(labels["leaf_ids"], sorted(leaves))
     for m in leaves:
         assert labels["leaf_ids"][nodes[m]["descriptor"]] == m
-    # the default features join two unit-length 384-wide parts (tokens + block 9)
+    # the default features join unit-length 384-wide parts (tokens, blocks 9 and 6)
     span = 384 * len(feature_parts(DEFAULT_FEATURES))
     assert labels["leaf_descriptors"].shape == (len(leaves), span)
     assert np.isfinite(labels["leaf_descriptors"]).all()

@@ -1,6 +1,6 @@
 """Refinement of a tree's leaves at pixel resolution: how the leaves' borders go from the
 patch grid to the image's pixels. The default is the guided filter (`GuidedConfig`,
-`guided`: about 0.4 s per BSDS500 image on a 2-core CPU, +3.5 Best covering on BSDS500 val,
+`guided`: about 0.25 s per BSDS500 image on a 2-core CPU, +3.9 Best covering on BSDS500 val,
 docs/quality.md); the dense CRF (`CRFConfig`, `dense_crf`) is the paper's "w CRF"; None is
 nearest upsampling of the patch labels (the paper's plain rows). One entry point for the
 engine's users (`api`, `evaluation.runner`) and one record of the choice for their
